@@ -1,0 +1,5 @@
+"""Entry point for `python -m schedagent`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,147 @@
+"""The NATS side: one connection, the JetStream streams, and the messages we publish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.api as jsapi
+import nats.js.errors
+
+from .config import NatsConfig, OutputConfig
+from .model import SCHEMA_VERSION, Job
+from .names import Subjects
+
+log = logging.getLogger(__name__)
+
+EVENTS_MAX_AGE = 7 * 86400.0
+DISPATCH_MAX_AGE = 86400.0
+CLOSE_TIMEOUT = 5.0
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps({"v": SCHEMA_VERSION, **body}, separators=(",", ":")).encode()
+
+
+class Bus:
+    """A NATS connection that reconnects forever and says so in the log."""
+
+    def __init__(self, config: NatsConfig, output: OutputConfig, name: str) -> None:
+        self.config = config
+        self.output_config = output
+        self.subjects = Subjects(config.prefix)
+        self.name = name
+        self.nc: Any = None
+        self.js: Any = None
+        self.last_problem: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc is not None and self.nc.is_connected)
+
+    async def connect(self) -> None:
+        self.nc = await nats.connect(
+            servers=list(self.config.urls),
+            name=f"schedagent {self.name}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            drain_timeout=CLOSE_TIMEOUT,
+            allow_reconnect=True,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self.js = self.nc.jetstream()
+        await self.ensure_streams()
+
+    async def close(self) -> None:
+        if self.nc is None or self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), CLOSE_TIMEOUT)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.info("NATS drain at exit did not finish (%s); closing", exc or "timeout")
+            await self.nc.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        problem = f"NATS: {exc or type(exc).__name__}"
+        if problem != self.last_problem:
+            log.warning("%s", problem)
+        self.last_problem = problem
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from NATS; reconnecting")
+        self.last_problem = "disconnected from NATS"
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS at %s", self.nc.connected_url.netloc)
+        self.last_problem = None
+
+    async def ensure_streams(self) -> None:
+        s = self.subjects
+        out = self.output_config
+        await self._ensure(
+            jsapi.StreamConfig(
+                name=s.dispatch_stream,
+                subjects=[s.all("dispatch")],
+                retention=jsapi.RetentionPolicy.WORK_QUEUE,
+                max_age=DISPATCH_MAX_AGE,
+                storage=jsapi.StorageType.FILE,
+            )
+        )
+        await self._ensure(
+            jsapi.StreamConfig(
+                name=s.events_stream,
+                subjects=[s.all("events")],
+                max_age=EVENTS_MAX_AGE,
+                storage=jsapi.StorageType.FILE,
+            )
+        )
+        await self._ensure(
+            jsapi.StreamConfig(
+                name=s.output_stream,
+                subjects=[s.all("output")],
+                max_bytes=out.stream_max_bytes,
+                max_age=out.stream_max_age,
+                storage=jsapi.StorageType.FILE,
+            )
+        )
+
+    async def _ensure(self, config: jsapi.StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Another agent made it first, maybe with older limits: bring it up to date.
+            await self.js.update_stream(config)
+
+    async def publish_dispatch(self, node: str, job_id: str, attempt: int) -> None:
+        body = encode({"job": job_id, "attempt": attempt})
+        await self.js.publish(self.subjects.dispatch(node), body, timeout=5)
+
+    async def publish_event(self, job: Job) -> None:
+        """Tell followers about a state change; etcd already holds the truth."""
+        body = encode(
+            {
+                "job": job.id,
+                "state": str(job.state),
+                "attempt": job.attempt,
+                "node": job.node,
+                "exit_code": job.exit_code,
+                "reason": job.reason,
+                "time": time.time(),
+            }
+        )
+        await self.publish(self.subjects.events(job.id), body)
+
+    async def publish(self, subject: str, body: bytes) -> None:
+        """A fire-and-forget publish (the stream captures it); never raises."""
+        try:
+            await self.nc.publish(subject, body)
+        except (nats.errors.Error, OSError) as exc:
+            log.info("could not publish on %s: %s", subject, exc)

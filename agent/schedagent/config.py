@@ -1,0 +1,241 @@
+"""Agent configuration: frozen dataclasses loaded from YAML and validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/schedagent/agent.yaml"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/schedagent"
+    timeout: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NatsConfig:
+    urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    prefix: str = "sched"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    tail_bytes: int = 4096
+    chunk_bytes: int = 16384
+    stream_max_bytes: int = 256 * 1024 * 1024
+    stream_max_age: float = 7 * 86400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class JobsConfig:
+    kill_grace: float = 5.0
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+    dispatch_timeout: float = 10.0
+    drain_timeout: float = 60.0
+    max_cmd_bytes: int = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    node_name: str = dataclasses.field(default_factory=lambda: default_node_name())
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    cpus: float | None = None
+    node_ttl: int = 10
+    log_level: str = "info"
+    etcd: EtcdConfig = dataclasses.field(default_factory=EtcdConfig)
+    nats: NatsConfig = dataclasses.field(default_factory=NatsConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    jobs: JobsConfig = dataclasses.field(default_factory=JobsConfig)
+
+
+def default_node_name() -> str:
+    """The short hostname, reduced to what a NATS subject token allows."""
+    short = socket.gethostname().split(".")[0]
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", short).strip("-") or "node"
+    return cleaned[:63]
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate one YAML file; raises ConfigError naming the key at fault."""
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(where, "-", f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(where, "-", f"not valid YAML: {exc}") from exc
+    return parse_config(raw if raw is not None else {}, where)
+
+
+def parse_config(raw: object, where: str = "<config>") -> AgentConfig:
+    """Build an AgentConfig from already-parsed YAML."""
+    return _Parser(where).section(raw, AgentConfig, "")
+
+
+T = TypeVar("T")
+
+
+class _Parser:
+    """Walks a mapping against a dataclass, naming the dotted key of any problem."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.where, key or "-", problem)
+
+    def section(self, raw: object, cls: type[T], prefix: str) -> T:
+        if not isinstance(raw, dict):
+            raise self.fail(prefix, f"must be a mapping, not {_kind(raw)}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            dotted = f"{prefix}{key}"
+            if key not in fields:
+                raise self.fail(dotted, f"unknown key (known: {', '.join(sorted(fields))})")
+            values[key] = self.value(str(key), value, dotted)
+        return cls(**values)
+
+    def value(self, key: str, value: object, dotted: str) -> Any:
+        if key in _SECTIONS:
+            return self.section(value, _SECTIONS[key], dotted + ".")
+        check = _CHECKS.get(dotted)
+        if check is None:  # pragma: no cover - every field has a check
+            raise self.fail(dotted, "no validator")
+        try:
+            return check(value)
+        except (TypeError, ValueError) as exc:
+            raise self.fail(dotted, str(exc)) from None
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _number(minimum: float, integer: bool = False) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        ok_types = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_types):
+            want = "an integer" if integer else "a number"
+            raise TypeError(f"must be {want}, not {_kind(value)} {value!r}")
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _optional_cpus(value: object) -> float | None:
+    if value is None:
+        return None
+    cpus = _number(0.01)(value)
+    return float(cpus)
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid node name (letters, digits, '_' and '-', max 63)"
+        )
+    return value
+
+
+def _labels(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise TypeError(f"must be a mapping of strings, not {_kind(value)}")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise TypeError(f"label {k!r}: keys and values must be strings")
+        out[k] = str(v)
+    return out
+
+
+def _urls(schemes: tuple[str, ...]) -> Callable[[object], tuple[str, ...]]:
+    def check(value: object) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise TypeError("must be a URL or a non-empty list of URLs")
+        for url in items:
+            _check_url(url, schemes)
+        return tuple(items)
+
+    return check
+
+
+def _check_url(url: object, schemes: tuple[str, ...]) -> None:
+    if not isinstance(url, str):
+        raise TypeError(f"must be a URL string, not {_kind(url)}")
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in schemes or not parts.hostname or port == -1:
+        raise ValueError(f"{url!r} is not a valid URL (want {'/'.join(schemes)}://host:port)")
+
+
+def _prefix(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or value.endswith("/"):
+        raise ValueError(f"{value!r} must start with '/' and not end with '/'")
+    return value
+
+
+def _subject_prefix(value: object) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", value):
+        raise ValueError(f"{value!r} is not a valid NATS subject prefix")
+    return value
+
+
+def _log_level(value: object) -> str:
+    if value not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return str(value)
+
+
+_SECTIONS: dict[str, type] = {
+    "etcd": EtcdConfig,
+    "nats": NatsConfig,
+    "output": OutputConfig,
+    "jobs": JobsConfig,
+}
+
+_CHECKS: dict[str, Callable[[object], Any]] = {
+    "node_name": _name,
+    "labels": _labels,
+    "cpus": _optional_cpus,
+    "node_ttl": _number(2, integer=True),
+    "log_level": _log_level,
+    "etcd.endpoints": _urls(("http", "https")),
+    "etcd.prefix": _prefix,
+    "etcd.timeout": _number(0.1),
+    "nats.urls": _urls(("nats", "tls")),
+    "nats.prefix": _subject_prefix,
+    "output.tail_bytes": _number(0, integer=True),
+    "output.chunk_bytes": _number(256, integer=True),
+    "output.stream_max_bytes": _number(1024, integer=True),
+    "output.stream_max_age": _number(1),
+    "jobs.kill_grace": _number(0),
+    "jobs.retry_backoff": _number(0),
+    "jobs.retry_backoff_max": _number(0),
+    "jobs.dispatch_timeout": _number(1),
+    "jobs.drain_timeout": _number(0),
+    "jobs.max_cmd_bytes": _number(1, integer=True),
+}

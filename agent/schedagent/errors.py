@@ -1,0 +1,35 @@
+"""The project's exception tree: one root, one small class per kind of failure."""
+
+
+class SchedagentError(Exception):
+    """Root of every error schedagent raises on purpose."""
+
+
+class ConfigError(SchedagentError):
+    """A configuration file is missing, unreadable or invalid."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}")
+        self.path = path
+        self.key = key
+        self.problem = problem
+
+
+class SpecError(SchedagentError):
+    """A job spec or API request is malformed or violates a limit."""
+
+
+class NotFoundError(SchedagentError):
+    """A job or node does not exist."""
+
+
+class ConflictError(SchedagentError):
+    """A compare-and-swap lost against a concurrent writer too many times."""
+
+
+class FencedError(SchedagentError):
+    """A write was refused because the writer no longer holds its fence."""
+
+
+class StoreUnavailableError(SchedagentError):
+    """etcd could not be reached."""

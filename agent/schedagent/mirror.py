@@ -1,0 +1,94 @@
+"""A live, decoded copy of one etcd prefix: a range read, then a watch that resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from .errors import StoreUnavailableError
+from .store import Store, WatchCompacted, WatchEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RETRY_DELAY = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry(Generic[T]):
+    mod_revision: int
+    create_revision: int
+    value: T
+
+
+class Mirror(Generic[T]):
+    """Keeps `items` (key -> Entry with the decoded value) equal to etcd under a prefix.
+
+    The watch resumes from the last seen revision + 1 when its stream breaks, and
+    falls back to a fresh range read when that revision was compacted.
+    """
+
+    def __init__(self, store: Store, prefix: str, decode: Callable[[str, bytes], T | None]):
+        self.store = store
+        self.prefix = prefix
+        self.decode = decode
+        self.items: dict[str, Entry[T]] = {}
+        self.revision = 0
+        self.changed = asyncio.Event()
+        self.synced = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        needs_read = True
+        while True:
+            try:
+                if needs_read:
+                    await self._read()
+                    needs_read = False
+                await self._follow()
+            except WatchCompacted as exc:
+                log.info(
+                    "watch on %s compacted at %d; reading again", self.prefix, exc.compact_revision
+                )
+                needs_read = True
+            except StoreUnavailableError as exc:
+                log.warning(
+                    "watch on %s broke (%s); resuming from revision %d",
+                    self.prefix,
+                    exc,
+                    self.revision + 1,
+                )
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def _read(self) -> None:
+        kvs, revision = await self.store.get_prefix(self.prefix)
+        items: dict[str, Entry[T]] = {}
+        for kv in kvs:
+            value = self.decode(kv.key, kv.value)
+            if value is not None:
+                items[kv.key] = Entry(kv.mod_revision, kv.create_revision, value)
+        self.items = items
+        self.revision = revision
+        self.synced.set()
+        self.changed.set()
+
+    async def _follow(self) -> None:
+        async for event in self.store.watch_prefix(self.prefix, self.revision + 1):
+            self.apply(event)
+        # A stream that ends without an error was shut down under us: start again.
+        raise StoreUnavailableError("watch stream ended")
+
+    def apply(self, event: WatchEvent) -> None:
+        self.revision = max(self.revision, event.mod_revision)
+        if event.deleted:
+            self.items.pop(event.key, None)
+        else:
+            value = self.decode(event.key, event.value)
+            if value is None:
+                self.items.pop(event.key, None)
+            else:
+                self.items[event.key] = Entry(event.mod_revision, event.create_revision, value)
+        self.changed.set()

@@ -1,0 +1,172 @@
+"""The leader's loop: place jobs by free CPU, re-dispatch stalled ones, recover lost nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+from . import transitions
+from .bus import Bus
+from .config import AgentConfig
+from .errors import FencedError
+from .jobstore import JobStore, decode_job
+from .mirror import Entry, Mirror
+from .model import Job, JobState, NodeRecord
+from .names import Keys
+from .placement import NodeView, choose_node, free_cpus
+from .store import KV, Compare, Store
+
+log = logging.getLogger(__name__)
+
+IDLE_WAKEUP = 5.0
+
+
+def _decode_node(key: str, raw: bytes) -> NodeRecord | None:
+    try:
+        return NodeRecord.from_json(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring malformed node record at %s: %s", key, exc)
+        return None
+
+
+class Scheduler:
+    """Runs while this agent leads; every write carries the leader's fence."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: Store,
+        keys: Keys,
+        jobs: JobStore,
+        bus: Bus,
+        fence: Sequence[Compare],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.jobs = jobs
+        self.bus = bus
+        self.fence = list(fence)
+        self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
+        self.job_view: Mirror[Job] = Mirror(store, keys.jobs, lambda k, v: _decode(k, v))
+        self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
+        self.dispatched_at: dict[tuple[str, int], float] = {}
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.job_view.run())
+            tg.create_task(self.node_view.run())
+            await self.job_view.synced.wait()
+            await self.node_view.synced.wait()
+            log.info(
+                "scheduler view rebuilt from etcd: %d jobs, %d nodes",
+                len(self.job_view.items),
+                len(self.node_view.items),
+            )
+            while True:
+                wake_in = await self.reconcile()
+                await self._wait(wake_in)
+
+    async def _wait(self, timeout: float) -> None:  # noqa: ASYNC109 - a timer, not a deadline
+        waiters = [asyncio.create_task(m.changed.wait()) for m in (self.job_view, self.node_view)]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+
+    async def reconcile(self) -> float:
+        """One pass over the view; returns how long until a timer needs another pass."""
+        self.job_view.changed.clear()
+        self.node_view.changed.clear()
+        now = time.time()
+        nodes = {e.value.name: e.value for e in self.node_view.items.values()}
+        entries = sorted(self.job_view.items.values(), key=lambda e: e.value.id)
+        active = [e for e in entries if not e.value.state.final]
+        self._forget_dispatches(active)
+        await self._recover_lost(active, nodes, now)
+        wake_in = await self._redispatch(active, now)
+        return min(wake_in, await self._place(active, nodes, now))
+
+    def _forget_dispatches(self, active: list[Entry[Job]]) -> None:
+        live = {(e.value.id, e.value.attempt) for e in active if e.value.state == JobState.ASSIGNED}
+        for key in self.dispatched_at.keys() - live:
+            del self.dispatched_at[key]
+
+    async def _recover_lost(
+        self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
+    ) -> None:
+        for entry in active:
+            job: Job = entry.value
+            if job.state.holds_cpus and job.node not in nodes:
+                reason = f"node lost: {job.node}"
+                new = transitions.lose(_clone(job), job.node or "", reason, self.backoff, now)
+                if new is not None and await self._write(new, entry.mod_revision):
+                    log.warning("job %s attempt %d: %s", job.id, job.attempt, reason)
+
+    async def _redispatch(self, active: list[Entry[Job]], now: float) -> float:
+        timeout = self.config.jobs.dispatch_timeout
+        wake_in = IDLE_WAKEUP
+        for entry in active:
+            job: Job = entry.value
+            if job.state != JobState.ASSIGNED or job.node is None:
+                continue
+            sent = self.dispatched_at.get((job.id, job.attempt))
+            if sent is None or now - sent >= timeout:
+                # Placed by a predecessor (its dispatch may be lost) or not taken up in time.
+                log.info("dispatching job %s attempt %d to %s again", job.id, job.attempt, job.node)
+                await self._dispatch(job, now)
+                sent = now
+            wake_in = min(wake_in, max(timeout - (now - sent), 0.1))
+        return wake_in
+
+    async def _place(
+        self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
+    ) -> float:
+        views = [NodeView(n.name, n.cpus, n.labels, n.draining) for n in nodes.values()]
+        free = free_cpus(views, (e.value for e in active))
+        wake_in = IDLE_WAKEUP
+        for entry in active:
+            job: Job = entry.value
+            if job.state != JobState.PENDING:
+                continue
+            if job.not_before > now:
+                wake_in = min(wake_in, job.not_before - now)
+                continue
+            target = choose_node(job.spec, views, free)
+            if target is None:
+                continue
+            new = transitions.assign(_clone(job), target, now)
+            if new is not None and await self._write(new, entry.mod_revision):
+                free[target] -= job.spec.cpus
+                await self._dispatch(new, now)
+        return wake_in
+
+    async def _dispatch(self, job: Job, now: float) -> None:
+        if job.node is None:
+            return
+        self.dispatched_at[(job.id, job.attempt)] = now
+        try:
+            await self.bus.publish_dispatch(job.node, job.id, job.attempt)
+        except Exception as exc:
+            log.warning("dispatch of job %s to %s failed (%s); will retry", job.id, job.node, exc)
+
+    async def _write(self, job: Job, revision: int) -> bool:
+        if await self.jobs.write(job, revision, self.fence):
+            await self.bus.publish_event(job)
+            return True
+        if not await self.store.txn(self.fence, []):
+            raise FencedError("the election key changed: another agent leads now")
+        return False  # the job changed under us; the watch brings the new version
+
+
+def _decode(key: str, raw: bytes) -> Job | None:
+    return decode_job(KV(key, raw, 0, 0, 0))
+
+
+def _clone(job: Job) -> Job:
+    return Job.from_json(job.to_json())

@@ -1,0 +1,287 @@
+"""The worker: takes this node's dispatches, runs each job, and records how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+import nats.errors
+import nats.js.api as jsapi
+import nats.js.errors
+
+from . import transitions
+from .bus import Bus, encode
+from .config import AgentConfig
+from .errors import ConflictError, NotFoundError, StoreUnavailableError
+from .jobstore import JobStore, Mutation
+from .model import JOB_ID_RE, Job, JobState
+from .runner import Command, Outcome, job_environment, run_command
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 16
+FETCH_TIMEOUT = 2.0
+ACK_WAIT = 30.0
+CANCEL_POLL_INTERVAL = 5.0
+WRITE_RETRY_DELAY = 1.0
+
+
+@dataclasses.dataclass
+class RunningJob:
+    job_id: str
+    attempt: int
+    cpus: float
+    cancel: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    hand_back: bool = False
+
+
+class OutputTail:
+    """The last `limit` bytes of a job's output, kept for its record."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+class Worker:
+    def __init__(self, config: AgentConfig, jobs: JobStore, bus: Bus) -> None:
+        self.config = config
+        self.node = config.node_name
+        self.jobs = jobs
+        self.bus = bus
+        self.running: dict[str, RunningJob] = {}
+        self.accepting = True
+        self.finished = 0
+        self.handed_back = 0
+        self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def usage(self) -> tuple[float, int]:
+        return sum(r.cpus for r in self.running.values()), len(self.running)
+
+    async def run(self) -> None:
+        """Take dispatches until `stop_accepting`; jobs already running are left to finish."""
+        sub = await self._subscribe()
+        control = await self.bus.nc.subscribe(
+            self.bus.subjects.control(self.node), cb=self._on_control
+        )
+        poller = asyncio.create_task(self._poll_cancels())
+        try:
+            while self.accepting:
+                for msg in await self._fetch(sub):
+                    await self._on_dispatch(msg)
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            for subscription in (control, sub):
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
+
+    async def _subscribe(self) -> Any:
+        subjects = self.bus.subjects
+        return await self.bus.js.pull_subscribe(
+            subjects.dispatch(self.node),
+            durable=f"node-{self.node}",
+            stream=subjects.dispatch_stream,
+            config=jsapi.ConsumerConfig(ack_wait=ACK_WAIT, max_ack_pending=1000),
+        )
+
+    async def _fetch(self, sub: Any) -> list[Any]:
+        try:
+            return list(await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT))
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("fetching dispatches failed: %s", exc)
+            await asyncio.sleep(WRITE_RETRY_DELAY)
+            return []
+
+    async def _on_dispatch(self, msg: Any) -> None:
+        parsed = _parse_dispatch(msg.data)
+        if parsed is None:
+            log.warning("dropping malformed dispatch on %s: %r", msg.subject, msg.data[:200])
+            await msg.term()
+            return
+        job_id, attempt = parsed
+        if not self.accepting:
+            await msg.nak(delay=1)
+            return
+        try:
+            await self._start(msg, job_id, attempt)
+        except StoreUnavailableError as exc:
+            log.warning("cannot start job %s now (%s); will retry", job_id, exc)
+            await msg.nak(delay=1)
+
+    async def _start(self, msg: Any, job_id: str, attempt: int) -> None:
+        if job_id in self.running:
+            await msg.ack()
+            return
+        try:
+            job, changed = await self.jobs.update(
+                job_id, lambda j: transitions.start(j, self.node, attempt, time.time())
+            )
+        except (NotFoundError, ConflictError) as exc:
+            log.warning("dropping dispatch of job %s: %s", job_id, exc)
+            await msg.ack()
+            return
+        await msg.ack()
+        if not changed:
+            log.info(
+                "dropping stale dispatch of job %s attempt %d (now %s on %s, attempt %d)",
+                job_id,
+                attempt,
+                job.state,
+                job.node,
+                job.attempt,
+            )
+            return
+        await self.bus.publish_event(job)
+        running = RunningJob(job_id, attempt, job.spec.cpus)
+        self.running[job_id] = running
+        task = asyncio.create_task(self._run(job, running), name=f"job-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: Job, running: RunningJob) -> None:
+        try:
+            log.info("job %s attempt %d started: %s", job.id, running.attempt, job.spec.cmd[:200])
+            tail = OutputTail(self.config.output.tail_bytes)
+            outcome = await self._execute(job, running, tail)
+            await self._record_end(job, running, outcome, tail)
+        except Exception:
+            log.exception(
+                "job %s attempt %d: unexpected failure in the worker", job.id, running.attempt
+            )
+        finally:
+            self.running.pop(job.id, None)
+
+    async def _execute(self, job: Job, running: RunningJob, tail: OutputTail) -> Outcome:
+        subject = self.bus.subjects.output(job.id)
+        decoders = {
+            s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")
+        }
+
+        async def on_output(stream: str, data: bytes) -> None:
+            tail.add(data)
+            text = decoders[stream].decode(data)
+            body = {"job": job.id, "attempt": running.attempt, "stream": stream, "data": text}
+            await self.bus.publish(subject, encode(body))
+
+        command = Command(
+            cmd=job.spec.cmd,
+            env=job_environment(
+                job.spec.env, {"SCHED_JOB_ID": job.id, "SCHED_ATTEMPT": str(running.attempt)}
+            ),
+            cwd=job.spec.cwd,
+            timeout=job.spec.timeout,
+            kill_grace=self.config.jobs.kill_grace,
+            chunk_bytes=self.config.output.chunk_bytes,
+        )
+        outcome = await run_command(command, on_output, running.cancel)
+        await self.bus.publish(
+            subject, encode({"job": job.id, "attempt": running.attempt, "eof": True})
+        )
+        return outcome
+
+    async def _record_end(
+        self, job: Job, running: RunningJob, outcome: Outcome, tail: OutputTail
+    ) -> None:
+        def mutate(j: Job) -> Job | None:
+            if running.hand_back:
+                return transitions.hand_back(
+                    j, self.node, running.attempt, "agent stopped", time.time()
+                )
+            return transitions.finish(
+                j, self.node, running.attempt, outcome, tail.text(), self.backoff
+            )
+
+        stored, changed = await self._write_until_done(job.id, mutate)
+        if stored is None or not changed:
+            log.warning(
+                "job %s attempt %d: result not recorded, the job moved on (%s, attempt %d)",
+                job.id,
+                running.attempt,
+                stored.state if stored else "?",
+                stored.attempt if stored else 0,
+            )
+            return
+        self.handed_back += running.hand_back
+        self.finished += not running.hand_back
+        log.info(
+            "job %s attempt %d ended: %s (%s)", job.id, running.attempt, stored.state, stored.reason
+        )
+        await self.bus.publish_event(stored)
+
+    async def _write_until_done(self, job_id: str, mutate: Mutation) -> tuple[Job | None, bool]:
+        # A finished attempt must be recorded: keep trying while etcd is away.
+        while True:
+            try:
+                return await self.jobs.update(job_id, mutate)
+            except NotFoundError:
+                return None, False
+            except (StoreUnavailableError, ConflictError) as exc:
+                log.warning("cannot record the end of job %s yet: %s", job_id, exc)
+                await asyncio.sleep(WRITE_RETRY_DELAY)
+
+    async def _on_control(self, msg: Any) -> None:
+        try:
+            body = json.loads(msg.data)
+            action, job_id = body["action"], body["job"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping malformed control message: %r", msg.data[:200])
+            return
+        running = self.running.get(job_id) if isinstance(job_id, str) else None
+        if action == "cancel" and running is not None:
+            log.info("job %s: cancel requested", job_id)
+            running.cancel.set()
+
+    async def _poll_cancels(self) -> None:
+        """Catch cancels whose control message was lost, and attempts taken from us."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_INTERVAL)
+            for running in list(self.running.values()):
+                with contextlib.suppress(StoreUnavailableError, NotFoundError):
+                    job, _ = await self.jobs.get(running.job_id)
+                    mine = transitions.owns(job, self.node, running.attempt, JobState.RUNNING)
+                    if job.cancel_requested or not mine:
+                        running.cancel.set()
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a deadline
+        """Stop taking jobs, give running ones `timeout` seconds, then hand the rest back."""
+        self.accepting = False
+        if self._tasks:
+            log.info("draining: waiting up to %gs for %d running job(s)", timeout, len(self._tasks))
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for running in self.running.values():
+            running.hand_back = True
+            running.cancel.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+def _parse_dispatch(data: bytes) -> tuple[str, int] | None:
+    try:
+        body = json.loads(data)
+        job_id, attempt = body["job"], body["attempt"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        return None
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        return None
+    return job_id, attempt
