@@ -99,7 +99,7 @@ class _Parser:
         self.where = where
 
     def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.where, key or "-", problem)
+        return ConfigError(self.where, key.rstrip(".") or "-", problem)
 
     def section(self, raw: object, cls: type[T], prefix: str) -> T:
         if not isinstance(raw, dict):

@@ -187,10 +187,10 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
         cpus=_positive(raw.get("cpus", 1), "cpus"),
         timeout=None if raw.get("timeout") is None else _positive(raw["timeout"], "timeout"),
         retries=_retries(raw.get("retries", 0)),
-        env=_env(raw.get("env") or {}),
+        env=_env({} if raw.get("env") is None else raw["env"]),
         cwd=_cwd(raw.get("cwd")),
         node=_optional_str(raw.get("node"), "node"),
-        labels=_str_map(raw.get("labels") or {}, "labels"),
+        labels=_str_map({} if raw.get("labels") is None else raw["labels"], "labels"),
         idempotency_key=_optional_str(raw.get("idempotency_key"), "idempotency_key"),
     )
 

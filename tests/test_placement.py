@@ -1,0 +1,55 @@
+"""Placement by free CPU slots and constraints (pure logic)."""
+
+from __future__ import annotations
+
+from schedagent.model import Job, JobSpec, JobState
+from schedagent.placement import NodeView, choose_node, free_cpus, unplaceable_reason
+
+NODES = [
+    NodeView("a", 2, {"zone": "x"}),
+    NodeView("b", 4, {"zone": "y"}),
+    NodeView("c", 8, {"zone": "y"}, draining=True),
+]
+
+
+def job(state: JobState, node: str | None, cpus: float = 1) -> Job:
+    return Job(
+        id="0" * 20, spec=JobSpec(cmd="true", cpus=cpus), state=state, submitted_at=0, node=node
+    )
+
+
+def test_free_cpus_counts_assigned_and_running_only() -> None:
+    jobs = [
+        job(JobState.RUNNING, "a"),
+        job(JobState.ASSIGNED, "b", 2),
+        job(JobState.SUCCEEDED, "a"),
+        job(JobState.PENDING, None),
+    ]
+    assert free_cpus(NODES, jobs) == {"a": 1, "b": 2, "c": 8}
+
+
+def test_choose_spreads_to_most_free_and_skips_draining() -> None:
+    free = {"a": 2.0, "b": 4.0, "c": 8.0}
+    assert choose_node(JobSpec(cmd="x"), NODES, free) == "b"
+
+
+def test_choose_respects_capacity() -> None:
+    assert choose_node(JobSpec(cmd="x", cpus=3), NODES, {"a": 2, "b": 2, "c": 8}) is None
+    assert choose_node(JobSpec(cmd="x", cpus=2), NODES, {"a": 2, "b": 1, "c": 8}) == "a"
+
+
+def test_choose_respects_node_and_label_constraints() -> None:
+    free = {"a": 2.0, "b": 4.0, "c": 8.0}
+    assert choose_node(JobSpec(cmd="x", node="a"), NODES, free) == "a"
+    assert choose_node(JobSpec(cmd="x", labels={"zone": "x"}), NODES, free) == "a"
+    assert choose_node(JobSpec(cmd="x", labels={"zone": "z"}), NODES, free) is None
+
+
+def test_unplaceable_reasons() -> None:
+    assert unplaceable_reason(JobSpec(cmd="x"), []) == "no nodes are registered"
+    assert "node=zz" in (unplaceable_reason(JobSpec(cmd="x", node="zz"), NODES) or "")
+    assert "draining" in (unplaceable_reason(JobSpec(cmd="x", node="c"), NODES) or "")
+    assert "largest matching node has 4" in (
+        unplaceable_reason(JobSpec(cmd="x", cpus=5), NODES) or ""
+    )
+    assert unplaceable_reason(JobSpec(cmd="x", cpus=4), NODES) is None
