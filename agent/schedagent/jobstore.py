@@ -98,10 +98,10 @@ class JobStore:
                 return job, False
         raise ConflictError(f"job {job_id}: too many concurrent writers")
 
-    async def write(self, job: Job, revision: int, fence: Sequence[Compare] = ()) -> bool:
-        """One compare-and-swap of a job already read at revision."""
+    async def write(self, job: Job, revision: int, fence: Sequence[Compare] = ()) -> int:
+        """One compare-and-swap of a job read at revision: its new revision, or 0."""
         key = self.keys.job(job.id)
-        return await self.store.txn(
+        return await self.store.txn_revision(
             [ModRevisionIs(key, revision), *fence], [Put(key, job.to_json())]
         )
 

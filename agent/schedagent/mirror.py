@@ -81,8 +81,18 @@ class Mirror(Generic[T]):
         # A stream that ends without an error was shut down under us: start again.
         raise StoreUnavailableError("watch stream ended")
 
+    def note_write(self, key: str, revision: int, value: T) -> None:
+        """Record our own write now, so a view read before its watch event is not stale."""
+        current = self.items.get(key)
+        if current is None or current.mod_revision < revision:
+            create = current.create_revision if current is not None else revision
+            self.items[key] = Entry(revision, create, value)
+
     def apply(self, event: WatchEvent) -> None:
         self.revision = max(self.revision, event.mod_revision)
+        current = self.items.get(event.key)
+        if current is not None and current.mod_revision > event.mod_revision:
+            return  # already holds a newer write of our own
         if event.deleted:
             self.items.pop(event.key, None)
         else:

@@ -156,7 +156,9 @@ class Scheduler:
             log.warning("dispatch of job %s to %s failed (%s); will retry", job.id, job.node, exc)
 
     async def _write(self, job: Job, revision: int) -> bool:
-        if await self.jobs.write(job, revision, self.fence):
+        written = await self.jobs.write(job, revision, self.fence)
+        if written:
+            self.job_view.note_write(self.jobs.keys.job(job.id), written, job)
             await self.bus.publish_event(job)
             return True
         if not await self.store.txn(self.fence, []):

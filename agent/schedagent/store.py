@@ -151,12 +151,24 @@ class Store:
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> bool:
         """Apply success ops if every compare holds, else failure ops; True on success."""
+        return (await self.txn_revision(compares, success, failure)) != 0
+
+    async def txn_revision(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> int:
+        """Like txn, but returns the revision the success ops wrote at (-1 if they were
+        reads only), or 0 if a compare failed."""
         tx = self._client.transactions
         cmp = [_compare(tx, c) for c in compares]
         ok_ops = [_op(tx, o) for o in success]
         bad_ops = [_op(tx, o) for o in failure]
-        succeeded, _ = await self._call(self._client.transaction(cmp, ok_ops, bad_ops))
-        return bool(succeeded)
+        succeeded, responses = await self._call(self._client.transaction(cmp, ok_ops, bad_ops))
+        if not succeeded:
+            return 0
+        for response in responses:
+            if response.HasField("response_put"):
+                return int(response.response_put.header.revision)
+        return -1
 
     async def grant_lease(self, ttl: int) -> int:
         lease = await self._call(self._client.lease(ttl))

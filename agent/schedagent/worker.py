@@ -38,6 +38,7 @@ class RunningJob:
     attempt: int
     cpus: float
     cancel: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    pid: int | None = None
     hand_back: bool = False
 
 
@@ -192,11 +193,33 @@ class Worker:
             kill_grace=self.config.jobs.kill_grace,
             chunk_bytes=self.config.output.chunk_bytes,
         )
-        outcome = await run_command(command, on_output, running.cancel)
+        started = asyncio.Event()
+
+        def on_start(pid: int) -> None:
+            running.pid = pid
+            started.set()
+
+        run = asyncio.create_task(run_command(command, on_output, running.cancel, on_start))
+        spawned = asyncio.create_task(started.wait())
+        await asyncio.wait({run, spawned}, return_when=asyncio.FIRST_COMPLETED)
+        spawned.cancel()
+        if started.is_set():
+            await self._record_pid(job.id, running)
+        outcome = await run
         await self.bus.publish(
             subject, encode({"job": job.id, "attempt": running.attempt, "eof": True})
         )
         return outcome
+
+    async def _record_pid(self, job_id: str, running: RunningJob) -> None:
+        """Best effort: the PID helps an operator find the job on the host."""
+        pid = running.pid or 0
+        try:
+            await self.jobs.update(
+                job_id, lambda j: transitions.record_pid(j, self.node, running.attempt, pid)
+            )
+        except (StoreUnavailableError, ConflictError, NotFoundError) as exc:
+            log.info("job %s: pid %d not recorded: %s", job_id, pid, exc)
 
     async def _record_end(
         self, job: Job, running: RunningJob, outcome: Outcome, tail: OutputTail
