@@ -12,6 +12,7 @@ from typing import Any
 import nats
 import psutil
 import pytest
+
 from apiclient import ApiClient
 from schedagent.devcluster import LocalCluster
 

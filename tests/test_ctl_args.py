@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
+
 from schedagent.ctl import cli
 from schedagent.ctl_client import job_exit_code
 

@@ -1,4 +1,4 @@
-"""The job state machine: assign, start, finish with retries and backoff, cancel, lose, hand back."""
+"""The job state machine: assign, start, finish with retries, cancel, lose, hand back."""
 
 from __future__ import annotations
 

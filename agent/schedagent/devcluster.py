@@ -1,0 +1,682 @@
+"""A local etcd, NATS and agents as child processes, for `schedagent dev` and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, TextIO
+
+import psutil
+import yaml
+
+from .config import parse_config
+from .errors import SchedagentError
+
+HOST = "127.0.0.1"
+ETCD_BIN = "/usr/bin/etcd"
+NATS_BIN = "/usr/sbin/nats-server"
+ETCD_DEFAULT_PORTS = (2379, 2380)
+NATS_DEFAULT_PORT = 4222
+AGENT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "schedagent")
+REAP_TIMEOUT = 10.0
+
+# Readiness probes must reach 127.0.0.1 directly even when http_proxy is set.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_handed_out: set[int] = set()
+
+
+class HarnessError(SchedagentError):
+    """A local server or agent failed to start, become ready or stop."""
+
+
+def port_is_free(port: int) -> bool:
+    """True if nothing listens on (or holds) 127.0.0.1:port right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, not handed out before by this process."""
+    # Below the kernel's ephemeral range: a client reconnecting to a killed server
+    # could otherwise take the server's port as its local port (or connect to itself)
+    # and the restarted server could not bind it again.
+    high = _ephemeral_low()
+    for _ in range(200 if high > 11000 else 0):
+        port = random.randrange(10000, high)
+        if port not in _handed_out and port_is_free(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port = int(sock.getsockname()[1])
+    _handed_out.add(port)
+    return port
+
+
+def pick_port(preferred: int | None) -> int:
+    """The preferred port if it is free, else a free one."""
+    if preferred is not None and port_is_free(preferred):
+        return preferred
+    return free_port()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll condition until it is true; HarnessError naming `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise HarnessError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file ('' if it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+class ManagedProcess:
+    """One child process we started; signals only ever go to its own PID."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.starts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._expected_exit = False
+        self._paused = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def exited_unexpectedly(self) -> bool:
+        """Started, now dead, and not because stop() or kill() was called."""
+        return self._proc is not None and self.returncode is not None and not self._expected_exit
+
+    def start(self) -> None:
+        if self.running:
+            raise HarnessError(f"{self.name} is already running (pid {self.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- devcluster start #{self.starts}: {shlex.join(self.argv)}\n".encode())
+            log.flush()
+            try:
+                # A session of its own: Ctrl-C in a terminal reaches only the harness,
+                # which then stops the children in order.
+                self._proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    cwd=self.cwd,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise HarnessError(f"cannot start {self.name}: {self.argv[0]}: {exc}") from exc
+        self._expected_exit = False
+        self._paused = False
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (see wait())."""
+        self._expected_exit = True
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        if self._paused:
+            # A stopped process would sleep through SIGTERM until continued.
+            self._proc.send_signal(signal.SIGCONT)
+            self._paused = False
+
+    def wait(self, timeout: float) -> int | None:
+        """Reap the child, SIGKILLing it if it is still alive after timeout seconds."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(max(timeout, 0.0))
+        except subprocess.TimeoutExpired:
+            return self.kill()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after timeout seconds; always reaps. Returns the exit code."""
+        self.terminate()
+        return self.wait(timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL and reap."""
+        self._expected_exit = True
+        self._paused = False
+        if self._proc is None:
+            return None
+        self._proc.kill()  # Popen skips the signal if the child was already reaped
+        return self._proc.wait(REAP_TIMEOUT)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop if running, then start again with the same arguments."""
+        self.stop(timeout)
+        self.start()
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+        self._paused = False
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.log_path, lines)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise HarnessError(f"{self.name} is not running")
+        self._proc.send_signal(sig)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} pid={self.pid} rc={self.returncode}>"
+
+
+class _Server(ManagedProcess):
+    """A child that start() waits for until a probe says it serves requests."""
+
+    ready_timeout = 20.0
+    scheme = ""
+    host = HOST
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{HOST}:{self.port}"
+
+    endpoint = url
+
+    def start(self) -> None:
+        super().start()
+        try:
+            wait_for(self._ready, self.ready_timeout, f"{self.name} to be ready")
+        except BaseException as exc:
+            self.kill()
+            if isinstance(exc, HarnessError):
+                raise HarnessError(f"{exc}; {self.log_path}:\n{self.log_tail()}") from None
+            raise
+
+    def _ready(self) -> bool:
+        if self.returncode is not None:
+            raise HarnessError(f"{self.name} exited with code {self.returncode} while starting")
+        try:
+            return self._listening() and self._probe()
+        except (OSError, ValueError, psutil.Error):
+            return False
+
+    def _listening(self) -> bool:
+        # Else another server already holding the port (a stale dev cluster, a lost
+        # race for a free port) would answer the probe while ours fails to bind.
+        conns = psutil.Process(self.pid).net_connections(kind="tcp")
+        return any(c.status == psutil.CONN_LISTEN and c.laddr[1] == self.port for c in conns)
+
+    def _probe(self) -> bool:
+        raise NotImplementedError
+
+
+class EtcdServer(_Server):
+    """A single-member etcd 3.4 on 127.0.0.1, data and log under base_dir."""
+
+    scheme = "http"
+
+    def __init__(
+        self,
+        base_dir: Path | str,
+        *,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        name: str = "devcluster",
+        binary: str = ETCD_BIN,
+    ) -> None:
+        self.dir = Path(base_dir)
+        # etcd creates the data dir itself, with the 0700 mode it wants.
+        self.data_dir = self.dir / "data"
+        self.port = client_port if client_port is not None else free_port()
+        self.peer_port = peer_port if peer_port is not None else free_port()
+        peer = f"http://{HOST}:{self.peer_port}"
+        argv = [binary, "--name", name, "--data-dir", str(self.data_dir)]
+        argv += ["--listen-client-urls", self.url, "--advertise-client-urls", self.url]
+        argv += ["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer]
+        argv += ["--initial-cluster", f"{name}={peer}"]
+        argv += ["--logger", "zap", "--log-outputs", "stderr"]
+        # etcd 3.4 refuses to start when an ETCD_* variable shadows a flag we pass.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+        super().__init__("etcd", argv, self.dir / "etcd.log", env=env)
+
+    def keys(self, prefix: str) -> list[str]:
+        """Keys under prefix, via etcd's JSON gateway: plain blocking HTTP, no event loop."""
+        start = prefix.encode()
+        end = start.rstrip(b"\xff")
+        end = end[:-1] + bytes([end[-1] + 1]) if end else b"\0"
+        b64 = [base64.b64encode(k).decode() for k in (start, end)]
+        body = {"key": b64[0], "range_end": b64[1], "keys_only": True}
+        request = urllib.request.Request(f"{self.url}/v3/kv/range", data=json.dumps(body).encode())
+        with _HTTP.open(request, timeout=5) as resp:
+            reply = json.load(resp)
+        return [base64.b64decode(kv["key"]).decode() for kv in reply.get("kvs", [])]
+
+    def _probe(self) -> bool:
+        with _HTTP.open(f"{self.url}/health", timeout=2) as resp:
+            health = json.load(resp).get("health")
+        # 3.4 answers {"health": "true"}: a string, not a JSON boolean.
+        return str(health).lower() == "true"
+
+
+class NatsServer(_Server):
+    """A nats-server with JetStream on 127.0.0.1, store and log under base_dir."""
+
+    scheme = "nats"
+
+    def __init__(
+        self, base_dir: Path | str, *, port: int | None = None, binary: str = NATS_BIN
+    ) -> None:
+        self.dir = Path(base_dir)
+        self.store_dir = self.dir / "store"
+        self.port = port if port is not None else free_port()
+        argv = [binary, "-js", "-sd", str(self.store_dir), "-a", HOST, "-p", str(self.port)]
+        super().__init__("nats", [*argv, "-n", "devcluster"], self.dir / "nats.log")
+
+    def _probe(self) -> bool:
+        # Speaks the text protocol directly so start() stays synchronous; asking
+        # $JS.API.INFO proves JetStream, not just the listener, is up.
+        with socket.create_connection((HOST, self.port), timeout=2) as sock:
+            stream = sock.makefile("rb")
+            if not stream.readline().startswith(b"INFO "):
+                return False
+            sock.sendall(
+                b'CONNECT {"verbose":false,"protocol":1,"headers":true,"no_responders":true}\r\n'
+                b"SUB _devcluster.ready 1\r\nPUB $JS.API.INFO _devcluster.ready 0\r\n\r\n"
+            )
+            header = stream.readline()
+            # HMSG here is a 503 "no responders": JetStream is not serving yet.
+            if not header.startswith(b"MSG "):
+                return False
+            reply = json.loads(stream.read(int(header.split()[-1])))
+            return isinstance(reply, dict) and "error" not in reply
+
+
+class AgentProcess(ManagedProcess):
+    """One `schedagent run` with its own YAML config, log and working directory."""
+
+    def __init__(
+        self,
+        name: str,
+        base_dir: Path | str,
+        *,
+        etcd_endpoint: str,
+        nats_url: str,
+        etcd_prefix: str = "/schedagent",
+        nats_prefix: str = "sched",
+        overrides: Mapping[str, Any] | None = None,
+        command: Sequence[str] = AGENT_COMMAND,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.dir = Path(base_dir)
+        self.config_path = self.dir / "agent.yaml"
+        self.config: dict[str, Any] = {
+            "node_name": name,
+            "labels": {},
+            "log_level": "info",
+            "etcd": {"endpoints": [etcd_endpoint], "prefix": etcd_prefix},
+            "nats": {"urls": [nats_url], "prefix": nats_prefix},
+        }
+        _merge(self.config, overrides or {})
+        # Unbuffered so a failing test's log tail shows the agent's last words.
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        child_env["NO_PROXY"] = child_env["no_proxy"] = _no_proxy(child_env)
+        argv = [*command, "run", "--config", str(self.config_path)]
+        super().__init__(name, argv, self.dir / "agent.log", env=child_env, cwd=self.dir)
+
+    def write_config(self) -> Path:
+        """Validate the config with the agent's own parser, then write it."""
+        parse_config(self.config, str(self.config_path))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False), "utf-8")
+        return self.config_path
+
+    def start(self) -> None:
+        self.write_config()
+        super().start()
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _no_proxy(env: Mapping[str, str]) -> str:
+    # grpc and nats clients would send 127.0.0.1 traffic through http_proxy otherwise.
+    current = env.get("NO_PROXY") or env.get("no_proxy") or ""
+    return ",".join(p for p in (current, "127.0.0.1,localhost") if p)
+
+
+class LocalCluster:
+    """One etcd, one NATS and N agents under one base dir.
+
+    start()/stop() block; from inside a running event loop use `async with` or
+    `await cluster.astart()`, which run them in a worker thread.
+    """
+
+    def __init__(
+        self,
+        agents: int | Sequence[str] = 3,
+        *,
+        agent_overrides: Mapping[str, Any] | None = None,
+        per_agent: Mapping[str, Mapping[str, Any]] | None = None,
+        etcd_prefix: str = "/schedagent",
+        nats_prefix: str = "sched",
+        base_dir: Path | str | None = None,
+        default_ports: bool = False,
+        start_timeout: float = 30.0,
+        agent_command: Sequence[str] = AGENT_COMMAND,
+    ) -> None:
+        names = [f"node{i}" for i in range(1, agents + 1)] if isinstance(agents, int) else agents
+        self._own_dir = base_dir is None
+        self.keep_dir = False
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="schedagent-dev-"))
+        self.etcd_prefix = etcd_prefix
+        self.nats_prefix = nats_prefix
+        self.start_timeout = start_timeout
+        self.agent_command = tuple(agent_command)
+        self.agent_overrides = dict(agent_overrides or {})
+        etcd_ports, nats_port = (
+            (ETCD_DEFAULT_PORTS, NATS_DEFAULT_PORT) if default_ports else ((None, None), None)
+        )
+        self.etcd = EtcdServer(
+            self.base_dir / "etcd",
+            client_port=pick_port(etcd_ports[0]),
+            peer_port=pick_port(etcd_ports[1]),
+        )
+        self.nats = NatsServer(self.base_dir / "nats", port=pick_port(nats_port))
+        self.agents: dict[str, AgentProcess] = {}
+        for name in names:
+            self._new_agent(name, (per_agent or {}).get(name, {}))
+        self._started = False
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return self.etcd.url
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats.url
+
+    def processes(self) -> Iterator[ManagedProcess]:
+        yield self.etcd
+        yield self.nats
+        yield from self.agents.values()
+
+    def dead(self) -> list[ManagedProcess]:
+        """Children that exited without stop() or kill() being asked of them."""
+        return [p for p in self.processes() if p.exited_unexpectedly]
+
+    def start(self) -> None:
+        """Start etcd, NATS and the agents, and wait until every agent is registered."""
+        try:
+            self.etcd.start()
+            self.nats.start()
+            for agent in self.agents.values():
+                agent.start()
+            self._started = True
+            self.wait_for_nodes()
+        except BaseException as exc:
+            # Keep the logs that explain a failure (not a Ctrl-C).
+            self.keep_dir = self.keep_dir or isinstance(exc, Exception)
+            try:
+                self.stop()
+            except Exception as stop_error:
+                exc.add_note(f"while stopping after the failure: {stop_error!r}")
+            raise
+
+    def add_agent(self, name: str, **overrides: Any) -> AgentProcess:
+        """One more agent; if the cluster is running, start it and wait until it registers."""
+        agent = self._new_agent(name, overrides)
+        if self._started:
+            agent.start()
+            self.wait_for_nodes([name])
+        return agent
+
+    def wait_for_nodes(
+        self, names: Iterable[str] | None = None, timeout: float | None = None
+    ) -> None:
+        """Wait until `{prefix}/nodes/{name}` exists in etcd for each agent named."""
+        wanted = list(self.agents if names is None else names)
+        keys = {f"{self.etcd_prefix}/nodes/{name}" for name in wanted}
+        timeout = self.start_timeout if timeout is None else timeout
+
+        def registered() -> bool:
+            for proc in (self.etcd, *(self.agents[name] for name in wanted)):
+                if not proc.running:
+                    raise HarnessError(f"{proc.name} exited with code {proc.returncode}")
+            try:
+                return keys <= set(self.etcd.keys(f"{self.etcd_prefix}/nodes/"))
+            except (OSError, ValueError):
+                return False
+
+        try:
+            wait_for(registered, timeout, f"{', '.join(wanted)} to register in etcd", 0.1)
+        except HarnessError as exc:
+            tails = "".join(_describe(self.agents[n]) for n in wanted)
+            raise HarnessError(f"{exc}{tails}") from None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop agents (together), then NATS, then etcd; raise every failure at the end."""
+        errors: list[Exception] = []
+        agents = list(self.agents.values())
+        # SIGTERM to all first so the agents' drains overlap instead of adding up.
+        for agent in agents:
+            _attempt(errors, agent.terminate)
+        deadline = time.monotonic() + timeout
+        for agent in agents:
+            _attempt(errors, agent.wait, deadline - time.monotonic())
+        _attempt(errors, self.nats.stop)
+        _attempt(errors, self.etcd.stop)
+        self._started = False
+        if self._own_dir and not self.keep_dir and not errors:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+        if errors:
+            raise ExceptionGroup("errors while stopping the local cluster", errors)
+
+    async def astart(self) -> None:
+        await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> LocalCluster:
+        await self.astart()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.astop()
+
+    def _new_agent(self, name: str, overrides: Mapping[str, Any]) -> AgentProcess:
+        if name in self.agents:
+            raise HarnessError(f"there is already an agent named {name!r}")
+        merged: dict[str, Any] = {}
+        _merge(merged, self.agent_overrides)
+        _merge(merged, overrides)
+        agent = AgentProcess(
+            name,
+            self.base_dir / name,
+            etcd_endpoint=self.etcd.url,
+            nats_url=self.nats.url,
+            etcd_prefix=self.etcd_prefix,
+            nats_prefix=self.nats_prefix,
+            overrides=merged,
+            command=self.agent_command,
+        )
+        self.agents[name] = agent
+        return agent
+
+
+def _attempt(errors: list[Exception], action: Callable[..., object], *args: Any) -> None:
+    try:
+        action(*args)
+    except Exception as exc:
+        errors.append(exc)
+
+
+def _describe(proc: ManagedProcess, lines: int = 30) -> str:
+    return f"\n--- {proc.name}: last {lines} lines of {proc.log_path}\n{proc.log_tail(lines)}"
+
+
+def run_dev(
+    agents: int = 3,
+    *,
+    base_dir: Path | str | None = None,
+    start_timeout: float = 30.0,
+    agent_command: Sequence[str] = AGENT_COMMAND,
+    out: TextIO | None = None,
+) -> int:
+    """`schedagent dev`: run a local cluster until SIGINT/SIGTERM (main thread only).
+
+    An agent that dies is reported and the rest keep running (killing one is a
+    way to watch failover); if etcd or NATS dies, everything stops and this returns 1.
+    """
+    out = out or sys.stdout
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cluster = LocalCluster(
+        agents,
+        base_dir=base_dir,
+        default_ports=True,
+        start_timeout=start_timeout,
+        agent_command=agent_command,
+    )
+    try:
+        # Until the cluster is up SIGTERM unwinds like Ctrl-C, so `finally` still stops it.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        cluster.start()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+        print(_banner(cluster), file=out, flush=True)
+        return _supervise(cluster, stop, out)
+    except HarnessError as exc:
+        print(f"schedagent dev: {exc}\n(files kept in {cluster.base_dir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        try:
+            cluster.stop()
+        except Exception as exc:
+            print(f"schedagent dev: {exc!r} (files kept in {cluster.base_dir})", file=sys.stderr)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _supervise(cluster: LocalCluster, stop: threading.Event, out: TextIO) -> int:
+    reported: set[str] = set()
+    while not stop.wait(0.5):
+        for proc in cluster.dead():
+            if proc.name in reported:
+                continue
+            reported.add(proc.name)
+            cluster.keep_dir = True
+            print(
+                f"schedagent dev: {proc.name} (pid {proc.pid}) exited with code "
+                f"{proc.returncode}; log: {proc.log_path}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if proc in (cluster.etcd, cluster.nats):
+                print("schedagent dev: cannot go on without it; stopping", file=sys.stderr)
+                return 1
+    print("schedagent dev: stopping", file=out, flush=True)
+    return 0
+
+
+def _banner(cluster: LocalCluster) -> str:
+    rows: list[tuple[str, str, ManagedProcess]] = [
+        ("etcd", cluster.etcd_endpoint, cluster.etcd),
+        ("nats", cluster.nats_url, cluster.nats),
+    ]
+    rows += [(a.name, f"pid {a.pid}", a) for a in cluster.agents.values()]
+    lines = [
+        f"schedagent dev: {len(cluster.agents)} agents up in {cluster.base_dir} (Ctrl-C stops)"
+    ]
+    lines += [f"  {name:<8} {what:<26} log {p.log_path}" for name, what, p in rows]
+    lines.append("Try:")
+    if cluster.nats.port != NATS_DEFAULT_PORT:
+        lines.append(
+            f"  export SCHEDCTL_NATS_URL={cluster.nats_url}   # or --nats {cluster.nats_url}"
+        )
+    lines += ["  schedctl nodes", '  schedctl submit --cmd "echo hello" --wait']
+    return "\n".join(lines)
