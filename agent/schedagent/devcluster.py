@@ -613,6 +613,8 @@ def run_dev(
         agents,
         base_dir=base_dir,
         default_ports=True,
+        # Ctrl-C must finish well inside stop()'s 15 s: a short drain, then hand back.
+        agent_overrides={"jobs": {"drain_timeout": 5.0}},
         start_timeout=start_timeout,
         agent_command=agent_command,
     )
@@ -678,5 +680,15 @@ def _banner(cluster: LocalCluster) -> str:
         lines.append(
             f"  export SCHEDCTL_NATS_URL={cluster.nats_url}   # or --nats {cluster.nats_url}"
         )
-    lines += ["  schedctl nodes", '  schedctl submit --cmd "echo hello" --wait']
+    ctl = _schedctl_command()
+    lines += [f"  {ctl} nodes", f'  {ctl} submit --cmd "echo hello" --wait']
     return "\n".join(lines)
+
+
+def _schedctl_command() -> str:
+    """`schedctl` if PATH finds ours, else the path beside this interpreter (the venv's)."""
+    beside = Path(sys.executable).parent / "schedctl"
+    found = shutil.which("schedctl")
+    if found is not None and (not beside.exists() or Path(found).resolve() == beside.resolve()):
+        return "schedctl"
+    return str(beside) if beside.exists() else "schedctl"
