@@ -81,12 +81,12 @@ def test_cancel_pending_assigned_and_running() -> None:
 def test_node_lost_retries_or_fails() -> None:
     job = t.start(t.assign(new_job(retries=1), "n1", 1.0) or new_job(), "n1", 1, 2.0)
     assert job is not None
-    lost = t.lose(job, "n1", "node lost: n1", NO_WAIT, 5.0)
+    lost = t.lose(job, "n1", "node lost", NO_WAIT, 5.0)
     assert lost is not None and lost.state == JobState.PENDING and lost.attempt == 2
     again = t.start(t.assign(lost, "n2", 6.0) or lost, "n2", 2, 7.0)
     assert again is not None
-    final = t.lose(again, "n2", "node lost: n2", NO_WAIT, 8.0)
-    assert final is not None and final.state == JobState.FAILED and final.reason == "node lost: n2"
+    final = t.lose(again, "n2", "node lost", NO_WAIT, 8.0)
+    assert final is not None and final.state == JobState.FAILED and final.reason == "node lost"
 
 
 def test_hand_back_does_not_use_a_retry() -> None:

@@ -95,7 +95,7 @@ async def _serve(
     config: AgentConfig, store: Store, keys: Keys, bus: Bus, session: Session, signals: Signals
 ) -> int:
     jobs = JobStore(store, keys)
-    worker = Worker(config, jobs, bus)
+    worker = Worker(config, jobs, bus, lambda: session.lease_id)
     registry = Registry(store, keys, session, config, worker.usage)
     if not await until_ready("node registration", registry.register, signals.stop):
         return 0
@@ -116,6 +116,7 @@ async def _serve(
         async with asyncio.TaskGroup() as tg:
             background = [
                 tg.create_task(session.keep_alive(), name="lease"),
+                tg.create_task(worker.follow_lease(session), name="lease-follower"),
                 tg.create_task(registry.run(), name="registry"),
                 tg.create_task(election.run(lead), name="election"),
             ]

@@ -42,25 +42,28 @@ class Mirror(Generic[T]):
 
     async def run(self) -> None:
         """Run until cancelled."""
-        needs_read = True
+        needs_read, broken = True, False
         while True:
             try:
                 if needs_read:
                     await self._read()
                     needs_read = False
+                if broken:
+                    log.info("watch on %s resumed at revision %d", self.prefix, self.revision + 1)
+                    broken = False
                 await self._follow()
             except WatchCompacted as exc:
                 log.info(
-                    "watch on %s compacted at %d; reading again", self.prefix, exc.compact_revision
+                    "watch on %s: revision compacted (%d); reading again",
+                    self.prefix,
+                    exc.compact_revision,
                 )
                 needs_read = True
             except StoreUnavailableError as exc:
-                log.warning(
-                    "watch on %s broke (%s); resuming from revision %d",
-                    self.prefix,
-                    exc,
-                    self.revision + 1,
-                )
+                # One line per outage, not one per retry.
+                if not broken:
+                    log.warning("watch on %s broke: %s; retrying", self.prefix, exc)
+                broken = True
                 await asyncio.sleep(RETRY_DELAY)
 
     async def _read(self) -> None:

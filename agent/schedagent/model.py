@@ -80,6 +80,7 @@ class Attempt:
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None
+    lease: int | None = None  # the etcd lease of the agent incarnation that started it
 
 
 @dataclasses.dataclass

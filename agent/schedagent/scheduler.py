@@ -102,11 +102,14 @@ class Scheduler:
     ) -> None:
         for entry in active:
             job: Job = entry.value
-            if job.state.holds_cpus and job.node not in nodes:
-                reason = f"node lost: {job.node}"
-                new = transitions.lose(_clone(job), job.node or "", reason, self.backoff, now)
-                if new is not None and await self._write(new, entry.mod_revision):
-                    log.warning("job %s attempt %d: %s", job.id, job.attempt, reason)
+            node = nodes.get(job.node or "")
+            lease, started = (node.lease, node.started_at) if node is not None else (None, 0.0)
+            reason = transitions.lost_reason(job, lease, started)
+            if reason is None:
+                continue
+            new = transitions.lose(_clone(job), job.node or "", reason, self.backoff, now)
+            if new is not None and await self._write(new, entry.mod_revision):
+                log.warning("job %s attempt %d on %s: %s", job.id, job.attempt, job.node, reason)
 
     async def _redispatch(self, active: list[Entry[Job]], now: float) -> float:
         timeout = self.config.jobs.dispatch_timeout

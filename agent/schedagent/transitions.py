@@ -44,13 +44,14 @@ def owns(job: Job, node: str, attempt: int, state: JobState) -> bool:
     return job.state == state and job.node == node and job.attempt == attempt
 
 
-def start(job: Job, node: str, attempt: int, now: float) -> Job | None:
+def start(job: Job, node: str, attempt: int, now: float, lease: int = 0) -> Job | None:
     if not owns(job, node, attempt, JobState.ASSIGNED):
         return None
     job.state = JobState.RUNNING
     current = job.current_attempt()
     if current is not None:
         current.started_at = now
+        current.lease = lease or None
     return job
 
 
@@ -71,7 +72,7 @@ def outcome_state(outcome: Outcome, timeout: float | None) -> tuple[JobState, st
     if outcome.signal is not None:
         return JobState.FAILED, f"killed by {signal.Signals(outcome.signal).name}"
     if outcome.exit_code == 0:
-        return JobState.SUCCEEDED, None
+        return JobState.SUCCEEDED, "exit code 0"
     return JobState.FAILED, f"exit code {outcome.exit_code}"
 
 
@@ -121,7 +122,7 @@ def hand_back(job: Job, node: str, attempt: int, reason: str, now: float) -> Job
 
 
 def lose(job: Job, node: str, reason: str, backoff: Backoff, now: float) -> Job | None:
-    """The leader's verdict on an attempt whose node is gone: retry it or fail the job."""
+    """The leader's verdict on an attempt whose agent is gone: retry it or fail the job."""
     if job.node != node or not job.state.holds_cpus:
         return None
     _close_attempt(job, str(JobState.FAILED), reason, now)
@@ -131,6 +132,24 @@ def lose(job: Job, node: str, reason: str, backoff: Backoff, now: float) -> Job 
     job.state = JobState.FAILED
     job.reason = reason
     return job
+
+
+def lost_reason(job: Job, node_lease: int | None, node_started_at: float) -> str | None:
+    """Why this job's attempt has no live agent behind it, or None if it has one.
+
+    node_lease is the lease in the node's current record (None: no record).
+    """
+    if not job.state.holds_cpus:
+        return None
+    if node_lease is None:
+        return "node lost"
+    current = job.current_attempt()
+    if job.state != JobState.RUNNING or current is None or current.lease is None:
+        return None
+    if current.lease == node_lease:
+        return None
+    started = current.started_at or 0.0
+    return "agent restarted" if node_started_at > started else "agent lost its etcd lease"
 
 
 def cancel(job: Job, now: float) -> Job | None:

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -21,7 +22,9 @@ from .config import AgentConfig
 from .errors import ConflictError, NotFoundError, StoreUnavailableError
 from .jobstore import JobStore, Mutation
 from .model import JOB_ID_RE, Job, JobState
+from .orphans import reap_previous_incarnation
 from .runner import Command, Outcome, job_environment, run_command
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ FETCH_TIMEOUT = 2.0
 ACK_WAIT = 30.0
 CANCEL_POLL_INTERVAL = 5.0
 WRITE_RETRY_DELAY = 1.0
+AGENT_STOPPED = "agent stopped"
+LEASE_LOST = "agent lost its etcd lease"
 
 
 @dataclasses.dataclass
@@ -39,7 +44,8 @@ class RunningJob:
     cpus: float
     cancel: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     pid: int | None = None
-    hand_back: bool = False
+    # Set when the agent, not the job, ends the attempt: AGENT_STOPPED or LEASE_LOST.
+    interrupted: str | None = None
 
 
 class OutputTail:
@@ -59,7 +65,10 @@ class OutputTail:
 
 
 class Worker:
-    def __init__(self, config: AgentConfig, jobs: JobStore, bus: Bus) -> None:
+    def __init__(
+        self, config: AgentConfig, jobs: JobStore, bus: Bus, lease: Callable[[], int]
+    ) -> None:
+        self.lease = lease
         self.config = config
         self.node = config.node_name
         self.jobs = jobs
@@ -76,6 +85,10 @@ class Worker:
 
     async def run(self) -> None:
         """Take dispatches until `stop_accepting`; jobs already running are left to finish."""
+        try:
+            await reap_previous_incarnation(self.jobs, self.node, self.lease())
+        except StoreUnavailableError as exc:
+            log.warning("could not look for a previous incarnation's jobs: %s", exc)
         sub = await self._subscribe()
         control = await self.bus.nc.subscribe(
             self.bus.subjects.control(self.node), cb=self._on_control
@@ -134,7 +147,8 @@ class Worker:
             return
         try:
             job, changed = await self.jobs.update(
-                job_id, lambda j: transitions.start(j, self.node, attempt, time.time())
+                job_id,
+                lambda j: transitions.start(j, self.node, attempt, time.time(), self.lease()),
             )
         except (NotFoundError, ConflictError) as exc:
             log.warning("dropping dispatch of job %s: %s", job_id, exc)
@@ -225,13 +239,14 @@ class Worker:
         self, job: Job, running: RunningJob, outcome: Outcome, tail: OutputTail
     ) -> None:
         def mutate(j: Job) -> Job | None:
-            if running.hand_back:
-                return transitions.hand_back(
-                    j, self.node, running.attempt, "agent stopped", time.time()
-                )
-            return transitions.finish(
-                j, self.node, running.attempt, outcome, tail.text(), self.backoff
-            )
+            now, attempt = time.time(), running.attempt
+            if running.interrupted == AGENT_STOPPED:
+                return transitions.hand_back(j, self.node, attempt, AGENT_STOPPED, now)
+            if running.interrupted is not None:
+                if j.attempt != attempt:
+                    return None
+                return transitions.lose(j, self.node, running.interrupted, self.backoff, now)
+            return transitions.finish(j, self.node, attempt, outcome, tail.text(), self.backoff)
 
         stored, changed = await self._write_until_done(job.id, mutate)
         if stored is None or not changed:
@@ -243,8 +258,9 @@ class Worker:
                 stored.attempt if stored else 0,
             )
             return
-        self.handed_back += running.hand_back
-        self.finished += not running.hand_back
+        handed_back = running.interrupted == AGENT_STOPPED
+        self.handed_back += handed_back
+        self.finished += not handed_back
         log.info(
             "job %s attempt %d ended: %s (%s)", job.id, running.attempt, stored.state, stored.reason
         )
@@ -290,11 +306,26 @@ class Worker:
         if self._tasks:
             log.info("draining: waiting up to %gs for %d running job(s)", timeout, len(self._tasks))
             await asyncio.wait(set(self._tasks), timeout=timeout)
-        for running in self.running.values():
-            running.hand_back = True
-            running.cancel.set()
+        self.interrupt_all(AGENT_STOPPED)
         if self._tasks:
             await asyncio.wait(set(self._tasks))
+
+    def interrupt_all(self, reason: str) -> None:
+        """Kill every running job; its attempt is recorded with this reason."""
+        for running in self.running.values():
+            if running.interrupted is None:
+                log.warning(
+                    "job %s attempt %d: killing it: %s", running.job_id, running.attempt, reason
+                )
+                running.interrupted = reason
+            running.cancel.set()
+
+    async def follow_lease(self, session: Session) -> None:
+        """A replaced lease means etcd declared this agent dead: its attempts are being
+        retried elsewhere, so stop them here rather than run them twice."""
+        while True:
+            await session.renewed.wait()
+            self.interrupt_all(LEASE_LOST)
 
 
 def _parse_dispatch(data: bytes) -> tuple[str, int] | None:
