@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import nats
+import nats.errors
 
 FINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED"}
 
@@ -25,8 +27,16 @@ class ApiClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.nc.close()
 
-    async def raw(self, verb: str, data: bytes, timeout: float = 10) -> dict[str, Any]:
-        reply = await self.nc.request(f"{self.prefix}.api.{verb}", data, timeout=timeout)
+    async def raw(self, verb: str, data: bytes, tries: int = 8) -> dict[str, Any]:
+        """One request, retried on timeout: a frozen agent in the queue group swallows
+        the requests routed to it until NATS notices it is gone (as schedctl does)."""
+        for _ in range(tries - 1):
+            try:
+                reply = await self.nc.request(f"{self.prefix}.api.{verb}", data, timeout=2)
+                return dict(json.loads(reply.data))
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                continue
+        reply = await self.nc.request(f"{self.prefix}.api.{verb}", data, timeout=10)
         return dict(json.loads(reply.data))
 
     async def call(self, verb: str, **body: Any) -> dict[str, Any]:
@@ -35,6 +45,8 @@ class ApiClient:
         return reply
 
     async def submit(self, cmd: str, **spec: Any) -> str:
+        # A key makes the retries in raw() safe: a resent submit returns the same job.
+        spec.setdefault("idempotency_key", str(uuid.uuid4()))
         reply = await self.call("submit", spec={"cmd": cmd, **spec})
         return str(reply["job"]["id"])
 

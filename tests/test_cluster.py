@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import nats
-import psutil
 import pytest
 
 from apiclient import ApiClient
+from helpers import live_processes_with, marker, wait_until
 from schedagent.devcluster import LocalCluster
 
 NODE_CPUS = 2.0
@@ -46,27 +45,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 async def api(cluster: LocalCluster) -> Any:
     async with ApiClient(cluster.nats_url) as client:
         yield client
-
-
-def marker() -> int:
-    """A sleep duration no other process on the machine is likely to use."""
-    return 100000 + uuid.uuid4().int % 800000
-
-
-def live_processes_with(text: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if text in " ".join(proc.info["cmdline"] or []) and proc.info["status"] != "zombie":
-            found.append(proc)
-    return found
-
-
-async def wait_until(predicate: Any, deadline: float, what: str) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def max_concurrent_cpus(intervals: list[tuple[float, float, float]]) -> float:

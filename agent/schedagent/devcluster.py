@@ -256,6 +256,10 @@ class _Server(ManagedProcess):
                 raise HarnessError(f"{exc}; {self.log_path}:\n{self.log_tail()}") from None
             raise
 
+    def ready(self) -> bool:
+        """Whether the server answers its readiness probe (raises if it exited)."""
+        return self._ready()
+
     def _ready(self) -> bool:
         if self.returncode is not None:
             raise HarnessError(f"{self.name} exited with code {self.returncode} while starting")
@@ -287,6 +291,7 @@ class EtcdServer(_Server):
         peer_port: int | None = None,
         name: str = "devcluster",
         binary: str = ETCD_BIN,
+        initial_cluster: str | None = None,
     ) -> None:
         self.dir = Path(base_dir)
         # etcd creates the data dir itself, with the 0700 mode it wants.
@@ -297,11 +302,12 @@ class EtcdServer(_Server):
         argv = [binary, "--name", name, "--data-dir", str(self.data_dir)]
         argv += ["--listen-client-urls", self.url, "--advertise-client-urls", self.url]
         argv += ["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer]
-        argv += ["--initial-cluster", f"{name}={peer}"]
+        argv += ["--initial-cluster", initial_cluster or f"{name}={peer}"]
         argv += ["--logger", "zap", "--log-outputs", "stderr"]
         # etcd 3.4 refuses to start when an ETCD_* variable shadows a flag we pass.
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-        super().__init__("etcd", argv, self.dir / "etcd.log", env=env)
+        label = name if initial_cluster else "etcd"
+        super().__init__(label, argv, self.dir / "etcd.log", env=env)
 
     def keys(self, prefix: str) -> list[str]:
         """Keys under prefix, via etcd's JSON gateway: plain blocking HTTP, no event loop."""
@@ -377,7 +383,7 @@ class AgentProcess(ManagedProcess):
             "node_name": name,
             "labels": {},
             "log_level": "info",
-            "etcd": {"endpoints": [etcd_endpoint], "prefix": etcd_prefix},
+            "etcd": {"endpoints": etcd_endpoint.split(","), "prefix": etcd_prefix},
             "nats": {"urls": [nats_url], "prefix": nats_prefix},
         }
         _merge(self.config, overrides or {})
@@ -397,6 +403,33 @@ class AgentProcess(ManagedProcess):
     def start(self) -> None:
         self.write_config()
         super().start()
+
+
+def _etcd_members(
+    base_dir: Path, count: int, ports: tuple[int | None, int | None]
+) -> list[EtcdServer]:
+    """One member on the given ports, or a cluster of count members on free ports."""
+    if count == 1:
+        client, peer = pick_port(ports[0]), pick_port(ports[1])
+        return [EtcdServer(base_dir / "etcd", client_port=client, peer_port=peer)]
+    names = [f"etcd{i}" for i in range(1, count + 1)]
+    peers = {name: free_port() for name in names}
+    initial = ",".join(f"{name}=http://{HOST}:{port}" for name, port in peers.items())
+    return [
+        EtcdServer(base_dir / name, peer_port=peers[name], name=name, initial_cluster=initial)
+        for name in names
+    ]
+
+
+def _start_etcd(members: list[EtcdServer]) -> None:
+    """Start every member before waiting on any: a member is healthy only with a quorum."""
+    if len(members) == 1:
+        members[0].start()
+        return
+    for member in members:
+        ManagedProcess.start(member)
+    for member in members:
+        wait_for(member.ready, member.ready_timeout, f"{member.name} to be ready")
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
@@ -432,6 +465,7 @@ class LocalCluster:
         default_ports: bool = False,
         start_timeout: float = 30.0,
         agent_command: Sequence[str] = AGENT_COMMAND,
+        etcd_members: int = 1,
     ) -> None:
         names = [f"node{i}" for i in range(1, agents + 1)] if isinstance(agents, int) else agents
         self._own_dir = base_dir is None
@@ -445,11 +479,8 @@ class LocalCluster:
         etcd_ports, nats_port = (
             (ETCD_DEFAULT_PORTS, NATS_DEFAULT_PORT) if default_ports else ((None, None), None)
         )
-        self.etcd = EtcdServer(
-            self.base_dir / "etcd",
-            client_port=pick_port(etcd_ports[0]),
-            peer_port=pick_port(etcd_ports[1]),
-        )
+        self.etcd_members = _etcd_members(self.base_dir, etcd_members, etcd_ports)
+        self.etcd = self.etcd_members[0]
         self.nats = NatsServer(self.base_dir / "nats", port=pick_port(nats_port))
         self.agents: dict[str, AgentProcess] = {}
         for name in names:
@@ -461,11 +492,19 @@ class LocalCluster:
         return self.etcd.url
 
     @property
+    def etcd_endpoints(self) -> list[str]:
+        return [member.url for member in self.etcd_members]
+
+    def live_etcd(self) -> EtcdServer:
+        """A running member (the first one may have been killed by a test)."""
+        return next((m for m in self.etcd_members if m.running), self.etcd)
+
+    @property
     def nats_url(self) -> str:
         return self.nats.url
 
     def processes(self) -> Iterator[ManagedProcess]:
-        yield self.etcd
+        yield from self.etcd_members
         yield self.nats
         yield from self.agents.values()
 
@@ -476,7 +515,7 @@ class LocalCluster:
     def start(self) -> None:
         """Start etcd, NATS and the agents, and wait until every agent is registered."""
         try:
-            self.etcd.start()
+            _start_etcd(self.etcd_members)
             self.nats.start()
             for agent in self.agents.values():
                 agent.start()
@@ -508,11 +547,11 @@ class LocalCluster:
         timeout = self.start_timeout if timeout is None else timeout
 
         def registered() -> bool:
-            for proc in (self.etcd, *(self.agents[name] for name in wanted)):
+            for proc in (self.live_etcd(), *(self.agents[name] for name in wanted)):
                 if not proc.running:
                     raise HarnessError(f"{proc.name} exited with code {proc.returncode}")
             try:
-                return keys <= set(self.etcd.keys(f"{self.etcd_prefix}/nodes/"))
+                return keys <= set(self.live_etcd().keys(f"{self.etcd_prefix}/nodes/"))
             except (OSError, ValueError):
                 return False
 
@@ -533,7 +572,8 @@ class LocalCluster:
         for agent in agents:
             _attempt(errors, agent.wait, deadline - time.monotonic())
         _attempt(errors, self.nats.stop)
-        _attempt(errors, self.etcd.stop)
+        for member in self.etcd_members:
+            _attempt(errors, member.stop)
         self._started = False
         if self._own_dir and not self.keep_dir and not errors:
             shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -571,7 +611,7 @@ class LocalCluster:
         agent = AgentProcess(
             name,
             self.base_dir / name,
-            etcd_endpoint=self.etcd.url,
+            etcd_endpoint=",".join(self.etcd_endpoints),
             nats_url=self.nats.url,
             etcd_prefix=self.etcd_prefix,
             nats_prefix=self.nats_prefix,
