@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup dev test lint typecheck unit clean
+.PHONY: setup dev test lint typecheck unit clean bench
 
 setup:
 	./scripts/setup
@@ -26,3 +26,6 @@ unit: setup
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info agent/*.egg-info
+
+bench: setup
+	$(PY) bench/run.py

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -105,10 +104,18 @@ class JobStore:
             [ModRevisionIs(key, revision), *fence], [Put(key, job.to_json())]
         )
 
+    async def write_many(
+        self, batch: Sequence[tuple[Job, int]], fence: Sequence[Compare] = ()
+    ) -> int:
+        """Compare-and-swap several jobs at once, all or none: the revision, or 0."""
+        compares: list[Compare] = [ModRevisionIs(self.keys.job(j.id), rev) for j, rev in batch]
+        puts = [Put(self.keys.job(j.id), j.to_json()) for j, _ in batch]
+        return await self.store.txn_revision([*compares, *fence], puts)
+
     async def _fence_holds(self, fence: Sequence[Compare]) -> bool:
         return await self.store.txn(list(fence), [])
 
 
 def _copy(job: Job) -> Job:
-    # A deep copy through JSON keeps mutations away from the caller's record.
-    return Job.from_dict(json.loads(job.to_json()))
+    # Mutations must not reach the record the caller read.
+    return job.clone()

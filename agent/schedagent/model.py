@@ -107,19 +107,24 @@ class Job:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # Field by field: dataclasses.asdict deep-copies and costs a third of a pass.
+        data = {name: getattr(self, name) for name in _JOB_SCALARS}
         data["spec"] = self.spec.to_dict()
         data["state"] = str(self.state)
+        data["attempts"] = [vars(a).copy() for a in self.attempts]
         data["v"] = SCHEMA_VERSION
         return data
+
+    def clone(self) -> Job:
+        """A copy whose attempts can be changed without touching this record."""
+        return dataclasses.replace(self, attempts=[dataclasses.replace(a) for a in self.attempts])
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Job:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields}
+        values = {k: v for k, v in data.items() if k in _JOB_FIELDS}
         values["spec"] = JobSpec(**data["spec"])
         values["state"] = JobState(data["state"])
         values["attempts"] = [Attempt(**a) for a in data.get("attempts", [])]
@@ -128,6 +133,10 @@ class Job:
     @classmethod
     def from_json(cls, raw: bytes) -> Job:
         return cls.from_dict(json.loads(raw))
+
+
+_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
+_JOB_SCALARS = tuple(sorted(_JOB_FIELDS - {"spec", "state", "attempts"}))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,8 @@ from .store import KV, Compare, Store
 log = logging.getLogger(__name__)
 
 IDLE_WAKEUP = 5.0
+# etcd allows 128 operations per transaction by default (--max-txn-ops).
+PLACE_BATCH = 64
 
 
 def _decode_node(key: str, raw: bytes) -> NodeRecord | None:
@@ -50,7 +52,7 @@ class Scheduler:
         self.bus = bus
         self.fence = list(fence)
         self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
-        self.job_view: Mirror[Job] = Mirror(store, keys.jobs, lambda k, v: _decode(k, v))
+        self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
         self.dispatched_at: dict[tuple[str, int], float] = {}
 
@@ -133,6 +135,7 @@ class Scheduler:
         views = [NodeView(n.name, n.cpus, n.labels, n.draining) for n in nodes.values()]
         free = free_cpus(views, (e.value for e in active))
         wake_in = IDLE_WAKEUP
+        batch: list[tuple[Job, int]] = []
         for entry in active:
             job: Job = entry.value
             if job.state != JobState.PENDING:
@@ -141,13 +144,35 @@ class Scheduler:
                 wake_in = min(wake_in, job.not_before - now)
                 continue
             target = choose_node(job.spec, views, free)
-            if target is None:
+            new = None if target is None else transitions.assign(_clone(job), target, now)
+            if target is None or new is None:
                 continue
-            new = transitions.assign(_clone(job), target, now)
-            if new is not None and await self._write(new, entry.mod_revision):
-                free[target] -= job.spec.cpus
-                await self._dispatch(new, now)
+            free[target] -= job.spec.cpus
+            batch.append((new, entry.mod_revision))
+            if len(batch) == PLACE_BATCH:
+                await self._assign(batch, now)
+                batch = []
+        await self._assign(batch, now)
         return wake_in
+
+    async def _assign(self, batch: list[tuple[Job, int]], now: float) -> None:
+        """Write a batch of placements in one transaction, then dispatch them together.
+
+        If any job changed meanwhile the transaction fails as a whole; then each is
+        written alone, so one conflict does not hold back the others.
+        """
+        if not batch:
+            return
+        written = await self.jobs.write_many(batch, self.fence)
+        if written:
+            placed = [job for job, _ in batch]
+            for job in placed:
+                self.job_view.note_write(self.jobs.keys.job(job.id), written, job)
+        else:
+            await self._check_fence()
+            placed = [job for job, revision in batch if await self._write(job, revision)]
+        await asyncio.gather(*(self.bus.publish_event(job) for job in placed if written))
+        await asyncio.gather(*(self._dispatch(job, now) for job in placed))
 
     async def _dispatch(self, job: Job, now: float) -> None:
         if job.node is None:
@@ -164,14 +189,19 @@ class Scheduler:
             self.job_view.note_write(self.jobs.keys.job(job.id), written, job)
             await self.bus.publish_event(job)
             return True
-        if not await self.store.txn(self.fence, []):
-            raise FencedError("the election key changed: another agent leads now")
+        await self._check_fence()
         return False  # the job changed under us; the watch brings the new version
 
+    async def _check_fence(self) -> None:
+        if not await self.store.txn(self.fence, []):
+            raise FencedError("the election key changed: another agent leads now")
 
-def _decode(key: str, raw: bytes) -> Job | None:
-    return decode_job(KV(key, raw, 0, 0, 0))
+
+def _decode_active(key: str, raw: bytes) -> Job | None:
+    """Jobs the scheduler still has to act on; final ones are left out of its view."""
+    job = decode_job(KV(key, raw, 0, 0, 0))
+    return None if job is None or job.state.final else job
 
 
 def _clone(job: Job) -> Job:
-    return Job.from_json(job.to_json())
+    return job.clone()
