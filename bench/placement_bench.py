@@ -6,7 +6,7 @@ import random
 import time
 
 from schedagent.model import JobSpec
-from schedagent.placement import NodeView, choose_node
+from schedagent.placement import NodeView, PlacementIndex
 
 ZONES = ["a", "b", "c", "d"]
 
@@ -21,12 +21,19 @@ def simulated_nodes(count: int, rng: random.Random) -> tuple[list[NodeView], dic
 
 
 def decisions_per_second(count: int, seconds: float = 1.0) -> float:
+    """Placements (choose, then take the CPUs) per second, as the scheduler makes them."""
     rng = random.Random(count)
     nodes, free = simulated_nodes(count, rng)
+    index = PlacementIndex(nodes, free)
     specs = [JobSpec(cmd="x", cpus=1.0), JobSpec(cmd="x", cpus=2.0, labels={"zone": "b"})]
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        choose_node(specs[done % 2], nodes, free)
+        spec = specs[done % 2]
+        target = index.choose(spec)
+        if target is None:  # the cluster filled up: start again from the same state
+            index = PlacementIndex(nodes, free)
+            continue
+        index.take(target, spec.cpus)
         done += 1
     return done / (time.perf_counter() - start)
 

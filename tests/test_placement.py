@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from schedagent.model import Job, JobSpec, JobState
-from schedagent.placement import NodeView, choose_node, free_cpus, unplaceable_reason
+from schedagent.placement import (
+    NodeView,
+    PlacementIndex,
+    choose_node,
+    free_cpus,
+    unplaceable_reason,
+)
 
 NODES = [
     NodeView("a", 2, {"zone": "x"}),
@@ -53,3 +63,33 @@ def test_unplaceable_reasons() -> None:
         unplaceable_reason(JobSpec(cmd="x", cpus=5), NODES) or ""
     )
     assert unplaceable_reason(JobSpec(cmd="x", cpus=4), NODES) is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_index_picks_what_the_scan_picks(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = [
+        NodeView(
+            f"n{i}",
+            float(rng.choice([1, 2, 4])),
+            {"zone": rng.choice("ab"), "disk": rng.choice(["ssd", "hdd"])},
+            draining=rng.random() < 0.1,
+        )
+        for i in range(rng.randint(1, 40))
+    ]
+    free = {n.name: float(rng.randint(0, int(n.cpus))) for n in nodes}
+    index = PlacementIndex(nodes, free)
+    specs = [
+        JobSpec(cmd="x", cpus=1),
+        JobSpec(cmd="x", cpus=2, labels={"zone": "a"}),
+        JobSpec(cmd="x", cpus=1, labels={"zone": "b", "disk": "ssd"}),
+        JobSpec(cmd="x", cpus=1, node="n3"),
+        JobSpec(cmd="x", cpus=1, labels={"gpu": "yes"}),
+    ]
+    for _ in range(60):
+        spec = rng.choice(specs)
+        expected = choose_node(spec, nodes, free)
+        assert index.choose(spec) == expected, (spec, expected)
+        if expected is not None:
+            free[expected] -= spec.cpus
+            index.take(expected, spec.cpus)

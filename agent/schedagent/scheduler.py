@@ -16,7 +16,7 @@ from .jobstore import JobStore, decode_job
 from .mirror import Entry, Mirror
 from .model import Job, JobState, NodeRecord
 from .names import Keys
-from .placement import NodeView, choose_node, free_cpus
+from .placement import NodeView, PlacementIndex, free_cpus
 from .store import KV, Compare, Store
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Scheduler:
         self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
     ) -> float:
         views = [NodeView(n.name, n.cpus, n.labels, n.draining) for n in nodes.values()]
-        free = free_cpus(views, (e.value for e in active))
+        index = PlacementIndex(views, free_cpus(views, (e.value for e in active)))
         wake_in = IDLE_WAKEUP
         batch: list[tuple[Job, int]] = []
         for entry in active:
@@ -143,11 +143,11 @@ class Scheduler:
             if job.not_before > now:
                 wake_in = min(wake_in, job.not_before - now)
                 continue
-            target = choose_node(job.spec, views, free)
+            target = index.choose(job.spec)
             new = None if target is None else transitions.assign(_clone(job), target, now)
             if target is None or new is None:
                 continue
-            free[target] -= job.spec.cpus
+            index.take(target, job.spec.cpus)
             batch.append((new, entry.mod_revision))
             if len(batch) == PLACE_BATCH:
                 await self._assign(batch, now)
