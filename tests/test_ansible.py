@@ -1,0 +1,393 @@
+"""The Ansible roles' files, rendered by ansible-playbook for three local hosts, work.
+
+`ansible/tests/render.yml` runs each role's real preflight and renders its templates
+for an inventory of three local hosts (every service on 127.0.0.1, each on ports of its
+own), with Debian 12's ansible-core (/usr/bin, the supported control host) and with
+the one ansible-lint brings (.venv). Then: every agent.yaml passes `schedagent
+check-config` and every NATS config `nats-server -t`; a second run changes nothing and
+keeps the generated passwords; and etcd, NATS, agents and schedctl started from the
+rendered files form a working, password-protected cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schedagent.devcluster import (
+    ETCD_BIN,
+    NATS_BIN,
+    ManagedProcess,
+    free_port,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE_DIR = ROOT / "ansible"
+RENDER_PLAYBOOK = ANSIBLE_DIR / "tests" / "render.yml"
+SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
+PLAYBOOK_BINS = {
+    "debian": "/usr/bin/ansible-playbook",
+    "venv": str(Path(sys.executable).parent / "ansible-playbook"),
+}
+HOSTS = ("n1", "n2", "n3")
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclasses.dataclass
+class Render:
+    """One run of render.yml: where its files are and how to run it again."""
+
+    binary: str
+    base: Path
+    inventory: Path
+    out: Path
+    ports: dict[str, dict[str, int]]
+
+    def file(self, host: str, name: str) -> Path:
+        return self.out / host / name
+
+    def run(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return _run_playbook(self.binary, self.base, self.inventory, self.out, *extra)
+
+    def credential(self, name: str) -> str:
+        return (self.credentials / name).read_text().split()[0]
+
+    @property
+    def credentials(self) -> Path:
+        """Where the roles keep the generated passwords: beside the inventory."""
+        return self.inventory.parent / "credentials"
+
+
+def _run_playbook(
+    binary: str, base: Path, inventory: Path, out: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+        "ANSIBLE_HOME": str(base / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(base / "ansible-tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        # The venv's ansible-playbook finds its own interpreter first on PATH.
+        "PATH": f"{Path(binary).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    }
+    argv = [binary, "-i", str(inventory), str(RENDER_PLAYBOOK), "-e", f"render_dir={out}"]
+    return subprocess.run(
+        [*argv, *extra], cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def _inventory(base: Path) -> tuple[dict[str, object], dict[str, dict[str, int]]]:
+    kinds = ("etcd_client_port", "etcd_peer_port", "nats_client_port", "nats_cluster_port")
+    ports = {host: {kind: free_port() for kind in (*kinds, "nats_monitor_port")} for host in HOSTS}
+    hosts = {
+        host: {
+            **ports[host],
+            "etcd_data_dir": str(base / "state" / host / "etcd"),
+            "nats_store_dir": str(base / "state" / host / "nats"),
+        }
+        for host in HOSTS
+    }
+    members = {"hosts": {host: {} for host in HOSTS}}
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "schedagent_deb": str(base / "schedagent_0.1.0_amd64.deb"),
+                "etcd_address": "127.0.0.1",
+                "nats_address": "127.0.0.1",
+                "schedagent_labels": {"zone": "a"},
+                "schedagent_config_extra": {"jobs": {"drain_timeout": 5}},
+            },
+            "hosts": hosts,
+            "children": {
+                "etcd": members,
+                "nats": members,
+                "agents": members,
+                "admin": {"hosts": {"n1": {}}},
+            },
+        }
+    }
+    return inventory, ports
+
+
+# Existing clusters, given as endpoints: no etcd and no nats group in the inventory.
+EXISTING = {
+    "schedagent_etcd_endpoints": ["http://192.0.2.5:2379", "http://192.0.2.6:2379"],
+    "schedagent_nats_urls": ["nats://192.0.2.8:4222"],
+    "schedctl_nats_url": "nats://192.0.2.8:4222",
+    "schedagent_nats_user": "",
+    "schedctl_nats_user": "",
+}
+
+
+def _render(binary: str, base: Path, existing: bool = False) -> Render:
+    if not os.access(binary, os.X_OK):
+        # Fail, not skip: scripts/setup installs both.
+        pytest.fail(f"{binary} is not installed; run scripts/setup", pytrace=False)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "schedagent_0.1.0_amd64.deb").write_bytes(b"")
+    inventory, ports = _inventory(base)
+    if existing:
+        groups = inventory["all"]["children"]  # type: ignore[index]
+        del groups["etcd"], groups["nats"]
+        inventory["all"]["vars"].update(EXISTING)  # type: ignore[index]
+    inventory_path = base / "inventory" / "hosts.yml"
+    inventory_path.parent.mkdir()
+    inventory_path.write_text(yaml.safe_dump(inventory), "utf-8")
+    out = base / "out"
+    result = _run_playbook(binary, base, inventory_path, out)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return Render(binary, base, inventory_path, out, ports)
+
+
+@pytest.fixture(scope="module")
+def debian_render(tmp_path_factory: pytest.TempPathFactory) -> Render:
+    """render.yml's output with Debian's ansible-playbook (the one the docs use)."""
+    return _render(PLAYBOOK_BINS["debian"], tmp_path_factory.mktemp("ansible-debian"))
+
+
+@pytest.fixture(scope="module", params=sorted(PLAYBOOK_BINS))
+def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Render:
+    """render.yml's output for three local hosts, with each ansible-playbook."""
+    if request.param == "debian":
+        render: Render = request.getfixturevalue("debian_render")
+        return render
+    binary = PLAYBOOK_BINS[request.param]
+    return _render(binary, tmp_path_factory.mktemp(f"ansible-{request.param}"))
+
+
+def _recap(output: str) -> dict[str, dict[str, int]]:
+    recap = {}
+    for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.MULTILINE):
+        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return recap
+
+
+def test_every_agent_yaml_passes_check_config(rendered: Render) -> None:
+    for host in HOSTS:
+        path = rendered.file(host, "agent.yaml")
+        check = subprocess.run(
+            [sys.executable, "-m", "schedagent", "check-config", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0, check.stderr
+        assert f"OK (node {host})" in check.stdout
+
+
+def test_agent_yaml_carries_the_inventory(rendered: Render) -> None:
+    config = yaml.safe_load(rendered.file("n2", "agent.yaml").read_text())
+    password = rendered.credential("nats-schedagent")
+    assert config["node_name"] == "n2"
+    assert config["labels"] == {"zone": "a"}
+    assert config["jobs"] == {"drain_timeout": 5}
+    ports = rendered.ports
+    assert config["etcd"]["endpoints"] == [
+        f"http://127.0.0.1:{ports[h]['etcd_client_port']}" for h in HOSTS
+    ]
+    assert config["nats"]["urls"] == [
+        f"nats://schedagent:{password}@127.0.0.1:{ports[h]['nats_client_port']}" for h in HOSTS
+    ]
+    assert rendered.file("n2", "agent.yaml").read_text().startswith("#\n# Ansible managed")
+
+
+def test_every_nats_config_passes_nats_server_t(rendered: Render) -> None:
+    for host in HOSTS:
+        check = subprocess.run(
+            [NATS_BIN, "-t", "-c", str(rendered.file(host, "nats-server.conf"))],
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        text = rendered.file(host, "nats-server.conf").read_text()
+        others = [h for h in HOSTS if h != host]
+        routes = re.findall(r"nats-route://route:\w+@127\.0\.0\.1:(\d+)", text)
+        assert routes == [str(rendered.ports[h]["nats_cluster_port"]) for h in others]
+
+
+def test_etcd_settings_name_every_member(rendered: Render) -> None:
+    env = _env_file(rendered.file("n3", "etcd.env"))
+    peers = [f"{h}=http://127.0.0.1:{rendered.ports[h]['etcd_peer_port']}" for h in HOSTS]
+    assert env["ETCD_NAME"] == "n3"
+    assert env["ETCD_INITIAL_CLUSTER"] == ",".join(peers)
+    assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+
+
+def test_a_second_run_changes_nothing_and_keeps_the_passwords(rendered: Render) -> None:
+    before = {p.name: p.read_text() for p in rendered.credentials.iterdir()}
+    assert sorted(before) == ["nats-route", "nats-schedagent", "nats-schedctl"]
+    again = rendered.run()
+    assert again.returncode == 0, again.stdout[-4000:]
+    recap = _recap(again.stdout)
+    assert set(recap) == set(HOSTS)
+    assert all(counts["changed"] == 0 for counts in recap.values()), recap
+    after = {p.name: p.read_text() for p in rendered.credentials.iterdir()}
+    assert after == before
+
+
+def test_preflight_refuses_contradictions(debian_render: Render) -> None:
+    rendered = debian_render
+    # An existing etcd given while the inventory also deploys one.
+    result = rendered.run("-e", '{"schedagent_etcd_endpoints": ["http://192.0.2.1:2379"]}')
+    assert result.returncode != 0
+    assert "schedagent_etcd_endpoints is set and the inventory group etcd has hosts" in (
+        result.stdout
+    )
+    # Two agents with one node name.
+    result = rendered.run("-e", "schedagent_node_name=same")
+    assert result.returncode != 0
+    assert "Two agents share a node name: same, same, same" in result.stdout
+
+
+def test_existing_clusters_skip_the_etcd_and_nats_plays(tmp_path: Path) -> None:
+    render = _render(PLAYBOOK_BINS["debian"], tmp_path, existing=True)
+    assert not render.file("n1", "etcd.env").exists()
+    assert not render.file("n1", "nats-server.conf").exists()
+    config = yaml.safe_load(render.file("n1", "agent.yaml").read_text())
+    assert config["etcd"]["endpoints"] == EXISTING["schedagent_etcd_endpoints"]
+    assert config["nats"]["urls"] == EXISTING["schedagent_nats_urls"]
+    check = subprocess.run(
+        [sys.executable, "-m", "schedagent", "check-config", str(render.file("n1", "agent.yaml"))],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    assert (
+        "SCHEDCTL_NATS_URL=nats://192.0.2.8:4222\n" in render.file("n1", "schedctl.env").read_text()
+    )
+    assert not render.credentials.exists()
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = re.findall(r'^([A-Z_]+)="?(.*?)"?$', path.read_text(), re.MULTILINE)
+    return dict(pairs)
+
+
+def _get_json(url: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    with _HTTP.open(urllib.request.Request(url, data=data), timeout=2) as resp:
+        reply = json.load(resp)
+    assert isinstance(reply, dict)
+    return reply
+
+
+def _answers(url: str, body: dict[str, object] | None = None) -> dict[str, object] | None:
+    try:
+        return _get_json(url, body)
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def cluster(debian_render: Render, request: pytest.FixtureRequest) -> Iterator[Render]:
+    """etcd, NATS and three agents, each started from the files render.yml wrote."""
+    render = debian_render
+    failed_before = request.session.testsfailed
+    procs: list[ManagedProcess] = []
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+    base_env["NO_PROXY"] = base_env["no_proxy"] = "127.0.0.1,localhost"
+    logs = render.base / "logs"
+    try:
+        for host in HOSTS:
+            etcd_env = {**base_env, **_env_file(render.file(host, "etcd.env"))}
+            procs.append(
+                ManagedProcess(f"etcd-{host}", [ETCD_BIN], logs / f"etcd-{host}.log", env=etcd_env)
+            )
+            nats_argv = [NATS_BIN, "-c", str(render.file(host, "nats-server.conf"))]
+            procs.append(ManagedProcess(f"nats-{host}", nats_argv, logs / f"nats-{host}.log"))
+        for proc in procs:
+            proc.start()
+        for host in HOSTS:
+            ports = render.ports[host]
+            wait_for(lambda p=ports: _etcd_healthy(p["etcd_client_port"]), 30, f"etcd on {host}")
+            wait_for(
+                lambda p=ports: (
+                    _answers(f"http://127.0.0.1:{p['nats_monitor_port']}/healthz") is not None
+                ),
+                30,
+                f"NATS on {host}",
+            )
+        for host in HOSTS:
+            argv = [sys.executable, "-m", "schedagent", "run", "--config"]
+            argv.append(str(render.file(host, "agent.yaml")))
+            agent_env = {**base_env, "PYTHONUNBUFFERED": "1"}
+            agent_dir = render.base / "agents" / host
+            agent_dir.mkdir(parents=True)
+            procs.append(
+                ManagedProcess(host, argv, logs / f"agent-{host}.log", env=agent_env, cwd=agent_dir)
+            )
+            procs[-1].start()
+        yield render
+        if request.session.testsfailed > failed_before:
+            _dump_logs(procs)
+    except BaseException:
+        _dump_logs(procs)
+        raise
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def _dump_logs(procs: list[ManagedProcess]) -> None:
+    for proc in procs:
+        sys.stderr.write(f"\n----- {proc.name}: {proc.log_path}\n{proc.log_tail(20)}\n")
+
+
+def _etcd_healthy(port: int) -> bool:
+    reply = _answers(f"http://127.0.0.1:{port}/health")
+    return reply is not None and str(reply.get("health")).lower() == "true"
+
+
+def _registered(render: Render, host: str) -> bool:
+    """The schedagent role's own check: the node's key, read through etcd's JSON gateway."""
+    key = base64.b64encode(f"/schedagent/nodes/{host}".encode()).decode()
+    port = render.ports["n1"]["etcd_client_port"]
+    reply = _answers(f"http://127.0.0.1:{port}/v3/kv/range", {"key": key})
+    return reply is not None and bool(reply.get("kvs"))
+
+
+def _schedctl(
+    render: Render, *args: str, url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **_env_file(render.file("n1", "schedctl.env"))}
+    if url is not None:
+        env["SCHEDCTL_NATS_URL"] = url
+    return subprocess.run([SCHEDCTL, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_the_rendered_files_make_a_working_cluster(cluster: Render) -> None:
+    for host in HOSTS:
+        wait_for(lambda h=host: _registered(cluster, h), 60, f"{host} registered in etcd")
+
+    def all_nodes() -> bool:
+        result = _schedctl(cluster, "nodes", "--json")
+        names = {n["name"] for n in json.loads(result.stdout or "{}").get("nodes", [])}
+        return result.returncode == 0 and names == set(HOSTS)
+
+    wait_for(all_nodes, 60, "schedctl to see every node", interval=0.5)
+    job = _schedctl(cluster, "submit", "--cmd", "echo deployed", "--wait")
+    assert job.returncode == 0, job.stderr
+    assert "deployed" in job.stdout
+
+
+@pytest.mark.slow
+def test_the_rendered_nats_refuses_clients_without_the_password(cluster: Render) -> None:
+    port = cluster.ports["n1"]["nats_client_port"]
+    result = _schedctl(cluster, "nodes", url=f"nats://127.0.0.1:{port}")
+    assert result.returncode == 3, result.stdout + result.stderr
+    wrong = _schedctl(cluster, "nodes", url=f"nats://schedctl:wrong@127.0.0.1:{port}")
+    assert wrong.returncode == 3, wrong.stdout + wrong.stderr
