@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -217,6 +218,9 @@ async def test_garbage_dispatch_is_dropped_and_the_agent_keeps_serving(
 
 
 async def test_nodes_and_leader(api: ApiClient) -> None:
+    end = time.monotonic() + 15  # the first election may still be under way
+    while (await api.call("leader"))["leader"] is None and time.monotonic() < end:
+        await asyncio.sleep(0.1)
     nodes = (await api.call("nodes"))["nodes"]
     assert [n["name"] for n in nodes] == ["node1", "node2", "node3"]
     assert all(n["cpus"] == NODE_CPUS for n in nodes)

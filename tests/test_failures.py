@@ -130,11 +130,14 @@ async def test_restarted_agent_closes_its_old_attempts_and_kills_leftovers(
         await wait_until(lambda: bool(live_processes_with(f"sleep {m}")), 10, "the job's process")
         agent = cluster.agents["node2"]
         agent.kill()
-        assert live_processes_with(f"sleep {m}"), "outside systemd the job outlives its agent"
+        leftovers = {p.pid for p in live_processes_with(f"sleep {m}")}
+        assert leftovers, "outside systemd the job outlives its agent"
         agent.start()
-        await wait_until(
-            lambda: not live_processes_with(f"sleep {m}"), 20, "the leftover to be killed"
-        )
+
+        def leftovers_gone() -> bool:
+            return not leftovers & {p.pid for p in live_processes_with(f"sleep {m}")}
+
+        await wait_until(leftovers_gone, 20, "the leftovers to be killed")
         job = await wait_until_attempt(api, job_id, 2, 20)
         assert job["attempts"][0]["reason"] == "agent restarted"
         assert job["attempts"][0]["state"] == "FAILED"
@@ -207,6 +210,21 @@ async def test_nats_restart_is_survived_and_wait_resumes(cluster_factory: Any) -
         await assert_invariants(api, [*ids, running])
 
 
+async def wait_until_answering(api: ApiClient, job_id: str, deadline: float) -> None:
+    """Until the agents read etcd again: ten `get`s in a row answer ok, not `unavailable`.
+
+    Each agent's channel reconnects on its own backoff; ten answers spread over the
+    queue group make it very likely every agent has.
+    """
+    end, in_a_row = time.monotonic() + deadline, 0
+    while in_a_row < 10:
+        reply = await api.raw("get", f'{{"v": 1, "id": "{job_id}"}}'.encode())
+        in_a_row = in_a_row + 1 if reply.get("ok") else 0
+        if time.monotonic() > end:
+            raise AssertionError(f"agents still cannot read etcd {deadline}s after it is back")
+        await asyncio.sleep(0.1)
+
+
 async def wait_for_any_running(api: ApiClient, deadline: float = 20) -> str:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -242,6 +260,7 @@ async def test_all_of_etcd_down_for_a_while(cluster_factory: Any) -> None:
         await asyncio.sleep(4)  # the outage itself: longer than the lease TTL
         assert all(agent.running for agent in cluster.agents.values())
         cluster.etcd.start()
+        await wait_until_answering(api, running, deadline=15)
         done = await api.wait_for(running, deadline=40)
         assert done["state"] in FINAL
         ids = [await api.submit(f"echo back-{i}", retries=1) for i in range(10)]

@@ -101,7 +101,7 @@ class Api:
         spec = parse_spec(req.get("spec"), self.config.jobs.max_cmd_bytes)
         job, created = await self.jobs.create(spec)
         if created:
-            log.info("job %s submitted: %s", job.id, spec.cmd[:200])
+            log.info("job %s submitted: %s", job.id, spec.cmd[:200], extra={"job_id": job.id})
             await self.bus.publish_event(job)
         return {"job": job.to_dict(), "created": created}
 
@@ -139,7 +139,9 @@ class Api:
         job_id = _job_id(req)
         job, changed = await self.jobs.update(job_id, lambda j: transitions.cancel(j, time.time()))
         if changed:
-            log.info("job %s: cancel requested (was %s)", job_id, job.state)
+            log.info(
+                "job %s: cancel requested (was %s)", job_id, job.state, extra={"job_id": job_id}
+            )
             await self.bus.publish_event(job)
             if job.state == JobState.RUNNING and job.node is not None:
                 body = encode({"action": "cancel", "job": job.id, "attempt": job.attempt})

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -22,6 +25,15 @@ log = logging.getLogger(__name__)
 EVENTS_MAX_AGE = 7 * 86400.0
 DISPATCH_MAX_AGE = 86400.0
 CLOSE_TIMEOUT = 5.0
+
+
+def without_secrets(urls: Sequence[str]) -> str:
+    """URLs as logs and STATUS= may show them: scheme, host and port, no user:password."""
+    shown = []
+    for url in urls:
+        parts = urlsplit(url)
+        shown.append(f"{parts.scheme}://{parts.hostname}:{parts.port}")
+    return ",".join(shown)
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -67,7 +79,9 @@ class Bus:
             await asyncio.wait_for(self.nc.drain(), CLOSE_TIMEOUT)
         except (TimeoutError, nats.errors.Error) as exc:
             log.info("NATS drain at exit did not finish (%s); closing", exc or "timeout")
-            await self.nc.close()
+            # With the server gone, close() fails flushing: nothing is left to lose.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
 
     async def _on_error(self, exc: Exception) -> None:
         problem = f"NATS: {exc or type(exc).__name__}"
@@ -80,7 +94,8 @@ class Bus:
         self.last_problem = "disconnected from NATS"
 
     async def _on_reconnected(self) -> None:
-        log.info("reconnected to NATS at %s", self.nc.connected_url.netloc)
+        url = self.nc.connected_url
+        log.info("reconnected to NATS at %s:%s", url.hostname, url.port)
         self.last_problem = None
 
     async def ensure_streams(self) -> None:
@@ -93,6 +108,7 @@ class Bus:
                 retention=jsapi.RetentionPolicy.WORK_QUEUE,
                 max_age=DISPATCH_MAX_AGE,
                 storage=jsapi.StorageType.FILE,
+                num_replicas=self.config.stream_replicas,
             )
         )
         await self._ensure(
@@ -101,6 +117,7 @@ class Bus:
                 subjects=[s.all("events")],
                 max_age=EVENTS_MAX_AGE,
                 storage=jsapi.StorageType.FILE,
+                num_replicas=self.config.stream_replicas,
             )
         )
         await self._ensure(
@@ -110,6 +127,7 @@ class Bus:
                 max_bytes=out.stream_max_bytes,
                 max_age=out.stream_max_age,
                 storage=jsapi.StorageType.FILE,
+                num_replicas=self.config.stream_replicas,
             )
         )
 

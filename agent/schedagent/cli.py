@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import sys
 
 import click
@@ -38,8 +39,11 @@ def run(config_path: str) -> None:
     except ConfigError as exc:
         click.echo(f"schedagent: invalid configuration: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    setup_logging(config.log_level, config.node_name)
-    sys.exit(asyncio.run(run_agent(config)))
+    setup_logging(config.log_level, config.node_name, config.log_target)
+    # systemd's watchdog ends a stuck agent with SIGABRT: leave every thread's stack
+    # in the journal, so the stuck spot is known.
+    faulthandler.enable()
+    sys.exit(asyncio.run(run_agent(config, config_path)))
 
 
 @main.command("check-config")

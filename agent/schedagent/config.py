@@ -17,6 +17,7 @@ from .errors import ConfigError
 DEFAULT_PATH = "/etc/schedagent/agent.yaml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_TARGETS = ("auto", "journal", "stderr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,9 @@ class EtcdConfig:
 class NatsConfig:
     urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     prefix: str = "sched"
+    # JetStream copies of each stream: set to the NATS cluster size (at most 5) so
+    # losing one server loses no dispatch, event or output.
+    stream_replicas: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +42,7 @@ class OutputConfig:
     chunk_bytes: int = 16384
     stream_max_bytes: int = 256 * 1024 * 1024
     stream_max_age: float = 7 * 86400.0
+    journal: bool = True  # job output lines also go to journald (when logging goes there)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,7 @@ class AgentConfig:
     cpus: float | None = None
     node_ttl: int = 10
     log_level: str = "info"
+    log_target: str = "auto"  # auto: journald when systemd connected stderr to it
     etcd: EtcdConfig = dataclasses.field(default_factory=EtcdConfig)
     nats: NatsConfig = dataclasses.field(default_factory=NatsConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
@@ -210,6 +216,18 @@ def _log_level(value: object) -> str:
     return str(value)
 
 
+def _log_target(value: object) -> str:
+    if value not in LOG_TARGETS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_TARGETS)}")
+    return str(value)
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"must be true or false, not {_kind(value)} {value!r}")
+    return value
+
+
 _SECTIONS: dict[str, type] = {
     "etcd": EtcdConfig,
     "nats": NatsConfig,
@@ -223,15 +241,18 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "cpus": _optional_cpus,
     "node_ttl": _number(2, integer=True),
     "log_level": _log_level,
+    "log_target": _log_target,
     "etcd.endpoints": _urls(("http", "https")),
     "etcd.prefix": _prefix,
     "etcd.timeout": _number(0.1),
     "nats.urls": _urls(("nats", "tls")),
     "nats.prefix": _subject_prefix,
+    "nats.stream_replicas": _number(1, integer=True),
     "output.tail_bytes": _number(0, integer=True),
     "output.chunk_bytes": _number(256, integer=True),
     "output.stream_max_bytes": _number(1024, integer=True),
     "output.stream_max_age": _number(1),
+    "output.journal": _bool,
     "jobs.kill_grace": _number(0),
     "jobs.retry_backoff": _number(0),
     "jobs.retry_backoff_max": _number(0),

@@ -184,7 +184,7 @@ async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]])
     envvar="SCHEDCTL_NATS_URL",
     default="nats://127.0.0.1:4222",
     show_default=True,
-    help="NATS server URL (env SCHEDCTL_NATS_URL).",
+    help="NATS server URL, or several separated by commas (env SCHEDCTL_NATS_URL).",
 )
 @click.option(
     "--prefix",

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from .bus import without_secrets
 from .model import FINAL_STATES
 
 EXIT_ERROR = 1
@@ -96,6 +97,8 @@ class Client:
 
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
         self.url = url
+        # What messages show: never the user:password a URL may carry.
+        self.shown_url = without_secrets(url.split(","))
         self.prefix = prefix
         self.timeout = timeout
         self._nc: Nats | None = None
@@ -129,7 +132,7 @@ class Client:
             # nats-py retries a failed first connect forever unless attempts are capped,
             # and logs tracebacks unless every callback is ours.
             self._nc = await nats.connect(
-                servers=[self.url],
+                servers=self.url.split(","),
                 connect_timeout=max(1, math.ceil(self.timeout)),
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
@@ -142,7 +145,7 @@ class Client:
         except Exception as exc:
             reason = _reason(errors[-1] if errors else exc)
             raise CtlError(
-                f"cannot connect to NATS at {self.url}: {reason}", EXIT_NO_CLUSTER
+                f"cannot connect to NATS at {self.shown_url}: {reason}", EXIT_NO_CLUSTER
             ) from None
 
     def keep_reconnecting(self) -> None:
@@ -162,10 +165,10 @@ class Client:
         try:
             msg = await self.nc.request(f"{self.prefix}.api.{verb}", payload, timeout=self.timeout)
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            raise NoAgentError(self.url, self.timeout) from None
+            raise NoAgentError(self.shown_url, self.timeout) from None
         except nats.errors.Error as exc:
             raise CtlError(
-                f"request to {self.url} failed: {_reason(exc)}", EXIT_NO_CLUSTER
+                f"request to {self.shown_url} failed: {_reason(exc)}", EXIT_NO_CLUSTER
             ) from None
         return _parse_reply(msg.data)
 
@@ -178,7 +181,7 @@ class Client:
             except NoAgentError:
                 waited = time.monotonic() - started
                 if waited + SUBMIT_RETRY_PAUSE >= SUBMIT_RETRY_WINDOW:
-                    raise NoAgentError(self.url, round(waited)) from None
+                    raise NoAgentError(self.shown_url, round(waited)) from None
                 await asyncio.sleep(SUBMIT_RETRY_PAUSE)
 
     async def get(self, job_id: str) -> Record:

@@ -39,18 +39,16 @@ class Mirror(Generic[T]):
         self.revision = 0
         self.changed = asyncio.Event()
         self.synced = asyncio.Event()
+        self.broken = False
 
     async def run(self) -> None:
         """Run until cancelled."""
-        needs_read, broken = True, False
+        needs_read = True
         while True:
             try:
                 if needs_read:
                     await self._read()
                     needs_read = False
-                if broken:
-                    log.info("watch on %s resumed at revision %d", self.prefix, self.revision + 1)
-                    broken = False
                 await self._follow()
             except WatchCompacted as exc:
                 log.info(
@@ -60,11 +58,16 @@ class Mirror(Generic[T]):
                 )
                 needs_read = True
             except StoreUnavailableError as exc:
-                # One line per outage, not one per retry.
-                if not broken:
+                # One line per outage, not one per retry; _recovered() says when it ends.
+                if not self.broken:
                     log.warning("watch on %s broke: %s; retrying", self.prefix, exc)
-                broken = True
+                self.broken = True
                 await asyncio.sleep(RETRY_DELAY)
+
+    def _recovered(self) -> None:
+        if self.broken:
+            log.info("watch on %s working again at revision %d", self.prefix, self.revision)
+            self.broken = False
 
     async def _read(self) -> None:
         kvs, revision = await self.store.get_prefix(self.prefix)
@@ -75,6 +78,7 @@ class Mirror(Generic[T]):
                 items[kv.key] = Entry(kv.mod_revision, kv.create_revision, value)
         self.items = items
         self.revision = revision
+        self._recovered()
         self.synced.set()
         self.changed.set()
 
@@ -92,6 +96,7 @@ class Mirror(Generic[T]):
             self.items[key] = Entry(revision, create, value)
 
     def apply(self, event: WatchEvent) -> None:
+        self._recovered()
         self.revision = max(self.revision, event.mod_revision)
         current = self.items.get(event.key)
         if current is not None and current.mod_revision > event.mod_revision:

@@ -53,6 +53,9 @@ class Subjects:
     def output(self, job_id: str) -> str:
         return f"{self.prefix}.output.{job_id}"
 
+    def leader(self) -> str:
+        return f"{self.prefix}.leader"
+
     def control(self, node: str) -> str:
         return f"{self.prefix}.control.{node}"
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from .jobstore import JobStore
@@ -14,16 +15,22 @@ from .model import Job, JobState
 log = logging.getLogger(__name__)
 
 
-def is_job_process(pid: int, job_id: str, proc: Path = Path("/proc")) -> bool:
-    """Whether pid is still the job's shell: its environment names the job.
+def job_processes(job_id: str, attempt: int, proc: Path = Path("/proc")) -> Iterator[int]:
+    """PIDs whose environment names the job's attempt: its shell and all it started.
 
-    PIDs are reused; the environment check keeps us from killing a stranger.
+    Found by environment rather than by the PID in the record, which is written only
+    for jobs that live a while; a reused PID never carries the job's id.
     """
-    try:
-        environ = (proc / str(pid) / "environ").read_bytes()
-    except OSError:
-        return False
-    return f"SCHED_JOB_ID={job_id}".encode() in environ.split(b"\0")
+    wanted = {f"SCHED_JOB_ID={job_id}".encode(), f"SCHED_ATTEMPT={attempt}".encode()}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if wanted <= set(environ.split(b"\0")):
+            yield int(entry.name)
 
 
 def stale_attempts(jobs: list[Job], node: str, lease: int) -> list[Job]:
@@ -33,29 +40,30 @@ def stale_attempts(jobs: list[Job], node: str, lease: int) -> list[Job]:
         current = job.current_attempt()
         if job.state != JobState.RUNNING or job.node != node or current is None:
             continue
-        if current.lease != lease and job.pid:
+        if current.lease != lease:
             stale.append(job)
     return stale
 
 
 async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> int:
-    """SIGKILL the process groups of stale attempts still alive; returns how many.
+    """SIGKILL the processes of stale attempts still alive; returns how many.
 
-    Under systemd, KillMode=control-group already did this when the agent died;
-    without it (dev clusters, tests) the job processes outlive a killed agent.
-    Their records are closed by the leader ("agent restarted").
+    Under systemd the unit's control group is killed when the agent dies; without
+    it (dev clusters, tests) the job processes outlive a killed agent. Their
+    records are closed by the leader ("agent restarted").
     """
     records, _ = await jobs.all()
     killed = 0
     for job in stale_attempts([j for j, _ in records], node, lease):
-        pid = job.pid or 0
-        if is_job_process(pid, job.id):
+        for pid in job_processes(job.id, job.attempt):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 killed += 1
-                log.warning(
-                    "killed job %s attempt %d left running by a previous incarnation",
-                    job.id,
-                    job.attempt,
-                )
+        if killed:
+            log.warning(
+                "killed job %s attempt %d: left running by a previous incarnation",
+                job.id,
+                job.attempt,
+                extra={"job_id": job.id, "attempt": job.attempt},
+            )
     return killed

@@ -105,6 +105,16 @@ def _ipv4(host: str) -> str:
         return str(socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0])
 
 
+# gRPC backs off up to 2 minutes between reconnects by default: far too long to
+# notice that etcd is back. Keepalives find a dead member behind a live socket.
+GRPC_OPTIONS = {
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 2000,
+    "grpc.keepalive_time_ms": 10000,
+    "grpc.keepalive_timeout_ms": 3000,
+}
+
 _UNAVAILABLE = (
     aetcd.exceptions.ConnectionFailedError,
     aetcd.exceptions.ConnectionTimeoutError,
@@ -120,7 +130,9 @@ class Store:
     def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
         self.endpoints = tuple(endpoints)
         host, port = grpc_target(endpoints)
-        self._client: Any = aetcd.Client(host=host, port=port, timeout=timeout)
+        self._client: Any = aetcd.Client(
+            host=host, port=port, timeout=timeout, options=GRPC_OPTIONS
+        )
 
     async def connect(self) -> None:
         await self._call(self._client.connect())

@@ -16,7 +16,7 @@ import nats.errors
 import nats.js.api as jsapi
 import nats.js.errors
 
-from . import transitions
+from . import journal, transitions
 from .bus import Bus, encode
 from .config import AgentConfig
 from .errors import ConflictError, NotFoundError, StoreUnavailableError
@@ -33,6 +33,7 @@ FETCH_TIMEOUT = 2.0
 ACK_WAIT = 30.0
 CANCEL_POLL_INTERVAL = 5.0
 WRITE_RETRY_DELAY = 1.0
+PID_RECORD_DELAY = 1.0
 AGENT_STOPPED = "agent stopped"
 LEASE_LOST = "agent lost its etcd lease"
 
@@ -85,10 +86,6 @@ class Worker:
 
     async def run(self) -> None:
         """Take dispatches until `stop_accepting`; jobs already running are left to finish."""
-        try:
-            await reap_previous_incarnation(self.jobs, self.node, self.lease())
-        except StoreUnavailableError as exc:
-            log.warning("could not look for a previous incarnation's jobs: %s", exc)
         sub = await self._subscribe()
         control = await self.bus.nc.subscribe(
             self.bus.subjects.control(self.node), cb=self._on_control
@@ -96,8 +93,8 @@ class Worker:
         poller = asyncio.create_task(self._poll_cancels())
         try:
             while self.accepting:
-                for msg in await self._fetch(sub):
-                    await self._on_dispatch(msg)
+                messages = await self._fetch(sub)
+                await asyncio.gather(*(self._on_dispatch(msg) for msg in messages))
         finally:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -105,6 +102,14 @@ class Worker:
             for subscription in (control, sub):
                 with contextlib.suppress(nats.errors.Error):
                     await subscription.unsubscribe()
+
+    async def reap_leftovers(self) -> None:
+        """Kill what a previous incarnation left running. Call before registering: once
+        the leader sees our new lease it closes those attempts, and they are harder to find."""
+        try:
+            await reap_previous_incarnation(self.jobs, self.node, self.lease())
+        except StoreUnavailableError as exc:
+            log.warning("could not look for a previous incarnation's jobs: %s", exc)
 
     async def _subscribe(self) -> Any:
         subjects = self.bus.subjects
@@ -138,7 +143,9 @@ class Worker:
         try:
             await self._start(msg, job_id, attempt)
         except StoreUnavailableError as exc:
-            log.warning("cannot start job %s now (%s); will retry", job_id, exc)
+            log.warning(
+                "cannot start job %s now (%s); will retry", job_id, exc, extra={"job_id": job_id}
+            )
             await msg.nak(delay=1)
 
     async def _start(self, msg: Any, job_id: str, attempt: int) -> None:
@@ -151,7 +158,7 @@ class Worker:
                 lambda j: transitions.start(j, self.node, attempt, time.time(), self.lease()),
             )
         except (NotFoundError, ConflictError) as exc:
-            log.warning("dropping dispatch of job %s: %s", job_id, exc)
+            log.warning("dropping dispatch of job %s: %s", job_id, exc, extra={"job_id": job_id})
             await msg.ack()
             return
         await msg.ack()
@@ -163,6 +170,7 @@ class Worker:
                 job.state,
                 job.node,
                 job.attempt,
+                extra={"job_id": job_id, "attempt": attempt},
             )
             return
         await self.bus.publish_event(job)
@@ -174,13 +182,22 @@ class Worker:
 
     async def _run(self, job: Job, running: RunningJob) -> None:
         try:
-            log.info("job %s attempt %d started: %s", job.id, running.attempt, job.spec.cmd[:200])
+            log.info(
+                "job %s attempt %d started: %s",
+                job.id,
+                running.attempt,
+                job.spec.cmd[:200],
+                extra={"job_id": job.id, "attempt": running.attempt},
+            )
             tail = OutputTail(self.config.output.tail_bytes)
             outcome = await self._execute(job, running, tail)
             await self._record_end(job, running, outcome, tail)
         except Exception:
             log.exception(
-                "job %s attempt %d: unexpected failure in the worker", job.id, running.attempt
+                "job %s attempt %d: unexpected failure in the worker",
+                job.id,
+                running.attempt,
+                extra={"job_id": job.id, "attempt": running.attempt},
             )
         finally:
             self.running.pop(job.id, None)
@@ -191,8 +208,11 @@ class Worker:
             s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")
         }
 
+        echo = journal.job_output(job.id, running.attempt, self.node, self.config.output.journal)
+
         async def on_output(stream: str, data: bytes) -> None:
             tail.add(data)
+            echo.feed(stream, data)
             text = decoders[stream].decode(data)
             body = {"job": job.id, "attempt": running.attempt, "stream": stream, "data": text}
             await self.bus.publish(subject, encode(body))
@@ -207,19 +227,18 @@ class Worker:
             kill_grace=self.config.jobs.kill_grace,
             chunk_bytes=self.config.output.chunk_bytes,
         )
-        started = asyncio.Event()
 
         def on_start(pid: int) -> None:
             running.pid = pid
-            started.set()
 
         run = asyncio.create_task(run_command(command, on_output, running.cancel, on_start))
-        spawned = asyncio.create_task(started.wait())
-        await asyncio.wait({run, spawned}, return_when=asyncio.FIRST_COMPLETED)
-        spawned.cancel()
-        if started.is_set():
+        # Only a job that lives a while gets its PID recorded: for the many short ones
+        # the extra etcd write would cost more than the job.
+        done, _ = await asyncio.wait({run}, timeout=PID_RECORD_DELAY)
+        if not done and running.pid is not None:
             await self._record_pid(job.id, running)
         outcome = await run
+        echo.close()
         await self.bus.publish(
             subject, encode({"job": job.id, "attempt": running.attempt, "eof": True})
         )
@@ -233,7 +252,13 @@ class Worker:
                 job_id, lambda j: transitions.record_pid(j, self.node, running.attempt, pid)
             )
         except (StoreUnavailableError, ConflictError, NotFoundError) as exc:
-            log.info("job %s: pid %d not recorded: %s", job_id, pid, exc)
+            log.info(
+                "job %s: pid %d not recorded: %s",
+                job_id,
+                pid,
+                exc,
+                extra={"job_id": job_id, "attempt": running.attempt},
+            )
 
     async def _record_end(
         self, job: Job, running: RunningJob, outcome: Outcome, tail: OutputTail
@@ -256,13 +281,19 @@ class Worker:
                 running.attempt,
                 stored.state if stored else "?",
                 stored.attempt if stored else 0,
+                extra={"job_id": job.id, "attempt": running.attempt},
             )
             return
         handed_back = running.interrupted == AGENT_STOPPED
         self.handed_back += handed_back
         self.finished += not handed_back
         log.info(
-            "job %s attempt %d ended: %s (%s)", job.id, running.attempt, stored.state, stored.reason
+            "job %s attempt %d ended: %s (%s)",
+            job.id,
+            running.attempt,
+            stored.state,
+            stored.reason,
+            extra={"job_id": job.id, "attempt": running.attempt, "exit_code": stored.exit_code},
         )
         await self.bus.publish_event(stored)
 
@@ -274,7 +305,9 @@ class Worker:
             except NotFoundError:
                 return None, False
             except (StoreUnavailableError, ConflictError) as exc:
-                log.warning("cannot record the end of job %s yet: %s", job_id, exc)
+                log.warning(
+                    "cannot record the end of job %s yet: %s", job_id, exc, extra={"job_id": job_id}
+                )
                 await asyncio.sleep(WRITE_RETRY_DELAY)
 
     async def _on_control(self, msg: Any) -> None:
@@ -286,7 +319,11 @@ class Worker:
             return
         running = self.running.get(job_id) if isinstance(job_id, str) else None
         if action == "cancel" and running is not None:
-            log.info("job %s: cancel requested", job_id)
+            log.info(
+                "job %s: cancel requested",
+                job_id,
+                extra={"job_id": job_id, "attempt": running.attempt},
+            )
             running.cancel.set()
 
     async def _poll_cancels(self) -> None:
@@ -315,7 +352,11 @@ class Worker:
         for running in self.running.values():
             if running.interrupted is None:
                 log.warning(
-                    "job %s attempt %d: killing it: %s", running.job_id, running.attempt, reason
+                    "job %s attempt %d: killing it: %s",
+                    running.job_id,
+                    running.attempt,
+                    reason,
+                    extra={"job_id": running.job_id, "attempt": running.attempt},
                 )
                 running.interrupted = reason
             running.cancel.set()
