@@ -11,13 +11,18 @@ from typing import Any
 import nats
 import nats.errors
 
+from schedagent.devcluster import harness_key
+from schedagent.signing import SigningKey
+
 FINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED"}
 
 
 class ApiClient:
-    def __init__(self, url: str, prefix: str = "sched") -> None:
+    def __init__(self, url: str, prefix: str = "sched", key: SigningKey | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        # The harness's operator key, which every test agent trusts.
+        self.key = key or harness_key()[0]
         self.nc: Any = None
 
     async def __aenter__(self) -> ApiClient:
@@ -39,7 +44,13 @@ class ApiClient:
         reply = await self.nc.request(f"{self.prefix}.api.{verb}", data, timeout=10)
         return dict(json.loads(reply.data))
 
+    def signed(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The spec with this client's signature, as schedctl sends it."""
+        return {**spec, "signature": self.key.sign(spec).to_dict()}
+
     async def call(self, verb: str, **body: Any) -> dict[str, Any]:
+        if verb == "submit" and "signature" not in body.get("spec", {}):
+            body["spec"] = self.signed(body["spec"])
         reply = await self.raw(verb, json.dumps({"v": 1, **body}).encode())
         assert reply.get("ok"), f"{verb} failed: {reply}"
         return reply

@@ -32,7 +32,7 @@ async def submit_all(api: ApiClient, rng: random.Random, accepted: list[str]) ->
         cmd = rng.choice(COMMANDS)
         spec = {"cmd": cmd, "retries": 3, "idempotency_key": f"chaos-{i}"}
         while True:
-            reply = await api.raw("submit", _body(spec))
+            reply = await api.raw("submit", _body(api.signed(spec)))
             if reply.get("ok"):
                 accepted.append(reply["job"]["id"])
                 break

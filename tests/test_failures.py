@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -189,7 +190,11 @@ async def test_paused_leader_is_deposed_fenced_and_steps_down(cluster_factory: A
 
 async def test_nats_restart_is_survived_and_wait_resumes(cluster_factory: Any) -> None:
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
-    env = {**os.environ, "SCHEDCTL_NATS_URL": cluster.nats_url}
+    env = {
+        **os.environ,
+        "SCHEDCTL_NATS_URL": cluster.nats_url,
+        "SCHEDCTL_KEY": str(cluster.key_path),
+    }
     waiter = subprocess.Popen(  # noqa: ASYNC220 - started once, reaped in a thread below
         [SCHEDCTL, "submit", "--cmd", "sleep 3; echo after-restart", "--wait"],
         stdout=subprocess.PIPE,
@@ -255,7 +260,8 @@ async def test_all_of_etcd_down_for_a_while(cluster_factory: Any) -> None:
         running = await api.submit("sleep 2; echo survived")
         await api.wait_for(running, {"RUNNING"})
         cluster.etcd.kill()
-        reply = await api.raw("submit", b'{"v": 1, "spec": {"cmd": "true"}}')
+        body = {"v": 1, "spec": api.signed({"cmd": "true"})}
+        reply = await api.raw("submit", json.dumps(body).encode())
         assert reply["ok"] is False and reply["code"] == "unavailable"
         await asyncio.sleep(4)  # the outage itself: longer than the lease TTL
         assert all(agent.running for agent in cluster.agents.values())

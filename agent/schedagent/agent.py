@@ -23,6 +23,7 @@ from .scheduler import Scheduler
 from .service import Heartbeat, Snapshot, status_line
 from .session import Session
 from .store import Compare, CreateRevisionIs, Store
+from .tasks import cancel_and_wait
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,7 @@ async def until_ready(
     report(f"connecting to {what}")
     while not stop.is_set():
         try:
-            await attempt()
-            return True
+            return await _unless_stopped(attempt(), stop)
         except (StoreUnavailableError, OSError, TimeoutError) as exc:
             problem = (str(exc) or type(exc).__name__).removeprefix(f"{what}: ")
         except Exception as exc:  # nats-py raises its own tree for connection failures
@@ -76,6 +76,19 @@ async def until_ready(
             await asyncio.wait_for(stop.wait(), delay)
         delay = min(delay * 2, CONNECT_RETRY_MAX)
     return False
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await work unless stop comes first (then cancel it): whether work finished."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        await cancel_and_wait(task)
+        return False
+    task.result()  # raises what the work raised
+    return True
 
 
 async def run_agent(config: AgentConfig, config_path: str | None = None) -> int:
@@ -143,9 +156,7 @@ async def _serve(
         try:
             await Scheduler(config, store, keys, jobs, bus, fence).run()
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            await cancel_and_wait(beat)
 
     async def republish() -> None:
         # New labels and CPUs show at once; if etcd is away, registry.run retries anyway.
@@ -244,10 +255,6 @@ async def _drain(
     await asyncio.wait({hurry, drain}, return_when=asyncio.FIRST_COMPLETED)
     if not drain.done():
         log.info("second signal: stopping now")
-        drain.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await drain
+        await cancel_and_wait(drain)
         await worker.drain(0)
-    hurry.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await hurry
+    await cancel_and_wait(hurry)

@@ -15,8 +15,9 @@ from .bus import Bus, encode
 from .config import AgentConfig
 from .election import Election
 from .errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
+from .gate import Gate, Refused, audit
 from .jobstore import JobStore
-from .model import JOB_ID_RE, JobState, NodeRecord, parse_spec
+from .model import JOB_ID_RE, JobSpec, JobState, NodeRecord, parse_spec
 from .names import Keys
 from .placement import NodeView, unplaceable_reason
 from .store import Store
@@ -39,6 +40,7 @@ class Api:
         election: Election,
     ) -> None:
         self.config = config
+        self.gate = Gate(lambda: self.config.security, store, keys)
         self.store = store
         self.keys = keys
         self.jobs = jobs
@@ -53,6 +55,7 @@ class Api:
             "leader": self.leader,
         }
         self._sub: Any = None
+        self.limiter = RateLimiter()
 
     async def start(self) -> None:
         self._sub = await self.bus.nc.subscribe(
@@ -68,7 +71,10 @@ class Api:
 
     async def _on_request(self, msg: Any) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
-        reply = await self.handle(verb, msg.data)
+        if self.limiter.allow(self.config.security.max_requests_per_second):
+            reply = await self.handle(verb, msg.data)
+        else:
+            reply = _error("unavailable", "too many requests to this agent; try again")
         if msg.reply:
             try:
                 await msg.respond(encode(reply))
@@ -99,11 +105,26 @@ class Api:
 
     async def submit(self, req: dict[str, Any]) -> dict[str, Any]:
         spec = parse_spec(req.get("spec"), self.config.jobs.max_cmd_bytes)
+        if len(json.dumps(dict(spec.env))) > self.config.security.max_env_bytes:
+            raise SpecError(f"env larger than {self.config.security.max_env_bytes} bytes")
+        signer = self._check_signature(spec)
         job, created = await self.jobs.create(spec)
         if created:
             log.info("job %s submitted: %s", job.id, spec.cmd[:200], extra={"job_id": job.id})
             await self.bus.publish_event(job)
+        audit("submit", job.id, signer, "accepted" if created else "same idempotency key")
         return {"job": job.to_dict(), "created": created}
+
+    def _check_signature(self, spec: JobSpec) -> str | None:
+        """Refuse a bad signature at the door; the running agent checks again."""
+        try:
+            return self.gate.check_signature(
+                spec, time.time(), self.config.security.signature_max_age
+            )
+        except Refused as exc:
+            signature = spec.signature or {}
+            audit("submit", "-", signature.get("key_id"), str(exc), logging.WARNING)
+            raise SpecError(str(exc)) from None
 
     async def get(self, req: dict[str, Any]) -> dict[str, Any]:
         job, _ = await self.jobs.get(_job_id(req))
@@ -143,6 +164,7 @@ class Api:
                 "job %s: cancel requested (was %s)", job_id, job.state, extra={"job_id": job_id}
             )
             await self.bus.publish_event(job)
+            audit("cancel", job_id, None, f"requested while {job.state}")
             if job.state == JobState.RUNNING and job.node is not None:
                 body = encode({"action": "cancel", "job": job.id, "attempt": job.attempt})
                 await self.bus.publish(self.bus.subjects.control(job.node), body)
@@ -170,6 +192,23 @@ class Api:
     async def leader(self, req: dict[str, Any]) -> dict[str, Any]:
         leader = self.election.leader()
         return {"leader": None if leader is None else {"node": leader.node, "token": leader.token}}
+
+
+class RateLimiter:
+    """A token bucket: a burst of one second's worth, refilled at the configured rate."""
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+        self.stamp = 0.0
+
+    def allow(self, rate: float) -> bool:
+        now = time.monotonic()
+        self.tokens = min(rate, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def _parse_request(data: bytes) -> dict[str, Any]:

@@ -57,18 +57,22 @@ class Bus:
         return bool(self.nc is not None and self.nc.is_connected)
 
     async def connect(self) -> None:
+        # The first connect fails fast so the caller can report why and retry; once
+        # connected, reconnect forever (nats-py reads these options on each attempt).
         self.nc = await nats.connect(
             servers=list(self.config.urls),
             name=f"schedagent {self.name}",
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=1,
             reconnect_time_wait=0.5,
             connect_timeout=2,
             drain_timeout=CLOSE_TIMEOUT,
-            allow_reconnect=True,
+            allow_reconnect=False,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )
+        self.nc.options["allow_reconnect"] = True
+        self.nc.options["max_reconnect_attempts"] = -1
         self.js = self.nc.jetstream()
         await self.ensure_streams()
 

@@ -15,6 +15,7 @@ import yaml
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/schedagent/agent.yaml"
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "journal", "stderr")
@@ -56,6 +57,17 @@ class JobsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecurityConfig:
+    # Secure by default: an agent runs only jobs signed by a key listed here.
+    require_signed_jobs: bool = True
+    trusted_keys: tuple[str, ...] = ()  # "ed25519:<base64>", as `schedctl keygen` prints
+    signature_max_age: float = 86400.0  # a signed job must first start within this
+    run_as_allowed: tuple[str, ...] = ()  # users `--user` may name (needs a root agent)
+    max_env_bytes: int = 65536
+    max_requests_per_second: float = 1000.0  # per agent; API requests beyond are refused
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentConfig:
     node_name: str = dataclasses.field(default_factory=lambda: default_node_name())
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -67,6 +79,7 @@ class AgentConfig:
     nats: NatsConfig = dataclasses.field(default_factory=NatsConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     jobs: JobsConfig = dataclasses.field(default_factory=JobsConfig)
+    security: SecurityConfig = dataclasses.field(default_factory=SecurityConfig)
 
 
 def default_node_name() -> str:
@@ -233,7 +246,29 @@ _SECTIONS: dict[str, type] = {
     "nats": NatsConfig,
     "output": OutputConfig,
     "jobs": JobsConfig,
+    "security": SecurityConfig,
 }
+
+
+def _public_keys(value: object) -> tuple[str, ...]:
+    from .signing import parse_public
+
+    if not isinstance(value, list):
+        raise TypeError(f"must be a list of public keys, not {_kind(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{item!r} is not a public key string")
+        parse_public(item)
+    return tuple(value)
+
+
+def _user_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and USER_RE.match(v) for v in value
+    ):
+        raise ValueError(f"must be a list of user names, got {value!r}")
+    return tuple(value)
+
 
 _CHECKS: dict[str, Callable[[object], Any]] = {
     "node_name": _name,
@@ -259,4 +294,10 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "jobs.dispatch_timeout": _number(1),
     "jobs.drain_timeout": _number(0),
     "jobs.max_cmd_bytes": _number(1, integer=True),
+    "security.require_signed_jobs": _bool,
+    "security.trusted_keys": _public_keys,
+    "security.signature_max_age": _number(1),
+    "security.run_as_allowed": _user_names,
+    "security.max_env_bytes": _number(0, integer=True),
+    "security.max_requests_per_second": _number(1),
 }

@@ -29,7 +29,8 @@ from .ctl_client import (
     is_final,
     job_exit_code,
 )
-from .model import ENV_NAME_RE, JOB_ID_RE, JobState
+from .ctl_keys import find_key, keygen, sign_spec
+from .model import ENV_NAME_RE, JOB_ID_RE, USER_RE, JobState
 
 EPILOG = """\b
 Exit status:
@@ -109,6 +110,12 @@ class JobId(StrParam):
 def _check_cmd(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not value.strip() or "\0" in value:
         raise click.BadParameter("must be a non-empty command with no NUL byte")
+    return value
+
+
+def _check_user(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not USER_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a user name")
     return value
 
 
@@ -202,11 +209,24 @@ async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]])
     show_default=True,
     help="Seconds to wait for an agent to answer a request.",
 )
+@click.option(
+    "--key",
+    "key_path",
+    envvar="SCHEDCTL_KEY",
+    help="Operator key that signs submitted jobs (env SCHEDCTL_KEY; default "
+    "~/.config/schedctl/operator.key, then /etc/schedctl/operator.key).",
+)
 @click.version_option(__version__, prog_name="schedctl")
 @click.pass_context
-def cli(ctx: click.Context, url: str, prefix: str, request_timeout: float) -> None:
+def cli(
+    ctx: click.Context, url: str, prefix: str, request_timeout: float, key_path: str | None
+) -> None:
     """Operate a schedagent cluster."""
     ctx.obj = Settings(url, prefix, request_timeout)
+    ctx.meta["schedctl.key_path"] = key_path
+
+
+cli.add_command(keygen)
 
 
 @cli.command()
@@ -221,6 +241,7 @@ def cli(ctx: click.Context, url: str, prefix: str, request_timeout: float) -> No
 @click.option("--env", type=KeyValue(ENV_NAME_RE), multiple=True, help="Environment variable.")
 @click.option("--cwd", callback=_check_cwd, help="Absolute working directory on the node.")
 @click.option("--idempotency-key", callback=_check_name, help="Default: a fresh random key.")
+@click.option("--user", callback=_check_user, help="Run as this user (if the agent allows it).")
 @click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
 @json_option
 def submit(
@@ -233,6 +254,7 @@ def submit(
     env: tuple[tuple[str, str], ...],
     cwd: str | None,
     idempotency_key: str | None,
+    user: str | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -251,7 +273,10 @@ def submit(
         "node": node,
         "labels": dict(labels),
         "idempotency_key": idempotency_key or str(uuid.uuid4()),
+        "user": user,
     }
+    key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
+    sign_spec(spec, key)
 
     async def work(client: Client) -> int:
         reply = await client.submit(spec)

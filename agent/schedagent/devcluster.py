@@ -26,7 +26,9 @@ import psutil
 import yaml
 
 from .config import parse_config
+from .ctl_keys import DEV_KEY_PATH
 from .errors import SchedagentError
+from .signing import SigningKey, public_text
 
 HOST = "127.0.0.1"
 ETCD_BIN = "/usr/bin/etcd"
@@ -385,6 +387,7 @@ class AgentProcess(ManagedProcess):
             "log_level": "info",
             "etcd": {"endpoints": etcd_endpoint.split(","), "prefix": etcd_prefix},
             "nats": {"urls": [nats_url], "prefix": nats_prefix},
+            "security": {"trusted_keys": [public_text(harness_key()[0].public)]},
         }
         _merge(self.config, overrides or {})
         # Unbuffered so a failing test's log tail shows the agent's last words.
@@ -432,6 +435,23 @@ def _start_etcd(members: list[EtcdServer]) -> None:
         wait_for(member.ready, member.ready_timeout, f"{member.name} to be ready")
 
 
+_HARNESS_KEY: tuple[SigningKey, Path] | None = None
+
+
+def harness_key() -> tuple[SigningKey, Path]:
+    """The operator key this process's agents trust (one per process), and its file.
+
+    Dev clusters and tests run signed jobs only, like production.
+    """
+    global _HARNESS_KEY
+    if _HARNESS_KEY is None:
+        path = Path(tempfile.mkdtemp(prefix="schedagent-key-")) / "operator.key"
+        key = SigningKey.generate()
+        key.save(path)
+        _HARNESS_KEY = (key, path)
+    return _HARNESS_KEY
+
+
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
@@ -476,6 +496,7 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self.agent_command = tuple(agent_command)
         self.agent_overrides = dict(agent_overrides or {})
+        self.signing_key, self.key_path = harness_key()
         etcd_ports, nats_port = (
             (ETCD_DEFAULT_PORTS, NATS_DEFAULT_PORT) if default_ports else ((None, None), None)
         )
@@ -668,6 +689,7 @@ def run_dev(
 
         for sig in previous:
             signal.signal(sig, on_signal)
+        _install_dev_key(cluster)
         print(_banner(cluster), file=out, flush=True)
         return _supervise(cluster, stop, out)
     except HarnessError as exc:
@@ -716,6 +738,9 @@ def _banner(cluster: LocalCluster) -> str:
     ]
     lines += [f"  {name:<8} {what:<26} log {p.log_path}" for name, what, p in rows]
     lines.append("Try:")
+    lines.append(
+        f"  export SCHEDCTL_KEY={cluster.key_path}   # the operator key jobs are signed with"
+    )
     if cluster.nats.port != NATS_DEFAULT_PORT:
         lines.append(
             f"  export SCHEDCTL_NATS_URL={cluster.nats_url}   # or --nats {cluster.nats_url}"
@@ -732,3 +757,11 @@ def _schedctl_command() -> str:
     if found is not None and (not beside.exists() or Path(found).resolve() == beside.resolve()):
         return "schedctl"
     return str(beside) if beside.exists() else "schedctl"
+
+
+def _install_dev_key(cluster: LocalCluster) -> None:
+    """Put this cluster's operator key where a plain `schedctl` looks last, so the tour
+    works with no flags. Production agents do not trust it."""
+    target = Path(DEV_KEY_PATH).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cluster.signing_key.save(target)

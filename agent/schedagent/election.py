@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Sequence
@@ -14,6 +13,7 @@ from .mirror import Mirror
 from .names import Keys
 from .session import Session
 from .store import Absent, Compare, CreateRevisionIs, Put, Store
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -104,23 +104,26 @@ class Election:
                 self.candidates.changed.clear()
                 waiter = asyncio.create_task(self.candidates.changed.wait())
                 await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
+                await cancel_and_wait(waiter)
         finally:
             self.is_leader = False
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await _result(task)
+            await asyncio.wait({task})  # our own cancellation, if any, still propagates
             log.info("no longer leader (fencing token %d)", token)
+        if _failed(task):
+            await asyncio.sleep(RETRY_DELAY)
 
 
-async def _result(task: asyncio.Task[None]) -> None:
-    try:
-        await task
-    except FencedError as exc:
+def _failed(task: asyncio.Task[None]) -> bool:
+    """Log how the scheduler ended; True if it failed (stand again after a pause)."""
+    if task.cancelled() or task.exception() is None:
+        return False
+    exc = task.exception()
+    if isinstance(exc, FencedError):
         log.warning("leadership lost: %s", exc)
-    except StoreUnavailableError as exc:
+        return False
+    if isinstance(exc, StoreUnavailableError):
         log.warning("scheduler stopped: %s", exc)
-        await asyncio.sleep(RETRY_DELAY)
-    except Exception:
-        log.exception("scheduler failed; standing again for leadership")
-        await asyncio.sleep(RETRY_DELAY)
+    else:
+        log.error("scheduler failed; standing again for leadership", exc_info=exc)
+    return True

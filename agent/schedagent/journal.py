@@ -17,7 +17,13 @@ MAX_VALUE = 64 * 1024
 MAX_LINE = 16 * 1024
 PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 # `extra={...}` keys of our log calls, and the journal fields they become.
-EXTRA_FIELDS = {"job_id": "JOB_ID", "attempt": "ATTEMPT", "exit_code": "EXIT_CODE"}
+EXTRA_FIELDS = {
+    "job_id": "JOB_ID",
+    "attempt": "ATTEMPT",
+    "exit_code": "EXIT_CODE",
+    "key_id": "KEY_ID",
+    "audit_event": "AUDIT_EVENT",
+}
 
 
 def encode(fields: Mapping[str, object]) -> bytes:

@@ -15,6 +15,7 @@ from .errors import SpecError
 
 SCHEMA_VERSION = 1
 JOB_ID_RE = re.compile(r"^[0-9a-f]{20}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -52,9 +53,13 @@ class JobSpec:
     node: str | None = None
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     idempotency_key: str | None = None
+    user: str | None = None
+    signature: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "user": self.user,
+            "signature": None if self.signature is None else dict(self.signature),
             "cmd": self.cmd,
             "cpus": self.cpus,
             "timeout": self.timeout,
@@ -202,7 +207,28 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
         node=_optional_str(raw.get("node"), "node"),
         labels=_str_map({} if raw.get("labels") is None else raw["labels"], "labels"),
         idempotency_key=_optional_str(raw.get("idempotency_key"), "idempotency_key"),
+        user=_user(raw.get("user")),
+        signature=_signature(raw.get("signature")),
     )
+
+
+def _user(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not USER_RE.match(value):
+        raise SpecError(f"user must be a user name, got {value!r}")
+    return value
+
+
+def _signature(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    from .signing import Signature, SignatureRejected
+
+    try:
+        return Signature.from_dict(value).to_dict()
+    except SignatureRejected as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _positive(value: object, name: str) -> float:

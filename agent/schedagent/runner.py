@@ -7,9 +7,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pwd
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Command:
     timeout: float | None
     kill_grace: float
     chunk_bytes: int = 16384
+    user: str | None = None  # run as this user (the gate checked it is allowed)
 
 
 def job_environment(spec_env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -65,12 +68,14 @@ async def run_command(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=dict(command.env),
             cwd=command.cwd,
             start_new_session=True,  # its own session and process group: killable as one
+            **_identity(command),
         )
     except OSError as exc:
         return Outcome(started, time.time(), error=f"cannot start: {exc.strerror or exc}")
+    except KeyError as exc:  # the run-as user vanished since the gate checked it
+        return Outcome(started, time.time(), error=f"cannot start: no user {exc}")
     on_start(proc.pid)
     async with asyncio.TaskGroup() as tg:
         readers = [
@@ -90,6 +95,21 @@ async def run_command(
         timed_out=timed_out,
         canceled=canceled,
     )
+
+
+def _identity(command: Command) -> dict[str, Any]:
+    """The environment, and the user to switch to: done by exec, never a preexec_fn."""
+    env = dict(command.env)
+    if command.user is None or pwd.getpwuid(os.geteuid()).pw_name == command.user:
+        return {"env": env}
+    entry = pwd.getpwnam(command.user)
+    env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    return {
+        "env": env,
+        "user": entry.pw_uid,
+        "group": entry.pw_gid,
+        "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid),
+    }
 
 
 async def _wait(

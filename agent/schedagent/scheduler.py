@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from .model import Job, JobState, NodeRecord
 from .names import Keys
 from .placement import NodeView, PlacementIndex, free_cpus
 from .store import KV, Compare, Store
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,7 @@ class Scheduler:
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for w in waiters:
-                w.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await w
+            await cancel_and_wait(*waiters)
 
     async def reconcile(self) -> float:
         """One pass over the view; returns how long until a timer needs another pass."""

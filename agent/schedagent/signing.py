@@ -59,6 +59,8 @@ def canonical(spec: Mapping[str, Any], nonce: str, signed_at: float) -> bytes:
     body = {field: spec.get(field) for field in SIGNED_FIELDS}
     body["cpus"] = float(body["cpus"] if body["cpus"] is not None else 1.0)
     body["retries"] = int(body["retries"] or 0)
+    # 1 and 1.0 must sign alike: the agent stores numbers as floats.
+    body["timeout"] = None if body["timeout"] is None else float(body["timeout"])
     body["env"] = dict(body["env"] or {})
     body["labels"] = dict(body["labels"] or {})
     body["nonce"] = nonce

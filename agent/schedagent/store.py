@@ -115,6 +115,8 @@ GRPC_OPTIONS = {
     "grpc.keepalive_timeout_ms": 3000,
 }
 
+WATCH_CANCEL_TIMEOUT = 1.0
+
 _UNAVAILABLE = (
     aetcd.exceptions.ConnectionFailedError,
     aetcd.exceptions.ConnectionTimeoutError,
@@ -144,10 +146,12 @@ class Store:
         try:
             return await coro
         except _UNAVAILABLE as exc:
+            _reraise_cancel(exc)
             raise StoreUnavailableError(
                 f"etcd at {','.join(self.endpoints)}: {_one_line(exc)}"
             ) from exc
         except aetcd.exceptions.ClientError as exc:
+            _reraise_cancel(exc)
             raise StoreUnavailableError(f"etcd error: {_one_line(exc)}") from exc
 
     async def get(self, key: str) -> KV | None:
@@ -225,14 +229,24 @@ async def _events(watch: Any) -> AsyncIterator[WatchEvent]:
     except aetcd.exceptions.RevisionCompactedError as exc:
         raise WatchCompacted(exc.compacted_revision) from exc
     except aetcd.exceptions.ClientError as exc:
+        _reraise_cancel(exc)
         raise StoreUnavailableError(f"etcd watch: {_one_line(exc)}") from exc
 
 
 async def _quietly_cancel(watch: Any) -> None:
+    # Bounded: aetcd queues the cancel behind a stream that may be stuck or gone.
     try:
-        await watch.cancel()
+        await asyncio.wait_for(watch.cancel(), WATCH_CANCEL_TIMEOUT)
     except Exception:  # the stream may already be gone; nothing to clean up then
         log.debug("watch cancel failed", exc_info=True)
+
+
+def _reraise_cancel(exc: BaseException) -> None:
+    """gRPC turns a cancelled call into an error; when our task is being cancelled,
+    that must stay a cancellation, or retry loops above would swallow it and run on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 def _kv(item: Any) -> KV:

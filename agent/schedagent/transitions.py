@@ -55,6 +55,16 @@ def start(job: Job, node: str, attempt: int, now: float, lease: int = 0) -> Job 
     return job
 
 
+def refuse(job: Job, node: str, attempt: int, reason: str, now: float) -> Job | None:
+    """The worker will not run this attempt (security): the job fails, no retry."""
+    if not owns(job, node, attempt, JobState.ASSIGNED):
+        return None
+    _close_attempt(job, str(JobState.FAILED), reason, now)
+    job.state = JobState.FAILED
+    job.reason = reason
+    return job
+
+
 def record_pid(job: Job, node: str, attempt: int, pid: int) -> Job | None:
     if not owns(job, node, attempt, JobState.RUNNING):
         return None

@@ -20,11 +20,13 @@ from . import journal, transitions
 from .bus import Bus, encode
 from .config import AgentConfig
 from .errors import ConflictError, NotFoundError, StoreUnavailableError
+from .gate import Gate, Refused, audit
 from .jobstore import JobStore, Mutation
 from .model import JOB_ID_RE, Job, JobState
 from .orphans import reap_previous_incarnation
 from .runner import Command, Outcome, job_environment, run_command
 from .session import Session
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class Worker:
         self, config: AgentConfig, jobs: JobStore, bus: Bus, lease: Callable[[], int]
     ) -> None:
         self.lease = lease
+        self.gate = Gate(lambda: self.config.security, jobs.store, jobs.keys)
         self.config = config
         self.node = config.node_name
         self.jobs = jobs
@@ -96,9 +99,7 @@ class Worker:
                 messages = await self._fetch(sub)
                 await asyncio.gather(*(self._on_dispatch(msg) for msg in messages))
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            await cancel_and_wait(poller)
             for subscription in (control, sub):
                 with contextlib.suppress(nats.errors.Error):
                     await subscription.unsubscribe()
@@ -148,9 +149,33 @@ class Worker:
             )
             await msg.nak(delay=1)
 
+    async def _admit(self, msg: Any, job_id: str, attempt: int) -> bool:
+        """Whether the job passes the gate; a refused one is recorded FAILED and audited."""
+        try:
+            job, _ = await self.jobs.get(job_id)
+            if not transitions.owns(job, self.node, attempt, JobState.ASSIGNED):
+                return True  # stale: the start transition below drops it
+            signer = await self.gate.admit(job)
+        except NotFoundError:
+            return True
+        except Refused as exc:
+            reason = str(exc)
+            audit("refused", job_id, _signer_of(job), reason, logging.WARNING)
+            stored, changed = await self._write_until_done(
+                job_id, lambda j: transitions.refuse(j, self.node, attempt, reason, time.time())
+            )
+            await msg.ack()
+            if stored is not None and changed:
+                await self.bus.publish_event(stored)
+            return False
+        audit("start", job_id, signer, f"attempt {attempt} on {self.node}")
+        return True
+
     async def _start(self, msg: Any, job_id: str, attempt: int) -> None:
         if job_id in self.running:
             await msg.ack()
+            return
+        if not await self._admit(msg, job_id, attempt):
             return
         try:
             job, changed = await self.jobs.update(
@@ -226,6 +251,7 @@ class Worker:
             timeout=job.spec.timeout,
             kill_grace=self.config.jobs.kill_grace,
             chunk_bytes=self.config.output.chunk_bytes,
+            user=job.spec.user,
         )
 
         def on_start(pid: int) -> None:
@@ -367,6 +393,11 @@ class Worker:
         while True:
             await session.renewed.wait()
             self.interrupt_all(LEASE_LOST)
+
+
+def _signer_of(job: Job) -> str | None:
+    signature = job.spec.signature
+    return None if signature is None else str(signature.get("key_id"))
 
 
 def _parse_dispatch(data: bytes) -> tuple[str, int] | None:
