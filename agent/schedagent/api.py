@@ -146,7 +146,7 @@ class Api:
 
     async def list_jobs(self, req: dict[str, Any]) -> dict[str, Any]:
         state = req.get("state")
-        if state is not None and state not in JobState.__members__:
+        if state is not None and (not isinstance(state, str) or state not in JobState.__members__):
             raise SpecError(f"state must be one of {', '.join(JobState.__members__)}")
         limit = req.get("limit", 50)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
