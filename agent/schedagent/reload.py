@@ -27,6 +27,13 @@ LIVE_KEYS = frozenset(
         "jobs.kill_grace",
         "jobs.drain_timeout",
         "jobs.max_cmd_bytes",
+        # The gate and the API read these per job and per request.
+        "security.require_signed_jobs",
+        "security.trusted_keys",
+        "security.signature_max_age",
+        "security.run_as_allowed",
+        "security.max_env_bytes",
+        "security.max_requests_per_second",
     }
 )
 
