@@ -11,6 +11,8 @@ from typing import Any
 
 import nats
 
+from schedagent.devcluster import harness_key
+
 FINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED"}
 
 
@@ -47,7 +49,9 @@ class BenchClient:
         return dict(reply)
 
     async def submit(self, cmd: str) -> str:
-        spec = {"cmd": cmd, "idempotency_key": str(uuid.uuid4())}
+        spec: dict[str, Any] = {"cmd": cmd, "idempotency_key": str(uuid.uuid4())}
+        # Signed, as schedctl signs: the agents run nothing else.
+        spec["signature"] = harness_key()[0].sign(spec).to_dict()
         return str((await self.call("submit", spec=spec))["job"]["id"])
 
     async def submit_many(self, cmds: list[str], in_flight: int) -> list[str]:

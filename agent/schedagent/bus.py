@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,16 @@ def without_secrets(urls: Sequence[str]) -> str:
     return ",".join(shown)
 
 
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """A client context that trusts only this CA and checks the server's name."""
+    try:
+        # With a cafile, the system's CAs are not loaded: only ours is trusted.
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise OSError(f"cannot load the NATS CA certificate {ca_file}: {reason}") from None
+
+
 def encode(body: dict[str, Any]) -> bytes:
     return json.dumps({"v": SCHEMA_VERSION, **body}, separators=(",", ":")).encode()
 
@@ -59,6 +70,7 @@ class Bus:
     async def connect(self) -> None:
         # The first connect fails fast so the caller can report why and retry; once
         # connected, reconnect forever (nats-py reads these options on each attempt).
+        tls = tls_context(self.config.tls_ca) if self.config.tls_ca else None
         self.nc = await nats.connect(
             servers=list(self.config.urls),
             name=f"schedagent {self.name}",
@@ -70,6 +82,7 @@ class Bus:
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            tls=tls,
         )
         self.nc.options["allow_reconnect"] = True
         self.nc.options["max_reconnect_attempts"] = -1

@@ -35,6 +35,9 @@ class NatsConfig:
     # JetStream copies of each stream: set to the NATS cluster size (at most 5) so
     # losing one server loses no dispatch, event or output.
     stream_replicas: int = 1
+    # The CA that signed the servers' certificates: with it, the agent talks TLS and
+    # checks the server's certificate and name (a server that requires TLS needs it).
+    tls_ca: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +226,16 @@ def _subject_prefix(value: object) -> str:
     return value
 
 
+def _optional_file(value: object) -> str | None:
+    # Only the form: the file may be installed after the configuration (Ansible checks
+    # the configuration before it copies the CA); connecting says if it is missing.
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{value!r} is not an absolute file path")
+    return value
+
+
 def _log_level(value: object) -> str:
     if value not in LOG_LEVELS:
         raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -283,6 +296,7 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "nats.urls": _urls(("nats", "tls")),
     "nats.prefix": _subject_prefix,
     "nats.stream_replicas": _number(1, integer=True),
+    "nats.tls_ca": _optional_file,
     "output.tail_bytes": _number(0, integer=True),
     "output.chunk_bytes": _number(256, integer=True),
     "output.stream_max_bytes": _number(1024, integer=True),

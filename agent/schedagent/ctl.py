@@ -59,6 +59,7 @@ class Settings:
     url: str
     prefix: str
     timeout: float
+    ca_file: str | None = None
 
 
 class PositiveNumber(FloatParam):
@@ -176,7 +177,7 @@ def run(work: Callable[[Client], Awaitable[int]]) -> NoReturn:
 
 
 async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]]) -> int:
-    client = Client(settings.url, settings.prefix, settings.timeout)
+    client = Client(settings.url, settings.prefix, settings.timeout, settings.ca_file)
     await client.connect()
     try:
         return await work(client)
@@ -210,6 +211,14 @@ async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]])
     help="Seconds to wait for an agent to answer a request.",
 )
 @click.option(
+    "--nats-ca",
+    "ca_file",
+    envvar="SCHEDCTL_NATS_CA",
+    type=click.Path(dir_okay=False),
+    help="CA certificate that signed the NATS servers' certificates: talk TLS and "
+    "check the server against it (env SCHEDCTL_NATS_CA).",
+)
+@click.option(
     "--key",
     "key_path",
     envvar="SCHEDCTL_KEY",
@@ -219,10 +228,15 @@ async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]])
 @click.version_option(__version__, prog_name="schedctl")
 @click.pass_context
 def cli(
-    ctx: click.Context, url: str, prefix: str, request_timeout: float, key_path: str | None
+    ctx: click.Context,
+    url: str,
+    prefix: str,
+    request_timeout: float,
+    ca_file: str | None,
+    key_path: str | None,
 ) -> None:
     """Operate a schedagent cluster."""
-    ctx.obj = Settings(url, prefix, request_timeout)
+    ctx.obj = Settings(url, prefix, request_timeout, ca_file or None)
     ctx.meta["schedctl.key_path"] = key_path
 
 

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from .bus import without_secrets
+from .bus import tls_context, without_secrets
 from .model import FINAL_STATES
 
 EXIT_ERROR = 1
@@ -95,8 +95,9 @@ def _reason(exc: BaseException) -> str:
 class Client:
     """One NATS connection to a schedagent cluster."""
 
-    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float, ca_file: str | None = None) -> None:
         self.url = url
+        self.ca_file = ca_file
         # What messages show: never the user:password a URL may carry.
         self.shown_url = without_secrets(url.split(","))
         self.prefix = prefix
@@ -129,6 +130,10 @@ class Client:
                 self.on_reconnect()
 
         try:
+            tls = tls_context(self.ca_file) if self.ca_file else None
+        except OSError as exc:
+            raise CtlError(str(exc), EXIT_NO_CLUSTER) from None
+        try:
             # nats-py retries a failed first connect forever unless attempts are capped,
             # and logs tracebacks unless every callback is ours.
             self._nc = await nats.connect(
@@ -141,6 +146,7 @@ class Client:
                 disconnected_cb=ignore,
                 reconnected_cb=reconnected,
                 closed_cb=ignore,
+                tls=tls,
             )
         except Exception as exc:
             reason = _reason(errors[-1] if errors else exc)

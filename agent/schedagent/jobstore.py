@@ -99,6 +99,7 @@ class JobStore:
 
     async def write(self, job: Job, revision: int, fence: Sequence[Compare] = ()) -> int:
         """One compare-and-swap of a job read at revision: its new revision, or 0."""
+        job.updated_at = time.time()
         key = self.keys.job(job.id)
         return await self.store.txn_revision(
             [ModRevisionIs(key, revision), *fence], [Put(key, job.to_json())]
@@ -108,6 +109,9 @@ class JobStore:
         self, batch: Sequence[tuple[Job, int]], fence: Sequence[Compare] = ()
     ) -> int:
         """Compare-and-swap several jobs at once, all or none: the revision, or 0."""
+        now = time.time()
+        for job, _ in batch:
+            job.updated_at = now
         compares: list[Compare] = [ModRevisionIs(self.keys.job(j.id), rev) for j, rev in batch]
         puts = [Put(self.keys.job(j.id), j.to_json()) for j, _ in batch]
         return await self.store.txn_revision([*compares, *fence], puts)

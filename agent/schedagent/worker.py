@@ -49,6 +49,9 @@ class RunningJob:
     pid: int | None = None
     # Set when the agent, not the job, ends the attempt: AGENT_STOPPED or LEASE_LOST.
     interrupted: str | None = None
+    # The record as this worker last wrote it, and at which revision (0: unknown).
+    record: Job | None = None
+    revision: int = 0
 
 
 class OutputTail:
@@ -149,45 +152,33 @@ class Worker:
             )
             await msg.nak(delay=1)
 
-    async def _admit(self, msg: Any, job_id: str, attempt: int) -> bool:
+    async def _admit(self, msg: Any, job: Job, attempt: int) -> bool:
         """Whether the job passes the gate; a refused one is recorded FAILED and audited."""
         try:
-            job, _ = await self.jobs.get(job_id)
-            if not transitions.owns(job, self.node, attempt, JobState.ASSIGNED):
-                return True  # stale: the start transition below drops it
             signer = await self.gate.admit(job)
-        except NotFoundError:
-            return True
         except Refused as exc:
             reason = str(exc)
-            audit("refused", job_id, _signer_of(job), reason, logging.WARNING)
+            audit("refused", job.id, _signer_of(job), reason, logging.WARNING)
             stored, changed = await self._write_until_done(
-                job_id, lambda j: transitions.refuse(j, self.node, attempt, reason, time.time())
+                job.id, lambda j: transitions.refuse(j, self.node, attempt, reason, time.time())
             )
             await msg.ack()
             if stored is not None and changed:
                 await self.bus.publish_event(stored)
             return False
-        audit("start", job_id, signer, f"attempt {attempt} on {self.node}")
+        audit("start", job.id, signer, f"attempt {attempt} on {self.node}")
         return True
 
     async def _start(self, msg: Any, job_id: str, attempt: int) -> None:
-        if job_id in self.running:
-            await msg.ack()
-            return
-        if not await self._admit(msg, job_id, attempt):
-            return
         try:
-            job, changed = await self.jobs.update(
-                job_id,
-                lambda j: transitions.start(j, self.node, attempt, time.time(), self.lease()),
-            )
-        except (NotFoundError, ConflictError) as exc:
+            job, revision = await self.jobs.get(job_id)
+        except NotFoundError as exc:
             log.warning("dropping dispatch of job %s: %s", job_id, exc, extra={"job_id": job_id})
             await msg.ack()
             return
-        await msg.ack()
-        if not changed:
+        if job_id in self.running or not transitions.owns(
+            job, self.node, attempt, JobState.ASSIGNED
+        ):
             log.info(
                 "dropping stale dispatch of job %s attempt %d (now %s on %s, attempt %d)",
                 job_id,
@@ -197,11 +188,21 @@ class Worker:
                 job.attempt,
                 extra={"job_id": job_id, "attempt": attempt},
             )
+            await msg.ack()
             return
-        await self.bus.publish_event(job)
-        running = RunningJob(job_id, attempt, job.spec.cpus)
+        if not await self._admit(msg, job, attempt):
+            return
+        # Start exactly the record the gate checked: compared at the revision it was read.
+        started = transitions.start(job.clone(), self.node, attempt, time.time(), self.lease())
+        written = 0 if started is None else await self.jobs.write(started, revision)
+        if started is None or not written:
+            await msg.nak(delay=0.2)  # it changed meanwhile: look again
+            return
+        await msg.ack()
+        await self.bus.publish_event(started)
+        running = RunningJob(job_id, attempt, started.spec.cpus, record=started, revision=written)
         self.running[job_id] = running
-        task = asyncio.create_task(self._run(job, running), name=f"job-{job_id}")
+        task = asyncio.create_task(self._run(started, running), name=f"job-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -273,6 +274,7 @@ class Worker:
     async def _record_pid(self, job_id: str, running: RunningJob) -> None:
         """Best effort: the PID helps an operator find the job on the host."""
         pid = running.pid or 0
+        running.revision = 0  # the record moves on; the end is written after a fresh read
         try:
             await self.jobs.update(
                 job_id, lambda j: transitions.record_pid(j, self.node, running.attempt, pid)
@@ -299,7 +301,7 @@ class Worker:
                 return transitions.lose(j, self.node, running.interrupted, self.backoff, now)
             return transitions.finish(j, self.node, attempt, outcome, tail.text(), self.backoff)
 
-        stored, changed = await self._write_until_done(job.id, mutate)
+        stored, changed = await self._write_end(job.id, running, mutate)
         if stored is None or not changed:
             log.warning(
                 "job %s attempt %d: result not recorded, the job moved on (%s, attempt %d)",
@@ -322,6 +324,17 @@ class Worker:
             extra={"job_id": job.id, "attempt": running.attempt, "exit_code": stored.exit_code},
         )
         await self.bus.publish_event(stored)
+
+    async def _write_end(
+        self, job_id: str, running: RunningJob, mutate: Mutation
+    ) -> tuple[Job | None, bool]:
+        """The end, compared at the revision this worker wrote; else read and retry."""
+        if running.record is not None and running.revision:
+            new = mutate(running.record.clone())
+            with contextlib.suppress(StoreUnavailableError):
+                if new is not None and await self.jobs.write(new, running.revision):
+                    return new, True
+        return await self._write_until_done(job_id, mutate)
 
     async def _write_until_done(self, job_id: str, mutate: Mutation) -> tuple[Job | None, bool]:
         # A finished attempt must be recorded: keep trying while etcd is away.
