@@ -131,8 +131,9 @@ def footprint(cluster: LocalCluster, idle_seconds: float) -> dict[str, float]:
     }
 
 
-async def cluster_figures(args: argparse.Namespace, base_dir: Path) -> dict[str, Any]:
-    cluster = LocalCluster(3, base_dir=base_dir, agent_overrides={"log_level": "warning"})
+async def cluster_figures(args: argparse.Namespace) -> dict[str, Any]:
+    # A temporary base dir: the cluster removes it when it stops cleanly.
+    cluster = LocalCluster(3, agent_overrides={"log_level": "warning"})
     await cluster.astart()
     try:
         async with BenchClient(cluster.nats_url) as client:
@@ -200,7 +201,7 @@ def main() -> int:
         },
         "baseline_spawns_per_s": spawn_baseline(),
     }
-    results.update(asyncio.run(cluster_figures(args, RESULTS / f".cluster-{stamp}")))
+    results.update(asyncio.run(cluster_figures(args)))
     results["placement"] = placement_figures()
     results["figures"] = flatten(results)
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
