@@ -11,6 +11,7 @@ rendered files form a working, password-protected cluster.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -22,6 +23,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
 import yaml
 
@@ -32,6 +35,7 @@ from schedagent.devcluster import (
     free_port,
     wait_for,
 )
+from schedagent.signing import SigningKey, key_id, parse_public, public_text, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = ROOT / "ansible"
@@ -228,7 +232,7 @@ def test_etcd_settings_name_every_member(rendered: Render) -> None:
 
 def test_a_second_run_changes_nothing_and_keeps_the_passwords(rendered: Render) -> None:
     before = {p.name: p.read_text() for p in rendered.credentials.iterdir()}
-    assert sorted(before) == ["nats-route", "nats-schedagent", "nats-schedctl"]
+    assert sorted(before) == ["nats-route", "nats-schedagent", "nats-schedctl", "operator.pem"]
     again = rendered.run()
     assert again.returncode == 0, again.stdout[-4000:]
     recap = _recap(again.stdout)
@@ -268,7 +272,62 @@ def test_existing_clusters_skip_the_etcd_and_nats_plays(tmp_path: Path) -> None:
     assert (
         "SCHEDCTL_NATS_URL=nats://192.0.2.8:4222\n" in render.file("n1", "schedctl.env").read_text()
     )
-    assert not render.credentials.exists()
+    # Only the operator key: no NATS passwords for clusters without authentication.
+    assert sorted(p.name for p in render.credentials.iterdir()) == ["operator.pem"]
+
+
+def test_agents_trust_the_operator_key_the_admin_host_gets(rendered: Render) -> None:
+    key_file = rendered.file("n1", "operator.key")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = SigningKey.load(key_file)
+    pem = rendered.credentials / "operator.pem"
+    assert pem.stat().st_mode & 0o077 == 0, oct(pem.stat().st_mode)
+    for host in HOSTS:
+        config = yaml.safe_load(rendered.file(host, "agent.yaml").read_text())
+        assert config["security"]["trusted_keys"] == [public_text(key.public)]
+    # The key file's seed signs what the agents' public key verifies.
+    trusted = parse_public(config["security"]["trusted_keys"][0])
+    spec = {"cmd": "true"}
+    assert verify(spec, key.sign(spec), {key_id(trusted): trusted}, 60) == key.key_id
+
+
+def test_more_trusted_keys_add_to_the_operator_key(tmp_path: Path) -> None:
+    render = _render(PLAYBOOK_BINS["debian"], tmp_path)
+    extra = public_text(SigningKey.generate().public)
+    mine = public_text(SigningKey.generate().public)
+    result = render.run(
+        "-e",
+        json.dumps(
+            {
+                "schedagent_trusted_keys": [mine],
+                "schedagent_config_extra": {"security": {"trusted_keys": [extra]}},
+            }
+        ),
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    operator = public_text(SigningKey.load(render.file("n1", "operator.key")).public)
+    config = yaml.safe_load(render.file("n2", "agent.yaml").read_text())
+    assert config["security"]["trusted_keys"] == [mine, operator, extra]
+    check = subprocess.run(
+        [sys.executable, "-m", "schedagent", "check-config", str(render.file("n2", "agent.yaml"))],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    # No operator key and no other key: every job would be refused, so it is refused.
+    result = render.run("-e", '{"schedagent_operator_key": false}')
+    assert result.returncode != 0
+    assert "every job is refused" in result.stdout
+    # A key that is not Ed25519 is refused too.
+    rsa = tmp_path / "rsa.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "rsa", "-pkeyopt", "rsa_keygen_bits:1024"],
+        stdout=rsa.open("wb"),
+        check=True,
+    )
+    result = render.run("-e", f"schedagent_operator_key_file={rsa}")
+    assert result.returncode != 0
+    assert "is not an Ed25519 private key" in result.stdout
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -363,6 +422,8 @@ def _schedctl(
     render: Render, *args: str, url: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **_env_file(render.file("n1", "schedctl.env"))}
+    # The key the schedctl role installs as /etc/schedctl/operator.key.
+    env["SCHEDCTL_KEY"] = str(render.file("n1", "operator.key"))
     if url is not None:
         env["SCHEDCTL_NATS_URL"] = url
     return subprocess.run([SCHEDCTL, *args], env=env, capture_output=True, text=True, timeout=60)
@@ -391,3 +452,76 @@ def test_the_rendered_nats_refuses_clients_without_the_password(cluster: Render)
     assert result.returncode == 3, result.stdout + result.stderr
     wrong = _schedctl(cluster, "nodes", url=f"nats://schedctl:wrong@127.0.0.1:{port}")
     assert wrong.returncode == 3, wrong.stdout + wrong.stderr
+
+
+@pytest.mark.slow
+def test_schedctl_may_call_the_api_and_read_streams_but_not_publish_for_agents(
+    cluster: Render,
+) -> None:
+    for host in HOSTS:
+        wait_for(lambda h=host: _registered(cluster, h), 60, f"{host} registered in etcd")
+    job = _schedctl(cluster, "submit", "--cmd", "echo permitted", "--wait")
+    assert job.returncode == 0, job.stderr
+    job_id = job.stderr.split()[0]
+    logs = _schedctl(cluster, "logs", job_id)
+    assert (logs.returncode, logs.stdout) == (0, "permitted\n"), logs.stderr
+    violations = asyncio.run(_schedctl_violations(cluster, job_id))
+    forbidden = ("sched.dispatch.n1", "sched.control.n1", "sched.leader", "sched.events.x")
+    for subject in forbidden:
+        assert any(f'publish to "{subject}"' in v for v in violations), violations
+    # The agents did their whole job (placing, dispatching, running, streaming) with
+    # the agents' permissions: not one violation on their side.
+    for host in HOSTS:
+        log = (cluster.base / "logs" / f"agent-{host}.log").read_text()
+        assert "violation" not in log.lower(), log[-3000:]
+        server_log = (cluster.base / "logs" / f"nats-{host}.log").read_text()
+        for line in server_log.splitlines():
+            assert "Violation" not in line or 'User "schedctl"' in line, line
+
+
+async def _schedctl_violations(render: Render, job_id: str) -> list[str]:
+    """What the server refused schedctl's user: forbidden publishes and JetStream admin."""
+    password = render.credential("nats-schedctl")
+    port = render.ports["n1"]["nats_client_port"]
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())  # nats-py lower-cases the server's -ERR
+
+    nc = await nats.connect(
+        f"nats://schedctl:{password}@127.0.0.1:{port}",
+        error_cb=on_error,
+        allow_reconnect=False,
+        connect_timeout=5,
+    )
+    try:
+        # The API, and the events stream through an ordered consumer, as schedctl reads it.
+        reply = json.loads(
+            (
+                await nc.request("sched.api.get", b'{"v":1,"id":"%s"}' % job_id.encode(), timeout=5)
+            ).data
+        )
+        assert reply["ok"] and reply["job"]["state"] == "SUCCEEDED", reply
+        js = nc.jetstream(timeout=3)
+        sub = await js.subscribe(
+            f"sched.events.{job_id}", stream="SCHED_EVENTS", ordered_consumer=True
+        )
+        first = json.loads((await sub.next_msg(timeout=5)).data)
+        assert first["job"] == job_id
+        await sub.unsubscribe()
+        assert errors == []
+        for subject in ("sched.dispatch.n1", "sched.control.n1", "sched.leader", "sched.events.x"):
+            await nc.publish(subject, b'{"v":1}')
+        await nc.flush()
+        # Nor may it change JetStream: deleting a stream is refused (the request never
+        # reaches JetStream, so no answer comes).
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await js.delete_stream("SCHED_DISPATCH")
+        wait_until = asyncio.get_running_loop().time() + 5
+        while len(errors) < 5 and asyncio.get_running_loop().time() < wait_until:
+            await asyncio.sleep(0.05)
+        assert any('publish to "$js.api.stream.delete.sched_dispatch"' in e for e in errors)
+        assert all("permissions violation" in e for e in errors), errors
+        return errors
+    finally:
+        await nc.close()
