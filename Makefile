@@ -45,7 +45,7 @@ package-test: setup
 # them, then jobs, journald, a killed leader, an upgrade under running jobs and a host
 # that loses power. Needs root; the hosts' root is cached. Part of .ci/run.
 e2e: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
+	$(VENV)/bin/pytest -q -x -p no:cacheprovider tests/e2e
 
 unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_config.py tests/test_spec.py \

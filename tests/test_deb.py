@@ -148,16 +148,20 @@ def test_lintian_passes_the_package(debs: Debs) -> None:
     assert not re.search(r"(?m)^[EW]: ", out), out
 
 
-def test_maintainer_scripts_add_the_user_then_start_and_restart_the_unit(
+def test_maintainer_scripts_add_the_user_enable_and_restart_the_unit(
     debs: Debs, tmp_path: Path
 ) -> None:
     _run("dpkg-deb", "--control", debs.first, tmp_path)
     postinst = (tmp_path / "postinst").read_text()
-    # The user exists before debhelper's snippet starts the unit that runs as it.
+    # The user exists before debhelper's snippet enables the unit that runs as it.
     assert postinst.index("adduser") < postinst.index("deb-systemd-helper enable")
-    assert "_dh_action=restart" in postinst, "an upgrade restarts the agent"
+    # Not started at install (no cluster configured yet: a notify start would hold
+    # dpkg), but a running agent is restarted by an upgrade.
+    assert "deb-systemd-invoke start" not in postinst
+    assert 'if [ "$1" = configure ] && [ -n "${2:-}" ]' in postinst
+    assert "deb-systemd-invoke try-restart schedagent.service" in postinst, "upgrade restart"
     prerm = (tmp_path / "prerm").read_text()
-    assert '[ "$1" = remove ]' in prerm and "deb-systemd-invoke stop" in prerm
+    assert '[ "$1" = remove ]' in prerm and "deb-systemd-invoke stop schedagent" in prerm
 
 
 def test_install_upgrade_remove_purge(debs: Debs, root: Path) -> None:

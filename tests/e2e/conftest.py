@@ -1,0 +1,171 @@
+"""Session fixtures of the end-to-end suite: the two .debs, the cached root, the fleet,
+the first deployment. See docs/e2e.md.
+
+Built once per session, in this order, and torn down even when a step fails: the
+packages and the root (concurrently), three hosts booted on a bridge, an inventory and
+a first `ansible-playbook deploy.yml`. The tests then share that cluster, in the order
+they are written (later ones break hosts on purpose).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .deploy import PlaybookRun, Schedctl, playbook, write_inventory
+from .fleet import Fleet, run
+from .root import cached_root
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = ("systemd-nspawn", "debootstrap", "ssh", "ssh-keygen", "ip", "dpkg-buildpackage")
+PHASES: dict[str, float] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Debs:
+    version: str
+    first: Path
+    upgrade_version: str
+    upgrade: Path
+
+
+@dataclasses.dataclass
+class Cluster:
+    fleet: Fleet
+    inventory: Path
+    ctl: Schedctl
+    debs: Debs
+    first_run: PlaybookRun
+    logs: Path
+
+    def playbook(self, name: str, *extra: str) -> PlaybookRun:
+        started = time.monotonic()
+        result = playbook(self.inventory, self.logs / f"playbook-{name}.log", *extra)
+        PHASES[f"playbook ({name})"] = time.monotonic() - started
+        return result
+
+
+def _need_tools() -> None:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run scripts/setup", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end suite needs root (nspawn, bridges, mounts)", pytrace=False)
+    if not Path("/usr/bin/ansible-playbook").exists():
+        pytest.fail("/usr/bin/ansible-playbook is missing: run scripts/setup", pytrace=False)
+
+
+def _version() -> str:
+    changelog = REPO / "packaging" / "debian" / "changelog"
+    return run("dpkg-parsechangelog", "-l", changelog, "-S", "Version").stdout.strip()
+
+
+def _start_deb(version: str, out: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DISTDIR": str(out / "dist"), "BUILDDIR": str(out / f"build-{version}")}
+    log = (out / f"deb-{version}.log").open("wb")
+    return subprocess.Popen(
+        ["make", "-s", "-C", str(REPO), "deb", f"VERSION={version}"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def artifacts(e2e_dir: Path) -> tuple[Debs, Path]:
+    """`make deb`, a rebuild at a higher version, and the cached root: all at once."""
+    _need_tools()
+    started = time.monotonic()
+    version = _version()
+    upgrade_version = f"{version}+e2e1"
+    builds = {v: _start_deb(v, e2e_dir) for v in (version, upgrade_version)}
+    try:
+        root = cached_root()
+    finally:
+        for proc in builds.values():
+            proc.wait()
+    for v, proc in builds.items():
+        log = (e2e_dir / f"deb-{v}.log").read_text()
+        assert proc.returncode == 0, f"make deb VERSION={v} failed:\n{log[-3000:]}"
+    PHASES["make deb x2 + root"] = time.monotonic() - started
+    dist = e2e_dir / "dist"
+    debs = Debs(
+        version,
+        dist / f"schedagent_{version}_amd64.deb",
+        upgrade_version,
+        dist / f"schedagent_{upgrade_version}_amd64.deb",
+    )
+    return debs, root
+
+
+@pytest.fixture(scope="session")
+def fleet(
+    artifacts: tuple[Debs, Path], e2e_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Fleet]:
+    _, root = artifacts
+    started = time.monotonic()
+    hosts = Fleet(root, e2e_dir / "fleet")
+    hosts.start()
+    PHASES["boot 3 hosts"] = time.monotonic() - started
+    try:
+        yield hosts
+    finally:
+        if request.session.testsfailed:
+            _dump(hosts)
+        hosts.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(fleet: Fleet, artifacts: tuple[Debs, Path], e2e_dir: Path) -> Iterator[Cluster]:
+    """The first deployment; its result is asserted by the first test."""
+    debs, _ = artifacts
+    logs = e2e_dir / "logs"
+    logs.mkdir()
+    # The operator: schedctl with a HOME of its own and a key the agents trust.
+    home = e2e_dir / "admin-home"
+    home.mkdir()
+    trusted_key = Schedctl.keygen(home)
+    inventory = write_inventory(fleet, e2e_dir / "inventory", debs.first, trusted_key)
+    started = time.monotonic()
+    first = playbook(inventory, logs / "playbook-first.log")
+    PHASES["playbook (first)"] = time.monotonic() - started
+    failed = Schedctl("", home)  # (the first test fails first)
+    ctl = Schedctl.for_inventory(fleet, inventory, home) if first.returncode == 0 else failed
+    yield Cluster(fleet, inventory, ctl, debs, first, logs)
+    # Ansible's SSH masters (ControlPersist) go with the hosts, not 30 s later.
+    for sock in (logs / "ansible-cp").glob("*"):
+        run("ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x", check=False, timeout=10)
+
+
+def _dump(fleet: Fleet) -> None:
+    # What CI shows of the hosts when a test failed.
+    for host in fleet.hosts:
+        if not host.running():
+            continue
+        text = host.ssh_rc(
+            "systemctl status schedagent etcd nats-server --no-pager -n 0;"
+            " journalctl -u schedagent -n 60 --no-pager",
+            timeout=30,
+        )
+        sys.stderr.write(f"\n----- {host.name} ({host.address})\n{text.stdout}{text.stderr}\n")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if PHASES:
+        terminalreporter.section("e2e phases")
+        for phase, seconds in PHASES.items():
+            terminalreporter.write_line(f"{phase:<36} {seconds:6.1f}s")
