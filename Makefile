@@ -44,6 +44,7 @@ package-test: setup
 # systemd as PID 1 (systemd-nspawn) on a bridge of their own, ansible/deploy.yml onto
 # them, then jobs, journald, a killed leader, an upgrade under running jobs and a host
 # that loses power. Needs root; the hosts' root is cached. Part of .ci/run.
+# SCHEDAGENT_E2E_HOSTS=qemu make e2e: the same with qemu TCG VMs as hosts (not in CI).
 e2e: setup
 	$(VENV)/bin/pytest -q -x -p no:cacheprovider tests/e2e
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 
 from .deploy import PlaybookRun, Schedctl, playbook, write_inventory
-from .fleet import Fleet, run
+from .fleet import HOSTS, Fleet, QemuFleet, run
 from .root import cached_root
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("systemd-nspawn", "debootstrap", "ssh", "ssh-keygen", "ip", "dpkg-buildpackage")
+QEMU_TOOLS = ("qemu-system-x86_64", "mkfs.ext4")
 PHASES: dict[str, float] = {}
 
 
@@ -54,7 +55,10 @@ class Cluster:
 
 
 def _need_tools() -> None:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if HOSTS not in ("nspawn", "qemu"):
+        pytest.fail(f"SCHEDAGENT_E2E_HOSTS={HOSTS!r}: nspawn or qemu", pytrace=False)
+    tools = TOOLS + QEMU_TOOLS if HOSTS == "qemu" else TOOLS
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"missing {', '.join(missing)}: run scripts/setup", pytrace=False)
     if os.geteuid() != 0:
@@ -95,13 +99,19 @@ def artifacts(e2e_dir: Path) -> tuple[Debs, Path]:
     builds = {v: _start_deb(v, e2e_dir) for v in (version, upgrade_version)}
     try:
         root = cached_root()
+        if HOSTS == "qemu":
+            from .vm import vm_root
+
+            root = vm_root(root)
     finally:
         for proc in builds.values():
             proc.wait()
     for v, proc in builds.items():
         log = (e2e_dir / f"deb-{v}.log").read_text()
         assert proc.returncode == 0, f"make deb VERSION={v} failed:\n{log[-3000:]}"
-    PHASES["make deb x2 + root"] = time.monotonic() - started
+    PHASES["make deb x2 + root" + (" + vm root" if HOSTS == "qemu" else "")] = (
+        time.monotonic() - started
+    )
     dist = e2e_dir / "dist"
     debs = Debs(
         version,
@@ -118,9 +128,9 @@ def fleet(
 ) -> Iterator[Fleet]:
     _, root = artifacts
     started = time.monotonic()
-    hosts = Fleet(root, e2e_dir / "fleet")
+    hosts = (QemuFleet if HOSTS == "qemu" else Fleet)(root, e2e_dir / "fleet")
     hosts.start()
-    PHASES["boot 3 hosts"] = time.monotonic() - started
+    PHASES["boot 3 hosts" + (" (qemu)" if HOSTS == "qemu" else "")] = time.monotonic() - started
     try:
         yield hosts
     finally:

@@ -11,6 +11,9 @@ This machine's PID 1 is not systemd: nspawn runs with --keep-unit --register=no 
 machined, so no machinectl), and a host is stopped through its PIDs, which the
 harness keeps. Everything made here is undone by `Fleet.stop()` in reverse order,
 each step on its own (one failing does not skip the others), by PID and by name.
+
+With SCHEDAGENT_E2E_HOSTS=qemu, QemuFleet boots the same hosts as qemu TCG VMs on the
+same bridge (docs/e2e.md, "qemu variant"); the tests see the same Host interface.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ T = TypeVar("T")
 SSH_USER = "debian"
 NSPAWN = "/usr/bin/systemd-nspawn"
 SUBNET_BASE = "10.231"
+# What the hosts are: nspawn containers (the default, CI's) or qemu TCG VMs (docs/e2e.md).
+HOSTS = os.environ.get("SCHEDAGENT_E2E_HOSTS", "nspawn")
 
 
 def run(
@@ -214,6 +219,8 @@ def _quote(command: str) -> str:
 class Fleet:
     """Boots n hosts on a fresh bridge; stop() undoes all of it, even after a failure."""
 
+    host_class: type[Host] = Host
+
     def __init__(self, root: Path, run_dir: Path, count: int = 3) -> None:
         self.root = root
         self.run_dir = run_dir
@@ -224,7 +231,7 @@ class Fleet:
         self.gateway = str(self.subnet.network_address + 1)
         self.ssh_key = run_dir / "id_ed25519"
         self.hosts = [
-            Host(
+            self.host_class(
                 name=f"node{i}",
                 address=str(self.subnet.network_address + 10 + i),
                 machine=f"e2e{tag}n{i}",
@@ -407,3 +414,112 @@ def _close_master(host: Host) -> None:
             check=False,
             timeout=10,
         )
+
+
+# The qemu variant (SCHEDAGENT_E2E_HOSTS=qemu; docs/e2e.md): the same hosts as VMs.
+QEMU = "/usr/bin/qemu-system-x86_64"
+DISK_SIZE = "4G"
+
+
+@dataclasses.dataclass
+class VmHost(Host):
+    """One qemu VM: its disk, its tap on the fleet's bridge, its qemu process."""
+
+    tap: str = ""
+    disk: Path | None = None
+    qemu: subprocess.Popen[bytes] | None = None
+    # -smp: one CPU each (TCG on this 2-core machine); the agent must count 1.
+    cpus: int = 1
+
+    def running(self) -> bool:
+        return self.qemu is not None and self.qemu.poll() is None
+
+    @property
+    def expected_cpus(self) -> int:
+        return self.cpus
+
+    def power_off(self, timeout: float = 30) -> None:
+        """Pulls the plug: SIGKILL to qemu ends the VM, its kernel and all, at once."""
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.qemu.kill()
+            self.qemu.wait(timeout)
+
+
+class QemuFleet(Fleet):
+    """Fleet with qemu TCG VMs instead of nspawn containers; same bridge and addresses.
+
+    Each VM's disk is a raw ext4 image made for this run (`mkfs.ext4 -d`) from an
+    overlay over the cached VM root (vm.py), with the same per-host files as an nspawn
+    host; the kernel and initrd are the root's, booted with -kernel/-initrd. Its NIC
+    is a tap on the fleet's bridge; the serial console goes to the host's console.log.
+    """
+
+    host_class = VmHost
+
+    def __init__(self, root: Path, run_dir: Path, count: int = 3) -> None:
+        super().__init__(root, run_dir, count)
+        from .vm import kernel
+
+        self.kernel, self.initrd = kernel(root)
+
+    def start(self, boot_timeout: float = 600) -> None:
+        super().start(boot_timeout)
+
+    def _prepare(self, host: Host) -> None:
+        assert isinstance(host, VmHost)
+        super()._prepare(host)
+        # The VM's NIC is eth0 (net.ifnames=0), not nspawn's host0.
+        (host.merged / "etc/systemd/network/10-host0.network").write_text(
+            "[Match]\nName=eth0\n\n[Network]\n"
+            f"Address={host.address}/{self.subnet.prefixlen}\nLinkLocalAddressing=no\n"
+        )
+        disk = host.base / "disk.raw"
+        run("truncate", "-s", DISK_SIZE, disk)
+        host.disk = disk
+        self._teardown.push(f"disk {disk}", lambda: disk.unlink(missing_ok=True))
+        run("mkfs.ext4", "-q", "-F", "-L", host.name, "-d", host.merged, disk, timeout=600)
+        # The image holds the host's tree now; the overlay is not needed while it runs.
+        _umount(host.merged)
+
+    def _boot(self, host: Host) -> None:
+        assert isinstance(host, VmHost) and host.disk is not None
+        index = self.hosts.index(host) + 1
+        host.tap = f"{self.bridge}t{index}"
+        run("ip", "tuntap", "add", "dev", host.tap, "mode", "tap")
+        self._teardown.push(f"tap {host.tap}", lambda: run("ip", "link", "del", host.tap))
+        run("ip", "link", "set", host.tap, "master", self.bridge)
+        run("ip", "link", "set", host.tap, "up")
+        mac = f"52:54:00:{self.tag[:2]}:{self.tag[2:4]}:{index:02x}"
+        append = "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1"
+        with (host.base / "qemu.log").open("wb") as out:
+            host.qemu = subprocess.Popen(
+                [
+                    QEMU,
+                    "-accel", "tcg",
+                    "-cpu", "max",
+                    "-m", "1024",
+                    "-smp", str(host.cpus),
+                    "-nographic",
+                    "-monitor", "none",
+                    "-serial", f"file:{host.log}",
+                    "-no-reboot",
+                    "-kernel", str(self.kernel),
+                    "-initrd", str(self.initrd),
+                    "-append", append,
+                    "-drive", f"file={host.disk},format=raw,if=virtio",
+                    "-netdev", f"tap,id=net0,ifname={host.tap},script=no,downscript=no",
+                    "-device", f"virtio-net-pci,netdev=net0,mac={mac}",
+                    "-name", host.machine,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self._teardown.push(f"vm {host.name} (qemu {host.qemu.pid})", host.power_off)
+        self._teardown.push(f"ssh master of {host.name}", lambda: _close_master(host))
+
+    def _ssh_ready(self, host: Host) -> bool:
+        if not host.running():
+            raise RuntimeError(f"{host.name}: qemu exited; see {host.base}/qemu.log, {host.log}")
+        return super()._ssh_ready(host)
