@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,6 +20,7 @@ from schedagent.devcluster import (
 )
 
 ClusterFactory = Callable[..., LocalCluster]
+S = TypeVar("S", bound=ManagedProcess)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -54,28 +55,27 @@ def _require(binary: str) -> None:
         pytest.fail(f"{binary} is not installed; run scripts/setup", pytrace=False)
 
 
-@pytest.fixture
-def etcd_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EtcdServer]:
-    """A running single-member etcd on free ports; stopped after the test."""
-    _require(ETCD_BIN)
-    server = EtcdServer(tmp_path / "etcd")
+def _running(server: S, request: pytest.FixtureRequest) -> Iterator[S]:
+    """Start server, hand it to the test, then stop it (logs shown if the test failed)."""
     server.start()
     yield server
     if _test_failed(request):
         _dump_logs([server])
     server.stop()
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EtcdServer]:
+    """A running single-member etcd on free ports; stopped after the test."""
+    _require(ETCD_BIN)
+    yield from _running(EtcdServer(tmp_path / "etcd"), request)
 
 
 @pytest.fixture
 def nats_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NatsServer]:
     """A running nats-server with JetStream on a free port; stopped after the test."""
     _require(NATS_BIN)
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    if _test_failed(request):
-        _dump_logs([server])
-    server.stop()
+    yield from _running(NatsServer(tmp_path / "nats"), request)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -126,7 +126,8 @@ class _Parser:
     def section(self, raw: object, cls: type[T], prefix: str) -> T:
         if not isinstance(raw, dict):
             raise self.fail(prefix, f"must be a mapping, not {_kind(raw)}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        # typeshed wants a dataclass type here; every T this walks is one (_SECTIONS).
+        fields = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
         values: dict[str, Any] = {}
         for key, value in raw.items():
             dotted = f"{prefix}{key}"

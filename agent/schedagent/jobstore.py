@@ -93,7 +93,7 @@ class JobStore:
             new.updated_at = time.time()
             if await self.write(new, revision, fence):
                 return new, True
-            if fence and not await self._fence_holds(fence):
+            if fence and not await self.fence_holds(fence):
                 return job, False
         raise ConflictError(f"job {job_id}: too many concurrent writers")
 
@@ -116,7 +116,7 @@ class JobStore:
         puts = [Put(self.keys.job(j.id), j.to_json()) for j, _ in batch]
         return await self.store.txn_revision([*compares, *fence], puts)
 
-    async def _fence_holds(self, fence: Sequence[Compare]) -> bool:
+    async def fence_holds(self, fence: Sequence[Compare]) -> bool:
         return await self.store.txn(list(fence), [])
 
 

@@ -190,7 +190,7 @@ class Scheduler:
         return False  # the job changed under us; the watch brings the new version
 
     async def _check_fence(self) -> None:
-        if not await self.store.txn(self.fence, []):
+        if not await self.jobs.fence_holds(self.fence):
             raise FencedError("the election key changed: another agent leads now")
 
 
