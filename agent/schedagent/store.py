@@ -15,6 +15,7 @@ import aetcd
 import aetcd.exceptions
 
 from .errors import StoreUnavailableError
+from .etcd_tls import EtcdTls, TlsClient
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +130,16 @@ _UNAVAILABLE = (
 class Store:
     """One connection to an etcd cluster."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float = 5.0, tls: EtcdTls | None = None
+    ) -> None:
         self.endpoints = tuple(endpoints)
         host, port = grpc_target(endpoints)
-        self._client: Any = aetcd.Client(
-            host=host, port=port, timeout=timeout, options=GRPC_OPTIONS
+        where: dict[str, Any] = {"host": host, "port": port, "timeout": timeout}
+        self._client: Any = (
+            aetcd.Client(options=GRPC_OPTIONS, **where)
+            if tls is None
+            else TlsClient(tls, GRPC_OPTIONS, **where)
         )
 
     async def connect(self) -> None:
