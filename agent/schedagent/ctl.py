@@ -222,7 +222,7 @@ async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]])
     "--key",
     "key_path",
     envvar="SCHEDCTL_KEY",
-    help="Operator key that signs submitted jobs (env SCHEDCTL_KEY; default "
+    help="Operator key that signs submitted jobs and cancels (env SCHEDCTL_KEY; default "
     "~/.config/schedctl/operator.key, then /etc/schedctl/operator.key).",
 )
 @click.version_option(__version__, prog_name="schedctl")
@@ -353,8 +353,13 @@ def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
 def cancel(job: str, as_json: bool) -> None:
     """Cancel a job (a running one is killed by its node)."""
 
+    key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
+    request: dict[str, object] = {"id": job}
+    if key is not None:
+        request["signature"] = key.sign_cancel(job).to_dict()
+
     async def work(client: Client) -> int:
-        reply = await client.call("cancel", {"id": job})
+        reply = await client.call("cancel", request)
         if as_json:
             print_json(reply)
         else:
