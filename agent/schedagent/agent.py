@@ -20,6 +20,7 @@ from .names import Keys
 from .notify import Notifier
 from .registry import Registry
 from .reload import Reloader
+from .retention import Retention
 from .scheduler import Scheduler
 from .service import Heartbeat, Snapshot, status_line
 from .session import Session
@@ -160,10 +161,12 @@ async def _serve(
     async def lead(fence: Sequence[Compare]) -> None:
         token = fence[0].revision if isinstance(fence[0], CreateRevisionIs) else 0
         beat = asyncio.create_task(leader_beat.beat(token), name="leader-heartbeat")
+        retention = Retention(lambda: config.jobs, store, keys, fence)
+        sweeper = asyncio.create_task(retention.run(), name="retention")
         try:
             await Scheduler(config, store, keys, jobs, bus, fence).run()
         finally:
-            await cancel_and_wait(beat)
+            await cancel_and_wait(beat, sweeper)
 
     async def republish() -> None:
         # New labels and CPUs show at once; if etcd is away, registry.run retries anyway.

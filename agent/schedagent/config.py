@@ -67,6 +67,9 @@ class JobsConfig:
     dispatch_timeout: float = 10.0
     drain_timeout: float = 60.0
     max_cmd_bytes: int = 65536
+    # Seconds a finished job's record stays in etcd after its last change (0: forever);
+    # the leader deletes older ones, so etcd does not fill up with history.
+    retention: float = 7 * 86400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,6 +339,7 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "jobs.dispatch_timeout": _number(1),
     "jobs.drain_timeout": _number(0),
     "jobs.max_cmd_bytes": _number(1, integer=True),
+    "jobs.retention": _number(0),
     "security.require_signed_jobs": _bool,
     "security.trusted_keys": _public_keys,
     "security.signature_max_age": _number(1),
