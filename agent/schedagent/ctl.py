@@ -312,15 +312,12 @@ def submit(
 def status(job: str, as_json: bool) -> None:
     """Show a job's state, attempts and output tail."""
 
-    async def work(client: Client) -> int:
-        reply = await client.call("get", {"id": job})
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(fmt.format_status(field(reply, "job", dict), reply.get("pending_reason")))
-        return 0
-
-    run(work)
+    show(
+        "get",
+        {"id": job},
+        as_json,
+        lambda reply: fmt.format_status(field(reply, "job", dict), reply.get("pending_reason")),
+    )
 
 
 @cli.command(name="list")
@@ -334,17 +331,8 @@ def status(job: str, as_json: bool) -> None:
 def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
 
-    async def work(client: Client) -> int:
-        body = {"state": state.upper() if state else None, "limit": limit}
-        reply = await client.call("list", body)
-        jobs = field(reply, "jobs", list)
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(fmt.format_jobs(jobs))
-        return 0
-
-    run(work)
+    body = {"state": state.upper() if state else None, "limit": limit}
+    show("list", body, as_json, lambda reply: fmt.format_jobs(field(reply, "jobs", list)))
 
 
 @cli.command()
@@ -352,21 +340,11 @@ def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
 @json_option
 def cancel(job: str, as_json: bool) -> None:
     """Cancel a job (a running one is killed by its node)."""
-
     key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
-    request: dict[str, object] = {"id": job}
+    request: Record = {"id": job}
     if key is not None:
         request["signature"] = key.sign_cancel(job).to_dict()
-
-    async def work(client: Client) -> int:
-        reply = await client.call("cancel", request)
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(fmt.format_cancel(field(reply, "job", dict)))
-        return 0
-
-    run(work)
+    show("cancel", request, as_json, lambda reply: fmt.format_cancel(field(reply, "job", dict)))
 
 
 @cli.command()
@@ -392,16 +370,7 @@ def logs(job: str, follow: bool) -> None:
 def nodes(as_json: bool) -> None:
     """List the nodes of the cluster."""
 
-    async def work(client: Client) -> int:
-        reply = await client.call("nodes")
-        found = field(reply, "nodes", list)
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(fmt.format_nodes(found))
-        return 0
-
-    run(work)
+    show("nodes", None, as_json, lambda reply: fmt.format_nodes(field(reply, "nodes", list)))
 
 
 @cli.command()
@@ -409,13 +378,22 @@ def nodes(as_json: bool) -> None:
 def leader(as_json: bool) -> None:
     """Show the leader node and its fencing token."""
 
-    async def work(client: Client) -> int:
-        reply = await client.call("leader")
+    def render(reply: Record) -> str:
         found = reply.get("leader")
+        return fmt.format_leader(found if isinstance(found, dict) else None)
+
+    show("leader", None, as_json, render)
+
+
+def show(verb: str, body: Record | None, as_json: bool, render: Callable[[Record], str]) -> None:
+    """One request; its reply as JSON, or rendered for people."""
+
+    async def work(client: Client) -> int:
+        reply = await client.call(verb, body)
         if as_json:
             print_json(reply)
         else:
-            click.echo(fmt.format_leader(found if isinstance(found, dict) else None))
+            click.echo(render(reply))
         return 0
 
     run(work)
