@@ -18,15 +18,8 @@ import pytest
 
 from certs import make_ca, make_cert
 from schedagent.config import EtcdConfig, parse_config
-from schedagent.devcluster import (
-    ETCD_BIN,
-    AgentProcess,
-    ManagedProcess,
-    NatsServer,
-    free_port,
-    harness_key,
-    wait_for,
-)
+from schedagent.devcluster import AgentProcess, harness_key
+from schedagent.devprocs import ETCD_BIN, ManagedProcess, NatsServer, free_port, wait_for
 from schedagent.errors import ConfigError, StoreUnavailableError
 from schedagent.etcd_tls import EtcdTls, load_etcd_tls
 from schedagent.store import Put, Store

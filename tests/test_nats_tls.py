@@ -14,15 +14,8 @@ from pathlib import Path
 import pytest
 
 from certs import make_ca, make_cert
-from schedagent.devcluster import (
-    NATS_BIN,
-    AgentProcess,
-    EtcdServer,
-    ManagedProcess,
-    free_port,
-    harness_key,
-    wait_for,
-)
+from schedagent.devcluster import AgentProcess, harness_key
+from schedagent.devprocs import NATS_BIN, EtcdServer, ManagedProcess, free_port, wait_for
 
 SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
 

@@ -12,7 +12,8 @@ import pytest
 
 from apiclient import ApiClient
 from schedagent.config import JobsConfig
-from schedagent.devcluster import EtcdServer, LocalCluster
+from schedagent.devcluster import LocalCluster
+from schedagent.devprocs import EtcdServer
 from schedagent.errors import FencedError
 from schedagent.model import Job, JobState, new_job_id, parse_spec
 from schedagent.names import Keys

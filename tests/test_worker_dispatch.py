@@ -13,7 +13,7 @@ import pytest
 
 from schedagent.bus import Bus
 from schedagent.config import AgentConfig, EtcdConfig, NatsConfig, SecurityConfig
-from schedagent.devcluster import EtcdServer, NatsServer
+from schedagent.devprocs import EtcdServer, NatsServer
 from schedagent.jobstore import JobStore
 from schedagent.model import Attempt, Job, JobState, new_job_id, parse_spec
 from schedagent.names import Keys
