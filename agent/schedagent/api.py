@@ -76,8 +76,11 @@ class Api:
         else:
             reply = _error("unavailable", "too many requests to this agent; try again")
         if msg.reply:
+            body = encode(reply)
+            if len(body) > self.bus.max_payload():
+                body = encode(_error("internal", f"the {verb} reply is too large to send"))
             try:
-                await msg.respond(encode(reply))
+                await msg.respond(body)
             except nats.errors.Error as exc:
                 log.info("could not answer a %s request: %s", verb, exc)
 
@@ -159,10 +162,17 @@ class Api:
         limit = req.get("limit", 50)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise SpecError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
-        all_jobs, _ = await self.jobs.all()
-        picked = [j for j, _ in all_jobs if state is None or j.state == state]
-        picked.sort(key=lambda j: j.id, reverse=True)
-        return {"jobs": [j.to_dict() for j in picked[:limit]]}
+        picked = await self.jobs.newest(limit, None if state is None else JobState(state))
+        # Stop where the reply would outgrow one NATS message, and say so.
+        budget = self.bus.max_payload() // 2
+        out: list[dict[str, Any]] = []
+        for job in picked:
+            record = job.to_dict()
+            budget -= len(json.dumps(record))
+            if budget < 0:
+                return {"jobs": out, "truncated": True}
+            out.append(record)
+        return {"jobs": out, "truncated": False}
 
     async def cancel(self, req: dict[str, Any]) -> dict[str, Any]:
         job_id = _job_id(req)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 EVENTS_MAX_AGE = 7 * 86400.0
 DISPATCH_MAX_AGE = 86400.0
 CLOSE_TIMEOUT = 5.0
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 
 def without_secrets(urls: Sequence[str]) -> str:
@@ -158,6 +159,10 @@ class Bus:
     async def publish_dispatch(self, node: str, job_id: str, attempt: int) -> None:
         body = encode({"job": job_id, "attempt": attempt})
         await self.js.publish(self.subjects.dispatch(node), body, timeout=5)
+
+    def max_payload(self) -> int:
+        """The largest message the server takes (1 MiB unless configured otherwise)."""
+        return int(self.nc.max_payload) if self.nc is not None else DEFAULT_MAX_PAYLOAD
 
     async def publish_event(self, job: Job) -> None:
         """Tell followers about a state change; etcd already holds the truth."""

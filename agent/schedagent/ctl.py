@@ -331,8 +331,16 @@ def status(job: str, as_json: bool) -> None:
 def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
 
-    body = {"state": state.upper() if state else None, "limit": limit}
-    show("list", body, as_json, lambda reply: fmt.format_jobs(field(reply, "jobs", list)))
+    def render(reply: Record) -> str:
+        if reply.get("truncated"):
+            click.echo(
+                "schedctl: only the newest jobs that fit in one reply are shown; "
+                "narrow with --state or --limit",
+                err=True,
+            )
+        return fmt.format_jobs(field(reply, "jobs", list))
+
+    show("list", {"state": state.upper() if state else None, "limit": limit}, as_json, render)
 
 
 @cli.command()

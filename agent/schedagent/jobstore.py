@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from .errors import ConflictError, NotFoundError
 from .model import Job, JobSpec, JobState, new_job_id
 from .names import Keys
-from .store import KV, Absent, Compare, ModRevisionIs, Put, Store
+from .store import KV, Absent, Compare, ModRevisionIs, Put, Store, prefix_end
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,25 @@ class JobStore:
             if job is not None:
                 jobs.append((job, kv.mod_revision))
         return jobs, revision
+
+    async def newest(self, limit: int, state: JobState | None = None) -> list[Job]:
+        """Up to limit jobs, newest first (ids sort by submit time), in state if given.
+
+        Reads pages from the newest end, so a long history is not read to list a few.
+        """
+        page_size = min(max(limit, 64), 1000)
+        end = prefix_end(self.keys.jobs)
+        found: list[Job] = []
+        while len(found) < limit:
+            page = await self.store.get_range(self.keys.jobs, end, page_size, descending=True)
+            for kv in page:
+                job = decode_job(kv)
+                if job is not None and (state is None or job.state == state):
+                    found.append(job)
+            if len(page) < page_size:
+                break
+            end = page[-1].key  # exclusive: the next page holds older keys only
+        return found[:limit]
 
     async def update(
         self, job_id: str, mutate: Mutation, fence: Sequence[Compare] = ()

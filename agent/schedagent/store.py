@@ -100,6 +100,11 @@ def grpc_target(endpoints: Sequence[str]) -> tuple[str, int]:
     return f"ipv4:{joined},{last_host}", last_port
 
 
+def prefix_end(prefix: str) -> str:
+    """The first key after every key that starts with prefix (etcd's range_end)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 def _ipv4(host: str) -> str:
     try:
         ipaddress.IPv4Address(host)
@@ -172,10 +177,18 @@ class Store:
         resp = await self._call(self._client.get_prefix(prefix.encode()))
         return [_kv(item) for item in resp], int(resp.header.revision)
 
-    async def get_range(self, start: str, end: str, limit: int) -> list[KV]:
-        """Up to limit keys in [start, end), in key order: one page of a long range."""
+    async def get_range(
+        self, start: str, end: str, limit: int, descending: bool = False
+    ) -> list[KV]:
+        """Up to limit keys in [start, end), in key order (or its reverse): one page."""
         # aetcd's get_range drops the limit; the stub takes the request as etcd defines it.
-        request = aetcd.rpc.RangeRequest(key=start.encode(), range_end=end.encode(), limit=limit)
+        request = aetcd.rpc.RangeRequest(
+            key=start.encode(),
+            range_end=end.encode(),
+            limit=limit,
+            sort_order=aetcd.rpc.RangeRequest.DESCEND if descending else 0,
+            sort_target=aetcd.rpc.RangeRequest.KEY,
+        )
         reply = await self._call(self._range(request))
         return [_kv(item) for item in reply.kvs]
 

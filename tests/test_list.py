@@ -1,0 +1,108 @@
+"""`list` on a long history: newest first, read page by page from etcd, filtered by
+state, and cut (saying so) where the reply would outgrow one NATS message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from apiclient import ApiClient
+from schedagent.devcluster import LocalCluster
+from schedagent.model import Job, JobState, new_job_id, parse_spec
+from schedagent.names import Keys
+from schedagent.store import Put, Store
+
+SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
+HISTORY = 1500
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = LocalCluster(1, base_dir=tmp_path_factory.mktemp("list"))
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="module")
+def history(cluster: LocalCluster) -> list[Job]:
+    """HISTORY finished jobs, oldest first; only the five oldest FAILED."""
+    start = time.time() - 86400
+    jobs = []
+    for i in range(HISTORY):
+        state = JobState.FAILED if i < 5 else JobState.SUCCEEDED
+        job = Job(new_job_id(start + i), parse_spec({"cmd": f"echo {i}"}), state, start + i)
+        job.output_tail = "x" * 2048  # 1,500 such records are about 3 MB: over 1 MiB
+        jobs.append(job)
+
+    async def write() -> None:
+        store = Store([cluster.etcd_endpoint])
+        await store.connect()
+        keys = Keys("/schedagent")
+        for first in range(0, HISTORY, 100):
+            puts = [Put(keys.job(j.id), j.to_json()) for j in jobs[first : first + 100]]
+            assert await store.txn([], puts)
+        await store.close()
+
+    asyncio.run(write())
+    return jobs
+
+
+@pytest.fixture
+async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
+    async with ApiClient(cluster.nats_url) as client:
+        yield client
+
+
+async def test_list_is_newest_first_and_filters_across_pages(
+    api: ApiClient, history: list[Job]
+) -> None:
+    reply = await api.call("list", limit=5)
+    assert [j["id"] for j in reply["jobs"]] == [j.id for j in reversed(history[-5:])]
+    assert reply["truncated"] is False
+    # The FAILED ones are the oldest: finding them reads every page down to them.
+    failed = await api.call("list", state="FAILED", limit=3)
+    assert [j["id"] for j in failed["jobs"]] == [history[4].id, history[3].id, history[2].id]
+
+
+async def test_a_list_too_large_for_one_message_is_cut_and_says_so(
+    api: ApiClient, history: list[Job]
+) -> None:
+    reply = await api.call("list", limit=HISTORY)
+    shown = [j["id"] for j in reply["jobs"]]
+    assert reply["truncated"] is True and 100 < len(shown) < HISTORY
+    assert shown == [j.id for j in reversed(history)][: len(shown)]
+
+
+def test_schedctl_list_tells_when_it_shows_only_part(
+    cluster: LocalCluster, history: list[Job]
+) -> None:
+    env = {**os.environ, "SCHEDCTL_NATS_URL": cluster.nats_url}
+    result = subprocess.run(
+        [SCHEDCTL, "list", "--limit", str(HISTORY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "only the newest jobs that fit in one reply are shown" in result.stderr
+    assert history[-1].id in result.stdout.splitlines()[1]
+    json_result = subprocess.run(
+        [SCHEDCTL, "list", "--limit", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert json.loads(json_result.stdout)["truncated"] is False
