@@ -80,6 +80,17 @@ class ApiClient:
                 raise AssertionError(f"job {job_id} still {job['state']} after {deadline}s: {job}")
             await asyncio.sleep(0.1)
 
+    async def list_all(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Every job (up to 10,000), newest first, following `next` across replies."""
+        jobs: list[dict[str, Any]] = []
+        before = None
+        while True:
+            reply = await self.call("list", state=state, limit=10000 - len(jobs), before=before)
+            jobs.extend(reply["jobs"])
+            before = reply["next"]
+            if before is None or len(jobs) >= 10000:
+                return jobs
+
     async def wait_all(
         self, job_ids: list[str], deadline: float = 120
     ) -> dict[str, dict[str, Any]]:
@@ -87,7 +98,7 @@ class ApiClient:
         end = time.monotonic() + deadline
         wanted = set(job_ids)
         while True:
-            jobs = (await self.call("list", limit=10000))["jobs"]
+            jobs = await self.list_all()
             by_id = {j["id"]: j for j in jobs if j["id"] in wanted}
             if len(by_id) == len(wanted) and all(j["state"] in FINAL for j in by_id.values()):
                 return by_id

@@ -101,7 +101,7 @@ async def test_chaos_every_job_accounted_for(cluster_factory: Any) -> None:
         for agent in cluster.agents.values():
             assert agent.running, f"{agent.name} is not running after the chaos"
         await api.wait_all(accepted, deadline=180)
-        jobs = (await api.call("list", limit=10000))["jobs"]
+        jobs = await api.list_all()
         records = {j["id"]: Job.from_dict(j) for j in jobs}
     print(f"chaos: {summarize(records)} in {time.monotonic() - started:.0f}s")
     assert len(set(accepted)) == JOBS

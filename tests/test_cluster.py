@@ -150,7 +150,7 @@ async def test_same_idempotency_key_returns_the_same_job(api: ApiClient) -> None
     second = await api.call("submit", spec={"cmd": "echo once", "idempotency_key": key})
     assert first["created"] is True and second["created"] is False
     assert first["job"]["id"] == second["job"]["id"]
-    jobs = (await api.call("list", limit=10000))["jobs"]
+    jobs = await api.list_all()
     assert sum(1 for j in jobs if j["spec"]["idempotency_key"] == key) == 1
 
 

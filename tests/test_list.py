@@ -1,5 +1,5 @@
 """`list` on a long history: newest first, read page by page from etcd, filtered by
-state, and cut (saying so) where the reply would outgrow one NATS message."""
+state, and continued in another reply where one would outgrow a NATS message."""
 
 from __future__ import annotations
 
@@ -69,40 +69,37 @@ async def test_list_is_newest_first_and_filters_across_pages(
 ) -> None:
     reply = await api.call("list", limit=5)
     assert [j["id"] for j in reply["jobs"]] == [j.id for j in reversed(history[-5:])]
-    assert reply["truncated"] is False
+    assert reply["next"] is None
     # The FAILED ones are the oldest: finding them reads every page down to them.
     failed = await api.call("list", state="FAILED", limit=3)
     assert [j["id"] for j in failed["jobs"]] == [history[4].id, history[3].id, history[2].id]
 
 
-async def test_a_list_too_large_for_one_message_is_cut_and_says_so(
+async def test_a_list_too_large_for_one_message_continues_in_the_next(
     api: ApiClient, history: list[Job]
 ) -> None:
-    reply = await api.call("list", limit=HISTORY)
-    shown = [j["id"] for j in reply["jobs"]]
-    assert reply["truncated"] is True and 100 < len(shown) < HISTORY
-    assert shown == [j.id for j in reversed(history)][: len(shown)]
+    first = await api.call("list", limit=HISTORY)
+    shown = [j["id"] for j in first["jobs"]]
+    assert 100 < len(shown) < HISTORY and first["next"] == shown[-1]
+    newest_first = [j.id for j in reversed(history)]
+    assert shown == newest_first[: len(shown)]
+    assert [j["id"] for j in await api.list_all()] == newest_first
+    rest = await api.call("list", limit=3, before=first["next"])
+    assert [j["id"] for j in rest["jobs"]] == newest_first[len(shown) : len(shown) + 3]
+    bad = await api.raw("list", json.dumps({"v": 1, "before": "x"}).encode())
+    assert (bad["ok"], bad["error"]) == (False, "before must be a job id")
 
 
-def test_schedctl_list_tells_when_it_shows_only_part(
+def test_schedctl_list_shows_all_it_was_asked_for(
     cluster: LocalCluster, history: list[Job]
 ) -> None:
     env = {**os.environ, "SCHEDCTL_NATS_URL": cluster.nats_url}
     result = subprocess.run(
-        [SCHEDCTL, "list", "--limit", str(HISTORY)],
+        [SCHEDCTL, "list", "--limit", str(HISTORY), "--json"],
         capture_output=True,
         text=True,
         timeout=60,
         env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert "only the newest jobs that fit in one reply are shown" in result.stderr
-    assert history[-1].id in result.stdout.splitlines()[1]
-    json_result = subprocess.run(
-        [SCHEDCTL, "list", "--limit", "2", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert json.loads(json_result.stdout)["truncated"] is False
+    assert [j["id"] for j in json.loads(result.stdout)["jobs"]] == [j.id for j in reversed(history)]

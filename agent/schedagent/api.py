@@ -162,17 +162,21 @@ class Api:
         limit = req.get("limit", 50)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
             raise SpecError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
-        picked = await self.jobs.newest(limit, None if state is None else JobState(state))
-        # Stop where the reply would outgrow one NATS message, and say so.
+        before = req.get("before")
+        if before is not None and (not isinstance(before, str) or not JOB_ID_RE.match(before)):
+            raise SpecError("before must be a job id")
+        wanted = None if state is None else JobState(state)
+        picked = await self.jobs.newest(limit, wanted, before)
+        # Stop before the reply outgrows one NATS message; `next` continues from there.
         budget = self.bus.max_payload() // 2
         out: list[dict[str, Any]] = []
         for job in picked:
             record = job.to_dict()
             budget -= len(json.dumps(record))
-            if budget < 0:
-                return {"jobs": out, "truncated": True}
+            if budget < 0 and out:
+                return {"jobs": out, "next": out[-1]["id"]}
             out.append(record)
-        return {"jobs": out, "truncated": False}
+        return {"jobs": out, "next": None}
 
     async def cancel(self, req: dict[str, Any]) -> dict[str, Any]:
         job_id = _job_id(req)

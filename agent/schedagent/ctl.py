@@ -331,16 +331,15 @@ def status(job: str, as_json: bool) -> None:
 def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
 
-    def render(reply: Record) -> str:
-        if reply.get("truncated"):
-            click.echo(
-                "schedctl: only the newest jobs that fit in one reply are shown; "
-                "narrow with --state or --limit",
-                err=True,
-            )
-        return fmt.format_jobs(field(reply, "jobs", list))
+    async def work(client: Client) -> int:
+        jobs = await client.list_jobs(state.upper() if state else None, limit)
+        if as_json:
+            print_json({"jobs": jobs})
+        else:
+            click.echo(fmt.format_jobs(jobs))
+        return 0
 
-    show("list", {"state": state.upper() if state else None, "limit": limit}, as_json, render)
+    run(work)
 
 
 @cli.command()

@@ -166,6 +166,19 @@ class Client:
             with contextlib.suppress(Exception):
                 await self._nc.close()
 
+    async def list_jobs(self, state: str | None, limit: int) -> list[Record]:
+        """Up to limit jobs, newest first, over as many replies as their size needs."""
+        jobs: list[Record] = []
+        before = None
+        while len(jobs) < limit:
+            body = {"state": state, "limit": limit - len(jobs), "before": before}
+            reply = await self.call("list", body)
+            jobs.extend(field(reply, "jobs", list))
+            before = reply.get("next")
+            if not before:
+                break
+        return jobs
+
     async def call(self, verb: str, body: Record | None = None) -> Record:
         payload = json.dumps({"v": 1, **(body or {})}).encode()
         try:

@@ -76,13 +76,16 @@ class JobStore:
                 jobs.append((job, kv.mod_revision))
         return jobs, revision
 
-    async def newest(self, limit: int, state: JobState | None = None) -> list[Job]:
-        """Up to limit jobs, newest first (ids sort by submit time), in state if given.
+    async def newest(
+        self, limit: int, state: JobState | None = None, before: str | None = None
+    ) -> list[Job]:
+        """Up to limit jobs, newest first (ids sort by submit time), in state if given,
+        submitted before the job `before` if given.
 
         Reads pages from the newest end, so a long history is not read to list a few.
         """
         page_size = min(max(limit, 64), 1000)
-        end = prefix_end(self.keys.jobs)
+        end = self.keys.job(before) if before else prefix_end(self.keys.jobs)
         found: list[Job] = []
         while len(found) < limit:
             page = await self.store.get_range(self.keys.jobs, end, page_size, descending=True)
