@@ -43,7 +43,7 @@ async def leader_of(api: ApiClient, deadline: float = 15, not_: str | None = Non
 
 
 async def records(api: ApiClient) -> dict[str, Job]:
-    jobs = (await api.call("list", limit=10000))["jobs"]
+    jobs = await api.list_all()
     return {j["id"]: Job.from_dict(j) for j in jobs}
 
 
@@ -164,6 +164,21 @@ async def test_leader_killed_mid_placement_loses_nothing(cluster_factory: Any) -
             (j["id"], j["state"], j["reason"]) for j in jobs.values() if j["state"] != "SUCCEEDED"
         ]
         await assert_invariants(api, list(ids) + more)
+
+
+async def test_after_a_leader_dies_no_job_is_placed_on_its_node(cluster_factory: Any) -> None:
+    # A long TTL: the dead leader's node record outlives the failover by far.
+    ttl = 20
+    cluster: LocalCluster = cluster_factory(3, agent_overrides={**FAST, "node_ttl": ttl})
+    async with ApiClient(cluster.nats_url) as api:
+        old = await leader_of(api)
+        cluster.agents[old].kill()
+        await leader_of(api, deadline=10, not_=old)
+        assert old in {n["name"] for n in (await api.call("nodes"))["nodes"]}, "still listed"
+        ids = [await api.submit(f"echo after-{i}") for i in range(12)]
+        jobs = await api.wait_all(ids, deadline=ttl / 2)
+        placed = [(a["node"], j["state"]) for j in jobs.values() for a in j["attempts"]]
+        assert all(node != old and state == "SUCCEEDED" for node, state in placed), placed
 
 
 async def test_paused_leader_is_deposed_fenced_and_steps_down(cluster_factory: Any) -> None:

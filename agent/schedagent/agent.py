@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -164,7 +165,8 @@ async def _serve(
         retention = Retention(lambda: config.jobs, store, keys, fence)
         sweeper = asyncio.create_task(retention.run(), name="retention")
         try:
-            await Scheduler(config, store, keys, jobs, bus, fence).run()
+            suspects = functools.partial(leader_beat.suspects, config.node_ttl + 1.0)
+            await Scheduler(config, store, keys, jobs, bus, fence, suspects).run()
         finally:
             await cancel_and_wait(beat, sweeper)
 

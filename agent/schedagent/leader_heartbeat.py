@@ -34,6 +34,7 @@ class LeaderHeartbeat:
         self.election = election
         self.last_beat: dict[int, float] = {}
         self.first_seen: dict[int, float] = {}
+        self.silenced: dict[str, float] = {}  # node -> when its leadership went silent
 
     async def beat(self, token: int) -> None:
         """Run while leading."""
@@ -69,7 +70,19 @@ class LeaderHeartbeat:
             self.last_beat.get(leader.token, 0.0), self.first_seen.setdefault(leader.token, now)
         )
         if now - since > SILENCE:
+            self.silenced[leader.node] = now
             await self._depose(leader.node, leader.token, now - since)
+
+    def suspects(self, window: float) -> set[str]:
+        """Nodes whose leadership went silent less than window seconds ago.
+
+        A leader that stops beating has most likely died with its host, but its node
+        record lives until its lease expires; a successor that places jobs there only
+        has them come back a TTL later. Within the window they are left out; after it,
+        a node whose record is still there is alive (it kept its lease) and counts again.
+        """
+        now = time.monotonic()
+        return {node for node, since in self.silenced.items() if now - since < window}
 
     async def _depose(self, node: str, token: int, silent: float) -> None:
         key = next(

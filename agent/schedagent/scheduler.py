@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import transitions
 from .bus import Bus
@@ -45,8 +45,10 @@ class Scheduler:
         jobs: JobStore,
         bus: Bus,
         fence: Sequence[Compare],
+        suspects: Callable[[], set[str]] = set,
     ) -> None:
         self.config = config
+        self.suspects = suspects
         self.store = store
         self.jobs = jobs
         self.bus = bus
@@ -129,7 +131,12 @@ class Scheduler:
     async def _place(
         self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
     ) -> float:
-        views = [NodeView(n.name, n.cpus, n.labels, n.draining) for n in nodes.values()]
+        # Suspect nodes (a leader that fell silent) take no new work, like draining ones.
+        suspect = self.suspects()
+        views = [
+            NodeView(n.name, n.cpus, n.labels, n.draining or n.name in suspect)
+            for n in nodes.values()
+        ]
         index = PlacementIndex(views, free_cpus(views, (e.value for e in active)))
         wake_in = IDLE_WAKEUP
         batch: list[tuple[Job, int]] = []
