@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -149,7 +150,7 @@ def _render(binary: str, base: Path, existing: bool = False) -> Render:
         del groups["etcd"], groups["nats"]
         inventory["all"]["vars"].update(EXISTING)  # type: ignore[index]
     inventory_path = base / "inventory" / "hosts.yml"
-    inventory_path.parent.mkdir()
+    inventory_path.parent.mkdir(exist_ok=True)
     inventory_path.write_text(yaml.safe_dump(inventory), "utf-8")
     out = base / "out"
     result = _run_playbook(binary, base, inventory_path, out)
@@ -203,8 +204,14 @@ def test_agent_yaml_carries_the_inventory(rendered: Render) -> None:
         f"http://127.0.0.1:{ports[h]['etcd_client_port']}" for h in HOSTS
     ]
     assert config["nats"]["urls"] == [
-        f"nats://schedagent:{password}@127.0.0.1:{ports[h]['nats_client_port']}" for h in HOSTS
+        f"tls://schedagent:{password}@127.0.0.1:{ports[h]['nats_client_port']}" for h in HOSTS
     ]
+    # The NATS CA, where render.yml copied it (the role: /etc/schedagent/tls/nats-ca.pem).
+    assert config["nats"]["tls_ca"] == str(rendered.file("n2", "agent-tls/nats-ca.pem"))
+    assert (
+        Path(config["nats"]["tls_ca"]).read_bytes()
+        == (rendered.credentials / "nats-ca.pem").read_bytes()
+    )
     assert rendered.file("n2", "agent.yaml").read_text().startswith("#\n# Ansible managed")
 
 
@@ -220,6 +227,44 @@ def test_every_nats_config_passes_nats_server_t(rendered: Render) -> None:
         others = [h for h in HOSTS if h != host]
         routes = re.findall(r"nats-route://route:\w+@127\.0\.0\.1:(\d+)", text)
         assert routes == [str(rendered.ports[h]["nats_cluster_port"]) for h in others]
+        # TLS for clients and for routes, with the host's certificate from the cluster's CA.
+        tls_dir = rendered.file(host, "nats-tls")
+        assert text.count(f'cert_file: "{tls_dir}/server.pem"') == 2, text
+        assert text.count(f'ca_file: "{tls_dir}/ca.pem"') == 1, text
+
+
+def _cert_text(path: Path) -> str:
+    return subprocess.run(
+        ["openssl", "x509", "-in", str(path), "-noout", "-text"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_each_nats_server_gets_a_certificate_of_its_own_from_the_cluster_ca(
+    rendered: Render,
+) -> None:
+    ca = rendered.credentials / "nats-ca.pem"
+    assert "CA:TRUE" in _cert_text(ca)
+    assert (rendered.credentials / "nats-ca.key").stat().st_mode & 0o077 == 0
+    serials = set()
+    for host in HOSTS:
+        cert = rendered.credentials / "tls" / f"{host}-nats.pem"
+        key = rendered.credentials / "tls" / f"{host}-nats.key"
+        assert key.stat().st_mode & 0o077 == 0, oct(key.stat().st_mode)
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(ca), str(cert)], capture_output=True, text=True
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        text = _cert_text(cert)
+        assert f"DNS:{host}, IP Address:127.0.0.1" in text, text
+        assert "TLS Web Server Authentication, TLS Web Client Authentication" in text, text
+        assert "CA:FALSE" in text, text
+        serials.add(re.search(r"Serial Number:\s*(\S+)", text, re.S).group(1))  # type: ignore[union-attr]
+        # The server's copy is the one issued.
+        assert rendered.file(host, "nats-tls/server.pem").read_bytes() == cert.read_bytes()
+    assert len(serials) == len(HOSTS)
 
 
 def test_etcd_settings_name_every_member(rendered: Render) -> None:
@@ -231,15 +276,30 @@ def test_etcd_settings_name_every_member(rendered: Render) -> None:
 
 
 def test_a_second_run_changes_nothing_and_keeps_the_passwords(rendered: Render) -> None:
-    before = {p.name: p.read_text() for p in rendered.credentials.iterdir()}
-    assert sorted(before) == ["nats-route", "nats-schedagent", "nats-schedctl", "operator.pem"]
+    before = _credentials(rendered)
+    assert sorted(p for p in before if "/" not in p) == [
+        "nats-ca.key",
+        "nats-ca.pem",
+        "nats-route",
+        "nats-schedagent",
+        "nats-schedctl",
+        "operator.pem",
+    ]
+    assert sorted(p for p in before if p.startswith("tls/")) == sorted(
+        f"tls/{h}-nats.{ext}" for h in HOSTS for ext in ("cnf", "key", "pem")
+    )
     again = rendered.run()
     assert again.returncode == 0, again.stdout[-4000:]
     recap = _recap(again.stdout)
     assert set(recap) == set(HOSTS)
     assert all(counts["changed"] == 0 for counts in recap.values()), recap
-    after = {p.name: p.read_text() for p in rendered.credentials.iterdir()}
-    assert after == before
+    assert _credentials(rendered) == before
+
+
+def _credentials(render: Render) -> dict[str, str]:
+    """Every file the roles keep on the control host, by path under credentials/."""
+    root = render.credentials
+    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
 
 
 def test_preflight_refuses_contradictions(debian_render: Render) -> None:
@@ -272,8 +332,113 @@ def test_existing_clusters_skip_the_etcd_and_nats_plays(tmp_path: Path) -> None:
     assert (
         "SCHEDCTL_NATS_URL=nats://192.0.2.8:4222\n" in render.file("n1", "schedctl.env").read_text()
     )
-    # Only the operator key: no NATS passwords for clusters without authentication.
+    # Only the operator key: no NATS passwords for clusters without authentication,
+    # and no CA for a NATS without TLS.
     assert sorted(p.name for p in render.credentials.iterdir()) == ["operator.pem"]
+    assert "SCHEDCTL_NATS_CA" not in render.file("n1", "schedctl.env").read_text()
+    assert "tls_ca" not in config["nats"]
+    # An existing NATS with TLS: its CA must be given (none is made for it).
+    tls = {
+        "schedagent_nats_urls": ["tls://192.0.2.8:4222", "tls://192.0.2.9:4222"],
+        "schedctl_nats_url": "tls://192.0.2.8:4222",
+    }
+    result = render.run("-e", json.dumps(tls))
+    assert result.returncode != 0
+    assert f"No NATS CA certificate at {render.credentials}/nats-ca.pem" in result.stdout
+    ca = _make_ca(tmp_path / "theirs", "their NATS CA")
+    given = {**tls, "schedagent_nats_tls_ca_cert": str(ca), "schedctl_nats_tls_ca_cert": str(ca)}
+    result = render.run("-e", json.dumps(given))
+    assert result.returncode == 0, result.stdout[-4000:]
+    config = yaml.safe_load(render.file("n1", "agent.yaml").read_text())
+    assert config["nats"]["urls"] == tls["schedagent_nats_urls"]
+    assert Path(config["nats"]["tls_ca"]).read_bytes() == ca.read_bytes()
+    env = _env_file(render.file("n1", "schedctl.env"))
+    assert env["SCHEDCTL_NATS_URL"] == "tls://192.0.2.8:4222"
+    assert env["SCHEDCTL_NATS_CA"] == "/etc/schedctl/nats-ca.pem"
+
+
+def _make_ca(directory: Path, name: str) -> Path:
+    """An EC CA as `openssl req -x509` makes it: directory/ca.pem and directory/ca.key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = directory / "ca.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-keyout", str(directory / "ca.key"), "-out", str(cert)),
+            *("-days", "365", "-subj", f"/CN={name}"),
+            *("-addext", "basicConstraints=critical,CA:TRUE"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert
+
+
+def _verifies(cert: Path, ca: Path) -> bool:
+    argv = ["openssl", "verify", "-CAfile", str(ca), str(cert)]
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+def test_your_own_nats_ca_signs_the_servers_certificates(tmp_path: Path) -> None:
+    # Put before the first run where the nats role would make one.
+    credentials = tmp_path / "inventory" / "credentials"
+    mine = _make_ca(credentials, "my own CA")
+    mine.rename(credentials / "nats-ca.pem")
+    (credentials / "ca.key").rename(credentials / "nats-ca.key")
+    mine = credentials / "nats-ca.pem"
+    render = _render(PLAYBOOK_BINS["debian"], tmp_path)
+    assert mine.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    for host in HOSTS:
+        cert = credentials / "tls" / f"{host}-nats.pem"
+        assert _verifies(cert, mine), host
+        assert "Issuer: CN = my own CA" in _cert_text(cert)
+    # A certificate that no longer verifies (signed by another CA, expired, ...) is
+    # issued anew on the next run, and only that one.
+    other = _make_ca(tmp_path / "other", "another CA")
+    n2_cert = credentials / "tls" / "n2-nats.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-key", str(credentials / "tls" / "n2-nats.key")),
+            *("-CA", str(other), "-CAkey", str(other.with_suffix(".key")), "-days", "30"),
+            *("-subj", "/CN=n2", "-out", str(n2_cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    n1_before = (credentials / "tls" / "n1-nats.pem").read_bytes()
+    again = render.run()
+    assert again.returncode == 0, again.stdout[-4000:]
+    recap = _recap(again.stdout)
+    assert recap["n2"]["changed"] > 0, recap
+    assert recap["n1"]["changed"] == recap["n3"]["changed"] == 0, again.stdout
+    assert _verifies(n2_cert, mine)
+    assert render.file("n2", "nats-tls/server.pem").read_bytes() == n2_cert.read_bytes()
+    assert (credentials / "tls" / "n1-nats.pem").read_bytes() == n1_before
+    # A certificate given for a server must be signed by the CA.
+    foreign = tmp_path / "other" / "n1.pem"
+    n1_key = credentials / "tls" / "n1-nats.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-key", str(n1_key), "-CA", str(other)),
+            *("-CAkey", str(other.with_suffix(".key")), "-days", "30", "-subj", "/CN=n1"),
+            *("-out", str(foreign)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    result = render.run(
+        "-e", json.dumps({"nats_tls_cert": str(foreign), "nats_tls_key": str(n1_key)})
+    )
+    assert result.returncode != 0
+    assert (
+        f"nats_tls_cert {foreign} does not verify against nats_tls_ca_cert {mine}" in result.stdout
+    )
+    # Without the CA's key, the CA cannot issue: say so rather than make another CA.
+    (credentials / "nats-ca.key").unlink()
+    result = render.run()
+    assert result.returncode != 0
+    assert "to issue this server's certificate, its key" in result.stdout
+    assert mine.read_text().startswith("-----BEGIN CERTIFICATE-----")
 
 
 def test_agents_trust_the_operator_key_the_admin_host_gets(rendered: Render) -> None:
@@ -419,11 +584,15 @@ def _registered(render: Render, host: str) -> bool:
 
 
 def _schedctl(
-    render: Render, *args: str, url: str | None = None
+    render: Render, *args: str, url: str | None = None, ca: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """schedctl with the admin host's settings; url and ca (a file, "" for none) instead."""
     env = {**os.environ, **_env_file(render.file("n1", "schedctl.env"))}
-    # The key the schedctl role installs as /etc/schedctl/operator.key.
+    # The key the schedctl role installs as /etc/schedctl/operator.key, and the CA it
+    # installs as /etc/schedctl/nats-ca.pem.
     env["SCHEDCTL_KEY"] = str(render.file("n1", "operator.key"))
+    assert env["SCHEDCTL_NATS_CA"] == "/etc/schedctl/nats-ca.pem"
+    env["SCHEDCTL_NATS_CA"] = str(render.credentials / "nats-ca.pem") if ca is None else ca
     if url is not None:
         env["SCHEDCTL_NATS_URL"] = url
     return subprocess.run([SCHEDCTL, *args], env=env, capture_output=True, text=True, timeout=60)
@@ -448,10 +617,39 @@ def test_the_rendered_files_make_a_working_cluster(cluster: Render) -> None:
 @pytest.mark.slow
 def test_the_rendered_nats_refuses_clients_without_the_password(cluster: Render) -> None:
     port = cluster.ports["n1"]["nats_client_port"]
-    result = _schedctl(cluster, "nodes", url=f"nats://127.0.0.1:{port}")
+    result = _schedctl(cluster, "nodes", url=f"tls://127.0.0.1:{port}")
     assert result.returncode == 3, result.stdout + result.stderr
-    wrong = _schedctl(cluster, "nodes", url=f"nats://schedctl:wrong@127.0.0.1:{port}")
+    assert "authorization violation" in result.stderr.lower(), result.stderr
+    wrong = _schedctl(cluster, "nodes", url=f"tls://schedctl:wrong@127.0.0.1:{port}")
     assert wrong.returncode == 3, wrong.stdout + wrong.stderr
+
+
+@pytest.mark.slow
+def test_the_rendered_nats_talks_tls_only_with_a_certificate_from_the_cluster_ca(
+    cluster: Render, tmp_path: Path
+) -> None:
+    port = cluster.ports["n1"]["nats_client_port"]
+    password = cluster.credential("nats-schedctl")
+    # A plain TCP client with the right password: the server requires TLS.
+    plain = _schedctl(cluster, "nodes", url=f"nats://schedctl:{password}@127.0.0.1:{port}", ca="")
+    assert plain.returncode == 3, plain.stdout + plain.stderr
+    # A TLS client that trusts another CA refuses the server's certificate.
+    other = tmp_path / "other-ca.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-keyout", str(tmp_path / "other-ca.key"), "-out", str(other)),
+            *("-days", "2", "-subj", "/CN=another CA"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    refused = _schedctl(cluster, "nodes", ca=str(other))
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
+    # With the cluster's CA: answered.
+    ok = _schedctl(cluster, "nodes")
+    assert ok.returncode == 0, ok.stderr
 
 
 @pytest.mark.slow
@@ -489,7 +687,8 @@ async def _schedctl_violations(render: Render, job_id: str) -> list[str]:
         errors.append(str(exc).lower())  # nats-py lower-cases the server's -ERR
 
     nc = await nats.connect(
-        f"nats://schedctl:{password}@127.0.0.1:{port}",
+        f"tls://schedctl:{password}@127.0.0.1:{port}",
+        tls=ssl.create_default_context(cafile=str(render.credentials / "nats-ca.pem")),
         error_cb=on_error,
         allow_reconnect=False,
         connect_timeout=5,

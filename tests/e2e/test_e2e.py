@@ -11,6 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import shlex
+import socket
 import subprocess
 import time
 from typing import Any
@@ -93,6 +95,67 @@ def test_schedctl_nodes_shows_the_hosts_and_their_cpus(cluster: Cluster) -> None
     table = admin.ssh_user("sudo -i schedctl nodes")
     for host in cluster.fleet.hosts:
         assert re.search(rf"(?m)^\s*\*?\s*{host.name}\b", table), table
+
+
+def _plain_nats_login(address: str, password: str) -> tuple[dict[str, Any], bytes]:
+    """A NATS client without TLS: the server's INFO, and what it answers a CONNECT with
+    the right password in clear and a PING (b"" if it just closes the connection)."""
+    with socket.create_connection((address, 4222), timeout=10) as sock:
+        info = sock.makefile("rb").readline()
+        assert info.startswith(b"INFO "), info
+        connect = {"user": "schedctl", "pass": password, "verbose": False, "tls_required": False}
+        reply = b""
+        try:
+            sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+            while chunk := sock.recv(4096):
+                reply += chunk
+        except OSError as exc:  # reset by the server
+            reply += f"<{exc}>".encode()
+    return json.loads(info[5:]), reply
+
+
+def _http_get_on(host: Host, url: str) -> Any:
+    """GET a loopback URL on the host (NATS monitoring: 127.0.0.1 only) with its python3."""
+    script = (
+        "import sys, urllib.request; "
+        f"sys.stdout.write(urllib.request.urlopen({url!r}).read().decode())"
+    )
+    return json.loads(host.ssh(f"python3 -c {shlex.quote(script)}"))
+
+
+def test_nats_talks_tls_only_with_certificates_from_the_cluster_ca(cluster: Cluster) -> None:
+    password = (cluster.inventory.parent / "credentials" / "nats-schedctl").read_text().strip()
+    for host in cluster.fleet.hosts:
+        # A client without TLS, even with the right password, gets no further than INFO.
+        info, reply = _plain_nats_login(host.address, password)
+        assert info["tls_required"] is True, info
+        assert b"PONG" not in reply and b"+OK" not in reply, reply
+        # Routes: TLS, each server checking the other's certificate; both routes up.
+        varz = _http_get_on(host, "http://127.0.0.1:8222/varz")
+        assert varz["tls_required"] is True
+        assert (varz["cluster"]["tls_required"], varz["cluster"]["tls_verify"]) == (True, True)
+        routez = _http_get_on(host, "http://127.0.0.1:8222/routez")
+        assert routez["num_routes"] == len(cluster.fleet.hosts) - 1, routez
+        # The server's key is the nats user's alone; the agent's CA is for it and root.
+        modes = host.ssh(
+            "stat -c '%n %U:%G %a' /etc/nats-server/tls /etc/nats-server/tls/server.key"
+            " /etc/schedagent/tls /etc/schedagent/tls/nats-ca.pem"
+        ).splitlines()
+        assert modes == [
+            "/etc/nats-server/tls root:nats 750",
+            "/etc/nats-server/tls/server.key nats:nats 600",
+            "/etc/schedagent/tls root:schedagent 750",
+            "/etc/schedagent/tls/nats-ca.pem root:schedagent 640",
+        ], modes
+    # schedctl without the cluster's CA (so with the system's) refuses the servers.
+    no_ca = cluster.ctl.run("nodes", env={"SCHEDCTL_NATS_CA": ""})
+    assert no_ca.returncode == 3, no_ca.stdout + no_ca.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in no_ca.stderr, no_ca.stderr
+    # The admin host's settings name the CA the schedctl role installed.
+    admin = cluster.fleet.hosts[0]
+    env = admin.ssh("cat /etc/schedagent/schedctl.env")
+    assert "SCHEDCTL_NATS_CA=/etc/schedctl/nats-ca.pem\n" in env
+    assert re.search(r"(?m)^SCHEDCTL_NATS_URL=tls://schedctl:\S+@", env), "no tls:// URL"
 
 
 def test_jobs_run_with_their_output_and_exit_codes(cluster: Cluster) -> None:
