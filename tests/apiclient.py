@@ -51,6 +51,8 @@ class ApiClient:
     async def call(self, verb: str, **body: Any) -> dict[str, Any]:
         if verb == "submit" and "signature" not in body.get("spec", {}):
             body["spec"] = self.signed(body["spec"])
+        if verb == "cancel" and "signature" not in body:
+            body["signature"] = self.key.sign_cancel(body["id"]).to_dict()
         reply = await self.raw(verb, json.dumps({"v": 1, **body}).encode())
         assert reply.get("ok"), f"{verb} failed: {reply}"
         return reply

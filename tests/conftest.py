@@ -10,14 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from schedagent.devcluster import (
-    ETCD_BIN,
-    NATS_BIN,
-    EtcdServer,
-    LocalCluster,
-    ManagedProcess,
-    NatsServer,
-)
+from schedagent.devcluster import LocalCluster
+from schedagent.devprocs import ETCD_BIN, NATS_BIN, EtcdServer, ManagedProcess, NatsServer
 
 ClusterFactory = Callable[..., LocalCluster]
 S = TypeVar("S", bound=ManagedProcess)

@@ -29,13 +29,7 @@ import nats.errors
 import pytest
 import yaml
 
-from schedagent.devcluster import (
-    ETCD_BIN,
-    NATS_BIN,
-    ManagedProcess,
-    free_port,
-    wait_for,
-)
+from schedagent.devprocs import ETCD_BIN, NATS_BIN, ManagedProcess, free_port, wait_for
 from schedagent.signing import SigningKey, key_id, parse_public, public_text, verify
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from schedagent.devcluster import NATS_BIN, ManagedProcess, free_port, wait_for
+from schedagent.devprocs import NATS_BIN, ManagedProcess, free_port, wait_for
 
 SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
 # A SIGPIPE delivered to schedctl's own handler, then a line on stdout if it survived.

@@ -195,7 +195,7 @@ def test_install_upgrade_remove_purge(debs: Debs, root: Path) -> None:
 def _check_installed(root: Path, version: str) -> None:
     status = chroot(root, "dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Version}", "schedagent")
     assert status.split() == ["ii", version]
-    assert "schedagent, version" in chroot(root, "schedagent", "--version")
+    assert chroot(root, "schedagent", "--version").strip() == f"schedagent, version {version}"
     conf = "/etc/schedagent/agent.yaml"
     assert "OK" in chroot(root, "schedagent", "check-config", conf)
     assert "submit" in chroot(root, "schedctl", "--help")

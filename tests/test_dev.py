@@ -96,6 +96,23 @@ def test_status_and_list_find_a_job(dev: Dev) -> None:
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
 
 
+def test_cancel_signs_with_the_dev_key_and_kills_the_job(dev: Dev) -> None:
+    submitted = schedctl(dev.url, "submit", "--cmd", "sleep 300", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job"]["id"]
+    cancelled = schedctl(dev.url, "cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+
+    def state() -> str:
+        status = schedctl(dev.url, "status", job_id, "--json")
+        return str(json.loads(status.stdout)["job"]["state"])
+
+    deadline = time.monotonic() + 30
+    while (last := state()) != "CANCELED" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last == "CANCELED"
+
+
 def test_unknown_job_is_one_line_and_non_zero(dev: Dev) -> None:
     result = schedctl(dev.url, "status", "0" * 20)
     assert result.returncode != 0

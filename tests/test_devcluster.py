@@ -16,11 +16,10 @@ import psutil
 import pytest
 
 from schedagent.config import load_config
-from schedagent.devcluster import (
-    AgentProcess,
+from schedagent.devcluster import AgentProcess, LocalCluster
+from schedagent.devprocs import (
     EtcdServer,
     HarnessError,
-    LocalCluster,
     ManagedProcess,
     NatsServer,
     free_port,

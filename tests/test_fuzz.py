@@ -105,7 +105,8 @@ def test_malformed_requests_all_get_an_error_reply(sender: Sender, verb: str, bo
     reply = sender.request(f"sched.api.{verb}", body)
     if reply.get("ok"):
         assert verb != "submit", f"a malformed submit was accepted: {body!r}"
-        assert is_valid_read(verb, body) or verb in ("get", "cancel"), (verb, body, reply)
+        assert verb != "cancel", f"an unsigned cancel was accepted: {body!r}"
+        assert is_valid_read(verb, body) or verb == "get", (verb, body, reply)
         return
     assert reply["code"] in ("bad_request", "not_found", "unavailable"), reply
     assert reply["error"] and "\n" not in reply["error"]

@@ -14,7 +14,8 @@ import pytest
 from apiclient import ApiClient
 from schedagent import journal
 from schedagent.config import parse_config
-from schedagent.devcluster import AgentProcess, EtcdServer, NatsServer
+from schedagent.devcluster import AgentProcess
+from schedagent.devprocs import EtcdServer, NatsServer
 from schedagent.errors import ConfigError
 from sdsockets import DatagramListener, parse_journal
 

@@ -13,59 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from schedagent.devcluster import (
-    NATS_BIN,
-    AgentProcess,
-    EtcdServer,
-    ManagedProcess,
-    free_port,
-    harness_key,
-    wait_for,
-)
+from certs import make_ca, make_cert
+from schedagent.devcluster import AgentProcess, harness_key
+from schedagent.devprocs import NATS_BIN, EtcdServer, ManagedProcess, free_port, wait_for
 
 SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
-
-
-def make_ca(directory: Path, name: str) -> Path:
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
-            *("-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2"),
-            *("-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE"),
-            *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert
-
-
-def make_server_cert(directory: Path, ca: Path, address: str) -> tuple[Path, Path]:
-    key, csr, cert = (directory / f"server.{ext}" for ext in ("key", "csr", "pem"))
-    subprocess.run(
-        [
-            *("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
-            *("-keyout", str(key), "-out", str(csr), "-subj", "/CN=nats"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    ext = directory / "server.ext"
-    ext.write_text(
-        f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth,clientAuth\n"
-        "basicConstraints=critical,CA:FALSE\n"
-    )
-    subprocess.run(
-        [
-            *("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca)),
-            *("-CAkey", str(ca.with_suffix(".key")), "-CAcreateserial", "-days", "2"),
-            *("-out", str(cert), "-extfile", str(ext)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 class TlsNats(ManagedProcess):
@@ -95,7 +47,7 @@ def tls_nats(tmp_path: Path) -> Iterator[tuple[TlsNats, Path]]:
     certs = tmp_path / "certs"
     certs.mkdir()
     ca = make_ca(certs, "ca")
-    cert, key = make_server_cert(certs, ca, "127.0.0.1")
+    cert, key = make_cert(certs, ca, "server", ["IP:127.0.0.1"])
     server = TlsNats(tmp_path / "nats", cert, key)
     server.start()
     try:

@@ -123,3 +123,34 @@ async def test_run_as_a_user_outside_the_allowlist_is_refused(api: ApiClient) ->
 async def test_a_signed_job_from_a_trusted_key_runs(api: ApiClient) -> None:
     job = await api.wait_for(await api.submit("echo trusted"), deadline=20)
     assert (job["state"], job["output_tail"]) == ("SUCCEEDED", "trusted\n")
+
+
+async def test_a_cancel_must_be_signed_by_a_trusted_key_for_that_job(
+    api: ApiClient, cluster: LocalCluster
+) -> None:
+    job_id = await api.submit("sleep 60")
+    other_id = await api.submit("sleep 60")
+    stranger = SigningKey.generate()
+    attempts = {
+        "unsigned": None,
+        "unknown-key": stranger.sign_cancel(job_id).to_dict(),
+        "for another job": harness_key()[0].sign_cancel(other_id).to_dict(),
+        "a job's signature": harness_key()[0].sign({"cmd": "sleep 60"}).to_dict(),
+    }
+    for name, signature in attempts.items():
+        body: dict[str, Any] = {"v": 1, "id": job_id}
+        if signature is not None:
+            body["signature"] = signature
+        reply = await api.raw("cancel", json.dumps(body).encode())
+        assert (reply["ok"], reply["code"]) == (False, "bad_request"), name
+        assert reply["error"].startswith("signature rejected: "), (name, reply)
+    assert (await api.get(job_id))["state"] in ("PENDING", "ASSIGNED", "RUNNING")
+    logs = "".join(agent.log_tail(400) for agent in cluster.agents.values())
+    assert f"audit cancel job {job_id} key {stranger.key_id}: signature rejected" in logs
+
+    await api.call("cancel", id=job_id)  # signed with the trusted key
+    job = await api.wait_for(job_id, deadline=20)
+    assert job["state"] == "CANCELED", job
+    logs = "".join(agent.log_tail(400) for agent in cluster.agents.values())
+    assert f"audit cancel job {job_id} key {harness_key()[0].key_id}: requested while" in logs
+    await api.call("cancel", id=other_id)

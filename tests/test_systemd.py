@@ -22,7 +22,8 @@ import nats
 import pytest
 
 from apiclient import ApiClient
-from schedagent.devcluster import AgentProcess, EtcdServer, NatsServer
+from schedagent.devcluster import AgentProcess
+from schedagent.devprocs import EtcdServer, NatsServer
 from sdsockets import DatagramListener, parse_notify
 
 Notify = DatagramListener[dict[str, str]]

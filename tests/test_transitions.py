@@ -89,6 +89,18 @@ def test_node_lost_retries_or_fails() -> None:
     assert final is not None and final.state == JobState.FAILED and final.reason == "node lost"
 
 
+def test_node_lost_before_the_attempt_started_does_not_use_a_retry() -> None:
+    # The agent stopped (or died) with the dispatch still queued: nothing ran.
+    job = t.assign(new_job(retries=0), "n1", 1.0)
+    assert job is not None
+    back = t.lose(job, "n1", "node lost", NO_WAIT, 5.0)
+    assert back is not None and back.state == JobState.PENDING and back.attempt == 2
+    assert back.node is None and back.not_before == 5.0 and t.failures(back) == 0
+    assert back.attempts[0].state == t.HANDED_BACK
+    assert back.attempts[0].reason == "node lost before the attempt started"
+    assert t.start(back, "n1", 1, 6.0) is None  # the stale dispatch can no longer start it
+
+
 def test_hand_back_does_not_use_a_retry() -> None:
     job = t.start(t.assign(new_job(), "n1", 1.0) or new_job(), "n1", 1, 2.0)
     assert job is not None

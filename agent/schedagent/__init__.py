@@ -1,3 +1,21 @@
 """schedagent: a distributed job scheduler for fleets of Linux hosts."""
 
-__version__ = "0.1.0"
+import importlib
+import importlib.metadata
+
+
+def _version() -> str:
+    # packaging/build-deb writes _package_version.py into the tree it builds, so an
+    # installed agent reports the Debian version it came in (an upgrade shows);
+    # a source checkout reports pyproject.toml's.
+    try:
+        stamped = importlib.import_module(f"{__name__}._package_version")
+    except ImportError:
+        try:
+            return importlib.metadata.version("schedagent")
+        except importlib.metadata.PackageNotFoundError:
+            return "0+unknown"
+    return str(stamped.PACKAGE_VERSION)
+
+
+__version__ = _version()

@@ -13,12 +13,14 @@ from .bus import Bus, without_secrets
 from .config import AgentConfig
 from .election import Election
 from .errors import StoreUnavailableError
+from .etcd_tls import EtcdTls
 from .jobstore import JobStore
 from .leader_heartbeat import LeaderHeartbeat
 from .names import Keys
 from .notify import Notifier
 from .registry import Registry
 from .reload import Reloader
+from .retention import Retention
 from .scheduler import Scheduler
 from .service import Heartbeat, Snapshot, status_line
 from .session import Session
@@ -91,22 +93,28 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
     return True
 
 
-async def run_agent(config: AgentConfig, config_path: str | None = None) -> int:
+async def run_agent(
+    config: AgentConfig, config_path: str | None = None, etcd_tls: EtcdTls | None = None
+) -> int:
     signals = Signals()
     signals.install()
     heartbeat = Heartbeat(Notifier.from_environ())
     try:
-        return await _run(config, config_path, signals, heartbeat)
+        return await _run(config, config_path, etcd_tls, signals, heartbeat)
     finally:
         heartbeat.notifier.close()
 
 
 async def _run(
-    config: AgentConfig, config_path: str | None, signals: Signals, heartbeat: Heartbeat
+    config: AgentConfig,
+    config_path: str | None,
+    etcd_tls: EtcdTls | None,
+    signals: Signals,
+    heartbeat: Heartbeat,
 ) -> int:
     keys = Keys(config.etcd.prefix)
     async with contextlib.AsyncExitStack() as stack:
-        store = Store(config.etcd.endpoints, config.etcd.timeout)
+        store = Store(config.etcd.endpoints, config.etcd.timeout, etcd_tls)
         stack.push_async_callback(store.close)
         await store.connect()
         bus = Bus(config.nats, config.output, config.node_name)
@@ -153,10 +161,12 @@ async def _serve(
     async def lead(fence: Sequence[Compare]) -> None:
         token = fence[0].revision if isinstance(fence[0], CreateRevisionIs) else 0
         beat = asyncio.create_task(leader_beat.beat(token), name="leader-heartbeat")
+        retention = Retention(lambda: config.jobs, store, keys, fence)
+        sweeper = asyncio.create_task(retention.run(), name="retention")
         try:
             await Scheduler(config, store, keys, jobs, bus, fence).run()
         finally:
-            await cancel_and_wait(beat)
+            await cancel_and_wait(beat, sweeper)
 
     async def republish() -> None:
         # New labels and CPUs show at once; if etcd is away, registry.run retries anyway.

@@ -126,6 +126,14 @@ class Api:
             audit("submit", "-", signature.get("key_id"), str(exc), logging.WARNING)
             raise SpecError(str(exc)) from None
 
+    def _check_cancel_signature(self, job_id: str, raw_signature: object) -> str | None:
+        try:
+            return self.gate.check_cancel(job_id, raw_signature, time.time())
+        except Refused as exc:
+            key = raw_signature.get("key_id") if isinstance(raw_signature, dict) else None
+            audit("cancel", job_id, str(key)[:64] if key else None, str(exc), logging.WARNING)
+            raise SpecError(str(exc)) from None
+
     async def get(self, req: dict[str, Any]) -> dict[str, Any]:
         job, _ = await self.jobs.get(_job_id(req))
         reason = None
@@ -158,13 +166,14 @@ class Api:
 
     async def cancel(self, req: dict[str, Any]) -> dict[str, Any]:
         job_id = _job_id(req)
+        signer = self._check_cancel_signature(job_id, req.get("signature"))
         job, changed = await self.jobs.update(job_id, lambda j: transitions.cancel(j, time.time()))
         if changed:
             log.info(
                 "job %s: cancel requested (was %s)", job_id, job.state, extra={"job_id": job_id}
             )
             await self.bus.publish_event(job)
-            audit("cancel", job_id, None, f"requested while {job.state}")
+            audit("cancel", job_id, signer, f"requested while {job.state}")
             if job.state == JobState.RUNNING and job.node is not None:
                 body = encode({"action": "cancel", "job": job.id, "attempt": job.attempt})
                 await self.bus.publish(self.bus.subjects.control(job.node), body)

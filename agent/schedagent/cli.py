@@ -32,10 +32,12 @@ def main() -> None:
 def run(config_path: str) -> None:
     """Run the agent in the foreground."""
     from .agent import run_agent
+    from .etcd_tls import load_etcd_tls
     from .logs import setup_logging
 
     try:
         config = load_config(config_path)
+        etcd_tls = load_etcd_tls(config.etcd, config_path)
     except ConfigError as exc:
         click.echo(f"schedagent: invalid configuration: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -43,7 +45,7 @@ def run(config_path: str) -> None:
     # systemd's watchdog ends a stuck agent with SIGABRT: leave every thread's stack
     # in the journal, so the stuck spot is known.
     faulthandler.enable()
-    sys.exit(asyncio.run(run_agent(config, config_path)))
+    sys.exit(asyncio.run(run_agent(config, config_path, etcd_tls)))
 
 
 @main.command("check-config")

@@ -17,6 +17,7 @@ from .errors import ConfigError
 DEFAULT_PATH = "/etc/schedagent/agent.yaml"
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "journal", "stderr")
 
@@ -26,6 +27,15 @@ class EtcdConfig:
     endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     prefix: str = "/schedagent"
     timeout: float = 5.0
+    # With https:// endpoints the agent talks TLS to etcd: it checks the members'
+    # certificates against tls_ca (the system's CAs if unset) and shows tls_cert/tls_key
+    # when etcd asks for a client certificate (--client-cert-auth).
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # gRPC checks every member against one name: the first endpoint's host unless set,
+    # so with several endpoints each member's certificate must carry this name.
+    tls_server_name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +67,9 @@ class JobsConfig:
     dispatch_timeout: float = 10.0
     drain_timeout: float = 60.0
     max_cmd_bytes: int = 65536
+    # Seconds a finished job's record stays in etcd after its last change (0: forever);
+    # the leader deletes older ones, so etcd does not fill up with history.
+    retention: float = 7 * 86400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +147,12 @@ class _Parser:
             if key not in fields:
                 raise self.fail(dotted, f"unknown key (known: {', '.join(sorted(fields))})")
             values[key] = self.value(str(key), value, dotted)
-        return cls(**values)
+        built = cls(**values)
+        for check in _SECTION_CHECKS.get(cls, ()):
+            problem = check(built)
+            if problem is not None:
+                raise self.fail(prefix + problem[0], problem[1])
+        return built
 
     def value(self, key: str, value: object, dotted: str) -> Any:
         if key in _SECTIONS:
@@ -237,6 +255,14 @@ def _optional_file(value: object) -> str | None:
     return value
 
 
+def _optional_host_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not HOST_RE.match(value):
+        raise ValueError(f"{value!r} is not a host name")
+    return value
+
+
 def _log_level(value: object) -> str:
     if value not in LOG_LEVELS:
         raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -294,6 +320,10 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "etcd.endpoints": _urls(("http", "https")),
     "etcd.prefix": _prefix,
     "etcd.timeout": _number(0.1),
+    "etcd.tls_ca": _optional_file,
+    "etcd.tls_cert": _optional_file,
+    "etcd.tls_key": _optional_file,
+    "etcd.tls_server_name": _optional_host_name,
     "nats.urls": _urls(("nats", "tls")),
     "nats.prefix": _subject_prefix,
     "nats.stream_replicas": _number(1, integer=True),
@@ -309,10 +339,32 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "jobs.dispatch_timeout": _number(1),
     "jobs.drain_timeout": _number(0),
     "jobs.max_cmd_bytes": _number(1, integer=True),
+    "jobs.retention": _number(0),
     "security.require_signed_jobs": _bool,
     "security.trusted_keys": _public_keys,
     "security.signature_max_age": _number(1),
     "security.run_as_allowed": _user_names,
     "security.max_env_bytes": _number(0, integer=True),
     "security.max_requests_per_second": _number(1),
+}
+
+
+def _etcd_tls_consistent(etcd: EtcdConfig) -> tuple[str, str] | None:
+    """The TLS keys make sense only together and with https:// endpoints."""
+    schemes = {urlsplit(url).scheme for url in etcd.endpoints}
+    if len(schemes) > 1:
+        return "endpoints", "mixes http:// and https:// endpoints; use one scheme for all"
+    if (etcd.tls_cert is None) != (etcd.tls_key is None):
+        return "tls_key", "set etcd.tls_cert and etcd.tls_key together (or neither)"
+    tls_keys = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+    if schemes == {"http"}:
+        for key in tls_keys:
+            if getattr(etcd, key) is not None:
+                return key, "is set, but etcd.endpoints are http://; TLS needs https:// endpoints"
+    return None
+
+
+# Checks across the keys of one section, run once it is built: (key, problem) or None.
+_SECTION_CHECKS: dict[type, tuple[Callable[[Any], tuple[str, str] | None], ...]] = {
+    EtcdConfig: (_etcd_tls_consistent,),
 }

@@ -223,7 +223,7 @@ async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]])
     "--key",
     "key_path",
     envvar="SCHEDCTL_KEY",
-    help="Operator key that signs submitted jobs (env SCHEDCTL_KEY; default "
+    help="Operator key that signs submitted jobs and cancels (env SCHEDCTL_KEY; default "
     "~/.config/schedctl/operator.key, then /etc/schedctl/operator.key).",
 )
 @click.version_option(__version__, prog_name="schedctl")
@@ -313,15 +313,12 @@ def submit(
 def status(job: str, as_json: bool) -> None:
     """Show a job's state, attempts and output tail."""
 
-    async def work(client: Client) -> int:
-        reply = await client.call("get", {"id": job})
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(fmt.format_status(field(reply, "job", dict), reply.get("pending_reason")))
-        return 0
-
-    run(work)
+    show(
+        "get",
+        {"id": job},
+        as_json,
+        lambda reply: fmt.format_status(field(reply, "job", dict), reply.get("pending_reason")),
+    )
 
 
 @cli.command(name="list")
@@ -335,17 +332,8 @@ def status(job: str, as_json: bool) -> None:
 def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
 
-    async def work(client: Client) -> int:
-        body = {"state": state.upper() if state else None, "limit": limit}
-        reply = await client.call("list", body)
-        jobs = field(reply, "jobs", list)
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(fmt.format_jobs(jobs))
-        return 0
-
-    run(work)
+    body = {"state": state.upper() if state else None, "limit": limit}
+    show("list", body, as_json, lambda reply: fmt.format_jobs(field(reply, "jobs", list)))
 
 
 @cli.command()
@@ -353,16 +341,11 @@ def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
 @json_option
 def cancel(job: str, as_json: bool) -> None:
     """Cancel a job (a running one is killed by its node)."""
-
-    async def work(client: Client) -> int:
-        reply = await client.call("cancel", {"id": job})
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(fmt.format_cancel(field(reply, "job", dict)))
-        return 0
-
-    run(work)
+    key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
+    request: Record = {"id": job}
+    if key is not None:
+        request["signature"] = key.sign_cancel(job).to_dict()
+    show("cancel", request, as_json, lambda reply: fmt.format_cancel(field(reply, "job", dict)))
 
 
 @cli.command()
@@ -388,16 +371,7 @@ def logs(job: str, follow: bool) -> None:
 def nodes(as_json: bool) -> None:
     """List the nodes of the cluster."""
 
-    async def work(client: Client) -> int:
-        reply = await client.call("nodes")
-        found = field(reply, "nodes", list)
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(fmt.format_nodes(found))
-        return 0
-
-    run(work)
+    show("nodes", None, as_json, lambda reply: fmt.format_nodes(field(reply, "nodes", list)))
 
 
 @cli.command()
@@ -405,13 +379,22 @@ def nodes(as_json: bool) -> None:
 def leader(as_json: bool) -> None:
     """Show the leader node and its fencing token."""
 
-    async def work(client: Client) -> int:
-        reply = await client.call("leader")
+    def render(reply: Record) -> str:
         found = reply.get("leader")
+        return fmt.format_leader(found if isinstance(found, dict) else None)
+
+    show("leader", None, as_json, render)
+
+
+def show(verb: str, body: Record | None, as_json: bool, render: Callable[[Record], str]) -> None:
+    """One request; its reply as JSON, or rendered for people."""
+
+    async def work(client: Client) -> int:
+        reply = await client.call(verb, body)
         if as_json:
             print_json(reply)
         else:
-            click.echo(fmt.format_leader(found if isinstance(found, dict) else None))
+            click.echo(render(reply))
         return 0
 
     run(work)

@@ -14,7 +14,14 @@ from .config import SecurityConfig
 from .errors import SchedagentError
 from .model import Job, JobSpec
 from .names import Keys
-from .signing import Signature, SignatureRejected, key_id, parse_public, verify
+from .signing import (
+    Signature,
+    SignatureRejected,
+    key_id,
+    parse_public,
+    verify,
+    verify_cancel,
+)
 from .store import Absent, Put, Store
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,17 @@ class Gate:
         signature = None if spec.signature is None else Signature.from_dict(dict(spec.signature))
         try:
             return verify(spec.to_dict(), signature, self.trusted(), max_age, now)
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+
+    def check_cancel(self, job_id: str, raw_signature: object, now: float) -> str | None:
+        """The key id that signed this cancel (None if unsigned and that is allowed)."""
+        config = self.security()
+        if raw_signature is None and not config.require_signed_jobs:
+            return None
+        try:
+            signature = None if raw_signature is None else Signature.from_dict(raw_signature)
+            return verify_cancel(job_id, signature, self.trusted(), config.signature_max_age, now)
         except SignatureRejected as exc:
             raise Refused(f"signature rejected: {exc}") from None
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,13 @@ def canonical(spec: Mapping[str, Any], nonce: str, signed_at: float) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def canonical_cancel(job_id: str, nonce: str, signed_at: float) -> bytes:
+    """The bytes a cancel's signature covers. The "action" key, which no job's canonical
+    form has, keeps a job's signature from passing for a cancel and the other way round."""
+    body = {"action": "cancel", "job": job_id, "nonce": nonce, "signed_at": signed_at}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
 def key_id(public: Ed25519PublicKey) -> str:
     raw = public.public_bytes_raw()
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -113,9 +120,15 @@ class SigningKey:
             out.write(SEED_PREFIX + base64.b64encode(seed).decode() + "\n")
 
     def sign(self, spec: Mapping[str, Any], now: float | None = None) -> Signature:
+        return self._sign(lambda nonce, at: canonical(spec, nonce, at), now)
+
+    def sign_cancel(self, job_id: str, now: float | None = None) -> Signature:
+        return self._sign(lambda nonce, at: canonical_cancel(job_id, nonce, at), now)
+
+    def _sign(self, message: Callable[[str, float], bytes], now: float | None) -> Signature:
         nonce = os.urandom(16).hex()
         signed_at = time.time() if now is None else now
-        value = self.private.sign(canonical(spec, nonce, signed_at))
+        value = self.private.sign(message(nonce, signed_at))
         return Signature(self.key_id, nonce, signed_at, base64.b64encode(value).decode())
 
 
@@ -132,6 +145,35 @@ def verify(
     """
     if signature is None:
         raise SignatureRejected("job is not signed")
+    message = canonical(spec, signature.nonce, signature.signed_at)
+    return _verify(message, signature, trusted, max_age, now, "the job")
+
+
+def verify_cancel(
+    job_id: str,
+    signature: Signature | None,
+    trusted: Mapping[str, Ed25519PublicKey],
+    max_age: float,
+    now: float | None = None,
+) -> str:
+    """The signing key's id if this cancel of job_id is signed; SignatureRejected if not.
+
+    A replayed cancel can only cancel the same job again, so no nonce is recorded.
+    """
+    if signature is None:
+        raise SignatureRejected("cancel is not signed")
+    message = canonical_cancel(job_id, signature.nonce, signature.signed_at)
+    return _verify(message, signature, trusted, max_age, now, "this cancel")
+
+
+def _verify(
+    message: bytes,
+    signature: Signature,
+    trusted: Mapping[str, Ed25519PublicKey],
+    max_age: float,
+    now: float | None,
+    what: str,
+) -> str:
     public = trusted.get(signature.key_id)
     if public is None:
         raise SignatureRejected(f"signed by unknown key {signature.key_id}")
@@ -140,7 +182,7 @@ def verify(
         raise SignatureRejected(f"signature is {age:.0f}s old (limit {max_age:g}s)")
     try:
         value = base64.b64decode(signature.value, validate=True)
-        public.verify(value, canonical(spec, signature.nonce, signature.signed_at))
+        public.verify(value, message)
     except (InvalidSignature, ValueError):
-        raise SignatureRejected(f"signature by {signature.key_id} does not match the job") from None
+        raise SignatureRejected(f"signature by {signature.key_id} does not match {what}") from None
     return signature.key_id

@@ -13,8 +13,11 @@ from urllib.parse import urlsplit
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rpc
+import grpc
 
 from .errors import StoreUnavailableError
+from .etcd_tls import EtcdTls, TlsClient
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +132,17 @@ _UNAVAILABLE = (
 class Store:
     """One connection to an etcd cluster."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float = 5.0, tls: EtcdTls | None = None
+    ) -> None:
         self.endpoints = tuple(endpoints)
+        self._timeout = timeout
         host, port = grpc_target(endpoints)
-        self._client: Any = aetcd.Client(
-            host=host, port=port, timeout=timeout, options=GRPC_OPTIONS
+        where: dict[str, Any] = {"host": host, "port": port, "timeout": timeout}
+        self._client: Any = (
+            aetcd.Client(options=GRPC_OPTIONS, **where)
+            if tls is None
+            else TlsClient(tls, GRPC_OPTIONS, **where)
         )
 
     async def connect(self) -> None:
@@ -162,6 +171,20 @@ class Store:
         """Every key under prefix, and the revision the read was served at."""
         resp = await self._call(self._client.get_prefix(prefix.encode()))
         return [_kv(item) for item in resp], int(resp.header.revision)
+
+    async def get_range(self, start: str, end: str, limit: int) -> list[KV]:
+        """Up to limit keys in [start, end), in key order: one page of a long range."""
+        # aetcd's get_range drops the limit; the stub takes the request as etcd defines it.
+        request = aetcd.rpc.RangeRequest(key=start.encode(), range_end=end.encode(), limit=limit)
+        reply = await self._call(self._range(request))
+        return [_kv(item) for item in reply.kvs]
+
+    async def _range(self, request: Any) -> Any:
+        await self._client.connect()
+        try:
+            return await self._client.kvstub.Range(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise aetcd.exceptions.ConnectionFailedError(exc.details() or str(exc)) from exc
 
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()

@@ -132,9 +132,17 @@ def hand_back(job: Job, node: str, attempt: int, reason: str, now: float) -> Job
 
 
 def lose(job: Job, node: str, reason: str, backoff: Backoff, now: float) -> Job | None:
-    """The leader's verdict on an attempt whose agent is gone: retry it or fail the job."""
+    """The leader's verdict on an attempt whose agent is gone: retry it or fail the job.
+
+    An attempt still ASSIGNED has run nothing (a worker starts the command only after
+    its fenced RUNNING write, which this write makes fail), so it goes back to the queue
+    without using a retry. Typically its agent stopped politely with the dispatch still
+    queued, or was placed on by a leader that had not yet seen it draining.
+    """
     if job.node != node or not job.state.holds_cpus:
         return None
+    if job.state == JobState.ASSIGNED:
+        return hand_back(job, node, job.attempt, f"{reason} before the attempt started", now)
     _close_attempt(job, str(JobState.FAILED), reason, now)
     job.pid = None
     if failures(job) <= job.spec.retries:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 16
 FETCH_TIMEOUT = 2.0
 ACK_WAIT = 30.0
+NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
 CANCEL_POLL_INTERVAL = 5.0
 WRITE_RETRY_DELAY = 1.0
 PID_RECORD_DELAY = 1.0
@@ -135,6 +136,14 @@ class Worker:
             return []
 
     async def _on_dispatch(self, msg: Any) -> None:
+        try:
+            await self._handle_dispatch(msg)
+        except NATS_ERRORS as exc:
+            # An ack or nak that did not reach NATS: the dispatch comes again after
+            # ack_wait and is looked at afresh; the worker itself must go on.
+            log.warning("handling a dispatch on %s: %s", msg.subject, exc)
+
+    async def _handle_dispatch(self, msg: Any) -> None:
         parsed = _parse_dispatch(msg.data)
         if parsed is None:
             log.warning("dropping malformed dispatch on %s: %r", msg.subject, msg.data[:200])
@@ -198,13 +207,15 @@ class Worker:
         if started is None or not written:
             await msg.nak(delay=0.2)  # it changed meanwhile: look again
             return
-        await msg.ack()
-        await self.bus.publish_event(started)
+        # Recorded RUNNING: start it before anything else can fail. A lost ack only means
+        # a redelivery, which finds the job RUNNING here and is dropped as stale.
         running = RunningJob(job_id, attempt, started.spec.cpus, record=started, revision=written)
         self.running[job_id] = running
         task = asyncio.create_task(self._run(started, running), name=f"job-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        await msg.ack()
+        await self.bus.publish_event(started)
 
     async def _run(self, job: Job, running: RunningJob) -> None:
         try:

@@ -294,10 +294,10 @@ def test_upgrading_the_package_under_running_jobs_loses_none(cluster: Cluster) -
         installed = host.ssh("dpkg-query -W -f='${Version}' schedagent")
         assert installed == cluster.debs.upgrade_version
         assert host.ssh_rc("systemctl is-active schedagent").stdout.strip() == "active"
-    # Every agent was restarted on the new package (the version it reports is the
-    # Python package's, which a rebuild at another Debian version does not change).
+    # Every agent was restarted on the new package and says so.
     nodes = cluster.ctl.json("nodes")["nodes"]
     assert {n["name"] for n in nodes} == {h.name for h in cluster.fleet.hosts}
+    assert {n["version"] for n in nodes} == {cluster.debs.upgrade_version}
     assert all(n["started_at"] > began for n in nodes), [
         (n["name"], n["started_at"]) for n in nodes
     ]
