@@ -13,8 +13,10 @@ import json
 import re
 import shlex
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -156,6 +158,70 @@ def test_nats_talks_tls_only_with_certificates_from_the_cluster_ca(cluster: Clus
     env = admin.ssh("cat /etc/schedagent/schedctl.env")
     assert "SCHEDCTL_NATS_CA=/etc/schedctl/nats-ca.pem\n" in env
     assert re.search(r"(?m)^SCHEDCTL_NATS_URL=tls://schedctl:\S+@", env), "no tls:// URL"
+
+
+ETCDCTL_CERTS = (
+    "--cacert=/etc/etcd/tls/ca.pem --cert=/etc/etcd/tls/member.pem --key=/etc/etcd/tls/member.key"
+)
+
+
+def _refused(url: str, tls: ssl.SSLContext | None = None) -> str:
+    """What went wrong asking url: the request must fail (the text says how)."""
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls)
+    )
+    try:
+        with opener.open(url, timeout=10) as resp:
+            raise AssertionError(f"{url} answered {resp.status}: {resp.read()[:200]!r}")
+    except OSError as exc:  # URLError, HTTPError, ssl.SSLError, ConnectionResetError
+        return str(exc)
+
+
+def test_etcd_takes_tls_only_with_client_certificates_from_its_ca(cluster: Cluster) -> None:
+    ca = cluster.inventory.parent / "credentials" / "etcd-ca.pem"
+    no_cert = ssl.create_default_context(cafile=str(ca))
+    for host in cluster.fleet.hosts:
+        # From the admin side: plain HTTP gets nothing; TLS without a client certificate
+        # is refused at the handshake, on the client port and on the peer port.
+        for port in (2379, 2380):
+            _refused(f"http://{host.address}:{port}/version")
+            _refused(f"https://{host.address}:{port}/version", no_cert)
+        # On the host: etcdctl without certificates fails, with the member's succeeds.
+        bare = host.ssh_rc(f"etcdctl --endpoints=https://{host.address}:2379 endpoint health")
+        assert bare.returncode != 0, bare.stdout
+        plain = host.ssh_rc("etcdctl --endpoints=http://127.0.0.1:2379 endpoint health")
+        assert plain.returncode != 0, plain.stdout
+        health = host.ssh(
+            f"etcdctl --endpoints=https://127.0.0.1:2379 {ETCDCTL_CERTS} endpoint health 2>&1"
+        )
+        assert "is healthy" in health, health
+        # Keys: the member's for etcd, the agent's for schedagent, nobody else's.
+        modes = host.ssh(
+            "stat -c '%n %U:%G %a' /etc/etcd/tls /etc/etcd/tls/member.key"
+            " /etc/schedagent/tls/etcd-client.key /etc/schedagent/tls/etcd-client.pem"
+        ).splitlines()
+        assert modes == [
+            "/etc/etcd/tls root:etcd 750",
+            "/etc/etcd/tls/member.key etcd:etcd 600",
+            "/etc/schedagent/tls/etcd-client.key schedagent:schedagent 600",
+            "/etc/schedagent/tls/etcd-client.pem root:schedagent 640",
+        ], modes
+        # The agent's configuration: https endpoints, its certificate, the shared name.
+        config = host.ssh("cat /etc/schedagent/agent.yaml")
+        assert f"- https://{host.address}:2379" in config, config
+        assert "tls_server_name: etcd.schedagent.internal" in config, config
+    # Every member is known to the others at an https:// peer URL, and the agents,
+    # which talk to etcd only with their certificates, are all registered.
+    members = json.loads(
+        cluster.fleet.hosts[0].ssh(
+            f"etcdctl --endpoints=https://127.0.0.1:2379 {ETCDCTL_CERTS} member list -w json"
+        )
+    )["members"]
+    assert sorted(m["name"] for m in members) == [h.name for h in cluster.fleet.hosts]
+    for member in members:
+        assert all(u.startswith("https://") for u in member["peerURLs"] + member["clientURLs"])
+    nodes = {n["name"] for n in cluster.ctl.json("nodes")["nodes"]}
+    assert nodes == {h.name for h in cluster.fleet.hosts}
 
 
 def test_jobs_run_with_their_output_and_exit_codes(cluster: Cluster) -> None:
