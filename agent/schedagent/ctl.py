@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import select
 import signal
 import sys
 import uuid
@@ -406,8 +407,27 @@ def show(verb: str, body: Record | None, as_json: bool, render: Callable[[Record
     run(work)
 
 
+def _stdout_broken() -> bool:
+    """Whether stdout's reader went away (poll reports an error on a widowed pipe)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP come unasked
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _on_sigpipe(signum: int, frame: object) -> None:
+    # Only a widowed stdout kills schedctl: a NATS server that closes the connection
+    # while schedctl writes to it (over TLS, after refusing a password) is an error
+    # nats-py reports, and schedctl exits 3 with its message.
+    if _stdout_broken():
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+
+
 def main() -> None:
     # Die quietly like other Unix filters when a reader such as `head` goes away; nats-py
     # would otherwise swallow the write errors raised inside its message callbacks.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, _on_sigpipe)
     cli(prog_name="schedctl")

@@ -2,8 +2,8 @@
 
 The playbook runs from this machine with Debian's ansible-core (/usr/bin), over SSH as
 the hosts' `debian` user with sudo, exactly as docs/deploy.md tells an operator to;
-schedctl runs from this checkout's .venv, pointed at the hosts' NATS servers with the
-password the playbook generated beside the inventory.
+schedctl runs from this checkout's .venv, pointed at the hosts' NATS servers over TLS
+with the password and the NATS CA the playbook generated beside the inventory.
 """
 
 from __future__ import annotations
@@ -136,18 +136,21 @@ def playbook(inventory: Path, log: Path, *extra: str, timeout: float = 900) -> P
 
 @dataclasses.dataclass
 class Schedctl:
-    """schedctl from .venv, at every host's NATS server with the generated password."""
+    """schedctl from .venv, at every host's NATS server (TLS) with the generated password."""
 
     urls: str
     # Its own HOME: no operator key or setting of this machine's root leaks in.
     home: Path
     prefix: str = "sched"
+    # The CA that signed the NATS servers' certificates (SCHEDCTL_NATS_CA).
+    ca: Path | None = None
 
     @classmethod
     def for_inventory(cls, fleet: Fleet, inventory: Path, home: Path) -> Schedctl:
-        password = (inventory.parent / "credentials" / "nats-schedctl").read_text().strip()
-        urls = ",".join(f"nats://schedctl:{password}@{h.address}:4222" for h in fleet.hosts)
-        return cls(urls, home)
+        credentials = inventory.parent / "credentials"
+        password = (credentials / "nats-schedctl").read_text().strip()
+        urls = ",".join(f"tls://schedctl:{password}@{h.address}:4222" for h in fleet.hosts)
+        return cls(urls, home, ca=credentials / "nats-ca.pem")
 
     @staticmethod
     def keygen(home: Path) -> str:
@@ -162,12 +165,17 @@ class Schedctl:
         )
         return proc.stdout.strip()
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """schedctl ARGS...; env: settings over the usual ones ("" unsets one)."""
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("SCHEDCTL_", "XDG_"))},
             "HOME": str(self.home),
             "SCHEDCTL_NATS_URL": self.urls,
             "SCHEDCTL_PREFIX": self.prefix,
+            "SCHEDCTL_NATS_CA": str(self.ca or ""),
+            **(env or {}),
         }
         return subprocess.run(
             [str(SCHEDCTL), *args],

@@ -11,8 +11,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import shlex
+import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -93,6 +97,131 @@ def test_schedctl_nodes_shows_the_hosts_and_their_cpus(cluster: Cluster) -> None
     table = admin.ssh_user("sudo -i schedctl nodes")
     for host in cluster.fleet.hosts:
         assert re.search(rf"(?m)^\s*\*?\s*{host.name}\b", table), table
+
+
+def _plain_nats_login(address: str, password: str) -> tuple[dict[str, Any], bytes]:
+    """A NATS client without TLS: the server's INFO, and what it answers a CONNECT with
+    the right password in clear and a PING (b"" if it just closes the connection)."""
+    with socket.create_connection((address, 4222), timeout=10) as sock:
+        info = sock.makefile("rb").readline()
+        assert info.startswith(b"INFO "), info
+        connect = {"user": "schedctl", "pass": password, "verbose": False, "tls_required": False}
+        reply = b""
+        try:
+            sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+            while chunk := sock.recv(4096):
+                reply += chunk
+        except OSError as exc:  # reset by the server
+            reply += f"<{exc}>".encode()
+    return json.loads(info[5:]), reply
+
+
+def _http_get_on(host: Host, url: str) -> Any:
+    """GET a loopback URL on the host (NATS monitoring: 127.0.0.1 only) with its python3."""
+    script = (
+        "import sys, urllib.request; "
+        f"sys.stdout.write(urllib.request.urlopen({url!r}).read().decode())"
+    )
+    return json.loads(host.ssh(f"python3 -c {shlex.quote(script)}"))
+
+
+def test_nats_talks_tls_only_with_certificates_from_the_cluster_ca(cluster: Cluster) -> None:
+    password = (cluster.inventory.parent / "credentials" / "nats-schedctl").read_text().strip()
+    for host in cluster.fleet.hosts:
+        # A client without TLS, even with the right password, gets no further than INFO.
+        info, reply = _plain_nats_login(host.address, password)
+        assert info["tls_required"] is True, info
+        assert b"PONG" not in reply and b"+OK" not in reply, reply
+        # Routes: TLS, each server checking the other's certificate; both routes up.
+        varz = _http_get_on(host, "http://127.0.0.1:8222/varz")
+        assert varz["tls_required"] is True
+        assert (varz["cluster"]["tls_required"], varz["cluster"]["tls_verify"]) == (True, True)
+        routez = _http_get_on(host, "http://127.0.0.1:8222/routez")
+        assert routez["num_routes"] == len(cluster.fleet.hosts) - 1, routez
+        # The server's key is the nats user's alone; the agent's CA is for it and root.
+        modes = host.ssh(
+            "stat -c '%n %U:%G %a' /etc/nats-server/tls /etc/nats-server/tls/server.key"
+            " /etc/schedagent/tls /etc/schedagent/tls/nats-ca.pem"
+        ).splitlines()
+        assert modes == [
+            "/etc/nats-server/tls root:nats 750",
+            "/etc/nats-server/tls/server.key nats:nats 600",
+            "/etc/schedagent/tls root:schedagent 750",
+            "/etc/schedagent/tls/nats-ca.pem root:schedagent 640",
+        ], modes
+    # schedctl without the cluster's CA (so with the system's) refuses the servers.
+    no_ca = cluster.ctl.run("nodes", env={"SCHEDCTL_NATS_CA": ""})
+    assert no_ca.returncode == 3, no_ca.stdout + no_ca.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in no_ca.stderr, no_ca.stderr
+    # The admin host's settings name the CA the schedctl role installed.
+    admin = cluster.fleet.hosts[0]
+    env = admin.ssh("cat /etc/schedagent/schedctl.env")
+    assert "SCHEDCTL_NATS_CA=/etc/schedctl/nats-ca.pem\n" in env
+    assert re.search(r"(?m)^SCHEDCTL_NATS_URL=tls://schedctl:\S+@", env), "no tls:// URL"
+
+
+ETCDCTL_CERTS = (
+    "--cacert=/etc/etcd/tls/ca.pem --cert=/etc/etcd/tls/member.pem --key=/etc/etcd/tls/member.key"
+)
+
+
+def _refused(url: str, tls: ssl.SSLContext | None = None) -> str:
+    """What went wrong asking url: the request must fail (the text says how)."""
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls)
+    )
+    try:
+        with opener.open(url, timeout=10) as resp:
+            raise AssertionError(f"{url} answered {resp.status}: {resp.read()[:200]!r}")
+    except OSError as exc:  # URLError, HTTPError, ssl.SSLError, ConnectionResetError
+        return str(exc)
+
+
+def test_etcd_takes_tls_only_with_client_certificates_from_its_ca(cluster: Cluster) -> None:
+    ca = cluster.inventory.parent / "credentials" / "etcd-ca.pem"
+    no_cert = ssl.create_default_context(cafile=str(ca))
+    for host in cluster.fleet.hosts:
+        # From the admin side: plain HTTP gets nothing; TLS without a client certificate
+        # is refused at the handshake, on the client port and on the peer port.
+        for port in (2379, 2380):
+            _refused(f"http://{host.address}:{port}/version")
+            _refused(f"https://{host.address}:{port}/version", no_cert)
+        # On the host: etcdctl without certificates fails, with the member's succeeds.
+        bare = host.ssh_rc(f"etcdctl --endpoints=https://{host.address}:2379 endpoint health")
+        assert bare.returncode != 0, bare.stdout
+        plain = host.ssh_rc("etcdctl --endpoints=http://127.0.0.1:2379 endpoint health")
+        assert plain.returncode != 0, plain.stdout
+        health = host.ssh(
+            f"etcdctl --endpoints=https://127.0.0.1:2379 {ETCDCTL_CERTS} endpoint health 2>&1"
+        )
+        assert "is healthy" in health, health
+        # Keys: the member's for etcd, the agent's for schedagent, nobody else's.
+        modes = host.ssh(
+            "stat -c '%n %U:%G %a' /etc/etcd/tls /etc/etcd/tls/member.key"
+            " /etc/schedagent/tls/etcd-client.key /etc/schedagent/tls/etcd-client.pem"
+        ).splitlines()
+        assert modes == [
+            "/etc/etcd/tls root:etcd 750",
+            "/etc/etcd/tls/member.key etcd:etcd 600",
+            "/etc/schedagent/tls/etcd-client.key schedagent:schedagent 600",
+            "/etc/schedagent/tls/etcd-client.pem root:schedagent 640",
+        ], modes
+        # The agent's configuration: https endpoints, its certificate, the shared name.
+        config = host.ssh("cat /etc/schedagent/agent.yaml")
+        assert f"- https://{host.address}:2379" in config, config
+        assert "tls_server_name: etcd.schedagent.internal" in config, config
+    # Every member is known to the others at an https:// peer URL, and the agents,
+    # which talk to etcd only with their certificates, are all registered.
+    members = json.loads(
+        cluster.fleet.hosts[0].ssh(
+            f"etcdctl --endpoints=https://127.0.0.1:2379 {ETCDCTL_CERTS} member list -w json"
+        )
+    )["members"]
+    assert sorted(m["name"] for m in members) == [h.name for h in cluster.fleet.hosts]
+    for member in members:
+        assert all(u.startswith("https://") for u in member["peerURLs"] + member["clientURLs"])
+    nodes = {n["name"] for n in cluster.ctl.json("nodes")["nodes"]}
+    assert nodes == {h.name for h in cluster.fleet.hosts}
 
 
 def test_jobs_run_with_their_output_and_exit_codes(cluster: Cluster) -> None:
