@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 EVENTS_MAX_AGE = 7 * 86400.0
 DISPATCH_MAX_AGE = 86400.0
 CLOSE_TIMEOUT = 5.0
+# A server whose host lost power sends no FIN: only unanswered pings reveal it. nats-py
+# pings every 120 s and gives up after 2, so an agent would stay deaf for minutes;
+# this notices in about 10 s and moves to another server.
+PING_INTERVAL = 3.0
+MAX_OUTSTANDING_PINGS = 3
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 
@@ -78,6 +83,8 @@ class Bus:
             max_reconnect_attempts=1,
             reconnect_time_wait=0.5,
             connect_timeout=2,
+            ping_interval=PING_INTERVAL,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             drain_timeout=CLOSE_TIMEOUT,
             allow_reconnect=False,
             error_cb=self._on_error,

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from .bus import tls_context, without_secrets
+from .bus import MAX_OUTSTANDING_PINGS, PING_INTERVAL, tls_context, without_secrets
 from .model import FINAL_STATES
 
 EXIT_ERROR = 1
@@ -142,6 +142,9 @@ class Client:
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.2,
+                # `--wait` may follow a job for hours: notice a vanished server soon.
+                ping_interval=PING_INTERVAL,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
                 error_cb=remember,
                 disconnected_cb=ignore,
                 reconnected_cb=reconnected,
