@@ -15,6 +15,7 @@ from schedagent.config import JobsConfig
 from schedagent.devcluster import LocalCluster
 from schedagent.devprocs import EtcdServer
 from schedagent.errors import FencedError
+from schedagent.jobstore import JobStore
 from schedagent.model import Job, JobState, new_job_id, parse_spec
 from schedagent.names import Keys
 from schedagent.retention import Retention
@@ -62,7 +63,7 @@ async def test_a_sweep_deletes_old_finished_jobs_page_by_page(store: Store) -> N
         record(now - 10, JobState.SUCCEEDED, now - 5),  # recent
     ]
     await put(store, old + keep)
-    retention = Retention(lambda: JobsConfig(retention=600), store, KEYS, [])
+    retention = Retention(lambda: JobsConfig(retention=600), JobStore(store, KEYS), [])
     assert await retention.sweep(now - 600) == len(old)
     assert await remaining(store, KEYS.jobs) == {KEYS.job(j.id) for j in keep}
     assert await remaining(store, KEYS.idem_dir) == set()
@@ -75,7 +76,7 @@ async def test_a_deposed_leader_deletes_nothing(store: Store) -> None:
     await put(store, jobs)
     assert await store.txn([], [Put("/schedagent/leader/x", b"x")])
     lost_fence = [CreateRevisionIs("/schedagent/leader/x", 1)]  # not its create revision
-    retention = Retention(lambda: JobsConfig(retention=600), store, KEYS, lost_fence)
+    retention = Retention(lambda: JobsConfig(retention=600), JobStore(store, KEYS), lost_fence)
     with pytest.raises(FencedError):
         await retention.sweep(now - 600)
     assert len(await remaining(store, KEYS.jobs)) == 3

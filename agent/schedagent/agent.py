@@ -162,7 +162,7 @@ async def _serve(
     async def lead(fence: Sequence[Compare]) -> None:
         token = fence[0].revision if isinstance(fence[0], CreateRevisionIs) else 0
         beat = asyncio.create_task(leader_beat.beat(token), name="leader-heartbeat")
-        retention = Retention(lambda: config.jobs, store, keys, fence)
+        retention = Retention(lambda: config.jobs, jobs, fence)
         sweeper = asyncio.create_task(retention.run(), name="retention")
         try:
             suspects = functools.partial(leader_beat.suspects, config.node_ttl + 1.0)

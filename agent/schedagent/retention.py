@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 
 from .config import JobsConfig
 from .errors import FencedError, StoreUnavailableError
-from .jobstore import decode_job
+from .jobstore import JobStore, decode_job
 from .model import Job
 from .names import Keys
-from .store import KV, Compare, Delete, ModRevisionIs, Op, Store
+from .store import KV, Compare, Delete, ModRevisionIs, Op
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,13 @@ class Retention:
     def __init__(
         self,
         jobs_config: Callable[[], JobsConfig],
-        store: Store,
-        keys: Keys,
+        jobs: JobStore,
         fence: Sequence[Compare],
     ) -> None:
         self.jobs_config = jobs_config
-        self.store = store
-        self.keys = keys
+        self.jobs = jobs
+        self.store = jobs.store
+        self.keys = jobs.keys
         self.fence = list(fence)
 
     async def run(self) -> None:
@@ -73,7 +73,7 @@ class Retention:
         compares: list[Compare] = [ModRevisionIs(kv.key, kv.mod_revision) for kv, _ in batch]
         if await self.store.txn([*compares, *self.fence], _deletes(self.keys, batch)):
             return len(batch)
-        if not await self.store.txn(self.fence, []):
+        if not await self.jobs.fence_holds(self.fence):
             raise FencedError("leadership lost during a retention sweep")
         # One record changed meanwhile (a late cancel, say): the others go one by one.
         deleted = 0
