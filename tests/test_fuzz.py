@@ -70,12 +70,8 @@ class Sender:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # One agent: every request reaches the same process, the one that must survive.
-    local = LocalCluster(1, base_dir=tmp_path_factory.mktemp("fuzz"))
-    local.start()
-    try:
+    with LocalCluster(1, base_dir=tmp_path_factory.mktemp("fuzz")) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="module")

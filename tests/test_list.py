@@ -26,12 +26,8 @@ HISTORY = 1500
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    local = LocalCluster(1, base_dir=tmp_path_factory.mktemp("list"))
-    local.start()
-    try:
+    with LocalCluster(1, base_dir=tmp_path_factory.mktemp("list")) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="module")

@@ -84,16 +84,12 @@ async def test_a_deposed_leader_deletes_nothing(store: Store) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    local = LocalCluster(
+    with LocalCluster(
         2,
         base_dir=tmp_path_factory.mktemp("retention"),
         agent_overrides={"jobs": {"retention": 3}},
-    )
-    local.start()
-    try:
+    ) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.mark.slow

@@ -19,12 +19,8 @@ from schedagent.store import Put, Store
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    local = LocalCluster(2, base_dir=tmp_path_factory.mktemp("secure"))
-    local.start()
-    try:
+    with LocalCluster(2, base_dir=tmp_path_factory.mktemp("secure")) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture
