@@ -36,9 +36,9 @@ deb:
 	packaging/build-deb $(VERSION)
 
 # The .deb built twice, linted, then installed, upgraded and purged in a fresh bookworm
-# root (tests/test_deb.py; part of `make test`).
+# root (tests/packaging/test_deb.py; part of `make test`).
 package-test: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_deb.py
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/packaging/test_deb.py
 
 # End to end (tests/e2e/, docs/e2e.md): make deb twice, three fresh Debian hosts with
 # systemd as PID 1 (systemd-nspawn) on a bridge of their own, ansible/deploy.yml onto
@@ -49,8 +49,7 @@ e2e: setup
 	$(VENV)/bin/pytest -q -x -p no:cacheprovider tests/e2e
 
 unit: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_config.py tests/test_spec.py \
-		tests/test_placement.py tests/test_transitions.py tests/test_runner.py
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info agent/*.egg-info

@@ -11,7 +11,7 @@ from typing import Any
 
 import nats
 
-from schedagent.devcluster import harness_key
+from schedagent.dev.cluster import harness_key
 
 FINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import time
 
-from schedagent.model import JobSpec
-from schedagent.placement import NodeView, PlacementIndex
+from schedagent.core.model import JobSpec
+from schedagent.core.placement import NodeView, PlacementIndex
 
 ZONES = ["a", "b", "c", "d"]
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from client import BenchClient
 from placement_bench import placement_figures
 
-from schedagent.devcluster import LocalCluster
+from schedagent.dev.cluster import LocalCluster
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {

@@ -11,8 +11,8 @@ from typing import Any
 import nats
 import nats.errors
 
-from schedagent.devcluster import harness_key
-from schedagent.signing import SigningKey
+from schedagent.core.signing import SigningKey
+from schedagent.dev.cluster import harness_key
 
 FINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED"}
 

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from schedagent.devcluster import LocalCluster
-from schedagent.devprocs import ETCD_BIN, NATS_BIN, EtcdServer, ManagedProcess, NatsServer
+from schedagent.dev.cluster import LocalCluster
+from schedagent.dev.procs import ETCD_BIN, NATS_BIN, EtcdServer, ManagedProcess, NatsServer
 
 ClusterFactory = Callable[..., LocalCluster]
 S = TypeVar("S", bound=ManagedProcess)

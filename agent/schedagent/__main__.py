@@ -1,5 +1,5 @@
 """Entry point for `python -m schedagent`."""
 
-from .cli import main
+from schedagent.cli import main
 
 main()

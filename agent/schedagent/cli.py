@@ -8,9 +8,9 @@ import sys
 
 import click
 
-from . import __version__
-from .config import DEFAULT_PATH, load_config
-from .errors import ConfigError
+from schedagent import __version__
+from schedagent.config import DEFAULT_PATH, load_config
+from schedagent.errors import ConfigError
 
 EXIT_CONFIG = 2
 
@@ -31,9 +31,9 @@ def main() -> None:
 )
 def run(config_path: str) -> None:
     """Run the agent in the foreground."""
-    from .agent import run_agent
-    from .etcd_tls import load_etcd_tls
-    from .logs import setup_logging
+    from schedagent.daemon.app import run_agent
+    from schedagent.etcd.tls import load_etcd_tls
+    from schedagent.host.logs import setup_logging
 
     try:
         config = load_config(config_path)
@@ -70,6 +70,6 @@ def check_config(path: str) -> None:
 )
 def dev(agents: int) -> None:
     """Start etcd, NATS and N agents on loopback, in the foreground (Ctrl-C stops all)."""
-    from .devcluster import run_dev
+    from schedagent.dev.cluster import run_dev
 
     sys.exit(run_dev(agents=agents))

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import ConfigError
+from schedagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/schedagent/agent.yaml"
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -291,7 +291,7 @@ _SECTIONS: dict[str, type] = {
 
 
 def _public_keys(value: object) -> tuple[str, ...]:
-    from .signing import parse_public
+    from schedagent.core.signing import parse_public
 
     if not isinstance(value, list):
         raise TypeError(f"must be a list of public keys, not {_kind(value)}")

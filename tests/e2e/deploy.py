@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from .fleet import Fleet
+from schedagent.fleet import Fleet
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"

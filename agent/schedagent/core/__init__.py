@@ -1,0 +1,1 @@
+"""The pure rules: records, specs, transitions, placement, signatures, names, messages. No I/O."""

@@ -1,0 +1,106 @@
+"""A submitted job spec: its validation and its limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from schedagent.core.model import JobSpec
+from schedagent.core.signing import Signature, SignatureRejected
+from schedagent.errors import SpecError
+
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
+    """Validate a submitted spec (a JSON object) and return it; SpecError on any problem."""
+    if not isinstance(raw, dict):
+        raise SpecError("spec must be a JSON object")
+    known = {f.name for f in dataclasses.fields(JobSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
+    cmd = raw.get("cmd")
+    if not isinstance(cmd, str) or not cmd.strip():
+        raise SpecError("cmd must be a non-empty string")
+    if len(cmd.encode()) > max_cmd_bytes or "\0" in cmd:
+        raise SpecError(f"cmd must be at most {max_cmd_bytes} bytes with no NUL byte")
+    return JobSpec(
+        cmd=cmd,
+        cpus=_positive(raw.get("cpus", 1), "cpus"),
+        timeout=None if raw.get("timeout") is None else _positive(raw["timeout"], "timeout"),
+        retries=_retries(raw.get("retries", 0)),
+        env=_env({} if raw.get("env") is None else raw["env"]),
+        cwd=_cwd(raw.get("cwd")),
+        node=_optional_str(raw.get("node"), "node"),
+        labels=_str_map({} if raw.get("labels") is None else raw["labels"], "labels"),
+        idempotency_key=_optional_str(raw.get("idempotency_key"), "idempotency_key"),
+        user=_user(raw.get("user")),
+        signature=_signature(raw.get("signature")),
+    )
+
+
+def _user(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not USER_RE.match(value):
+        raise SpecError(f"user must be a user name, got {value!r}")
+    return value
+
+
+def _signature(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        return Signature.from_dict(value).to_dict()
+    except SignatureRejected as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise SpecError(f"{name} must be a number > 0, got {value!r}")
+    if value > 1e9:
+        raise SpecError(f"{name} is too large: {value!r}")
+    return float(value)
+
+
+def _retries(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise SpecError(f"retries must be an integer from 0 to 100, got {value!r}")
+    return value
+
+
+def _optional_str(value: object, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise SpecError(f"{name} must be a non-empty string of at most 256 characters")
+    return value
+
+
+def _str_map(value: object, name: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise SpecError(f"{name} must be an object of strings")
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise SpecError(f"{name}: {k!r} must map a string to a string")
+    return dict(value)
+
+
+def _env(value: object) -> dict[str, str]:
+    env = _str_map(value, "env")
+    for k, v in env.items():
+        if not ENV_NAME_RE.match(k) or "\0" in v:
+            raise SpecError(f"env: {k!r} is not a valid variable name or holds a NUL byte")
+    return env
+
+
+def _cwd(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise SpecError(f"cwd must be an absolute path, got {value!r}")
+    return value

@@ -1,0 +1,200 @@
+"""The job state machine as pure functions: each takes a record and returns the next one."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import signal
+
+from schedagent.core.model import Attempt, Job, JobState, Outcome
+
+# Attempt end states that use up one of the job's retries.
+RETRYABLE = frozenset({str(JobState.FAILED), str(JobState.TIMED_OUT)})
+HANDED_BACK = "handed back"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    base: float
+    cap: float
+
+    def delay(self, failures: int) -> float:
+        """Exponential in the failures so far, plus up to 25% jitter, capped."""
+        raw = self.base * 2.0 ** max(failures - 1, 0)
+        return float(min(raw * (1 + random.random() / 4), self.cap))
+
+
+def failures(job: Job) -> int:
+    return sum(1 for a in job.attempts if a.state in RETRYABLE)
+
+
+def assign(job: Job, node: str, now: float) -> Job | None:
+    if job.state != JobState.PENDING:
+        return None
+    job.state = JobState.ASSIGNED
+    job.node = node
+    job.reason = None
+    job.attempts.append(Attempt(n=job.attempt, node=node, assigned_at=now))
+    return job
+
+
+def owns(job: Job, node: str, attempt: int, state: JobState) -> bool:
+    """The worker's fence: the job is still this node's attempt, in the expected state."""
+    return job.state == state and job.node == node and job.attempt == attempt
+
+
+def start(job: Job, node: str, attempt: int, now: float, lease: int = 0) -> Job | None:
+    if not owns(job, node, attempt, JobState.ASSIGNED):
+        return None
+    job.state = JobState.RUNNING
+    current = job.current_attempt()
+    if current is not None:
+        current.started_at = now
+        current.lease = lease or None
+    return job
+
+
+def refuse(job: Job, node: str, attempt: int, reason: str, now: float) -> Job | None:
+    """The worker will not run this attempt (security): the job fails, no retry."""
+    if not owns(job, node, attempt, JobState.ASSIGNED):
+        return None
+    _close_attempt(job, str(JobState.FAILED), reason, now)
+    job.state = JobState.FAILED
+    job.reason = reason
+    return job
+
+
+def record_pid(job: Job, node: str, attempt: int, pid: int) -> Job | None:
+    if not owns(job, node, attempt, JobState.RUNNING):
+        return None
+    job.pid = pid
+    return job
+
+
+def outcome_state(outcome: Outcome, timeout: float | None) -> tuple[JobState, str | None]:
+    if outcome.canceled:
+        return JobState.CANCELED, "canceled"
+    if outcome.error is not None:
+        return JobState.FAILED, outcome.error
+    if outcome.timed_out:
+        return JobState.TIMED_OUT, f"timed out after {timeout:g}s"
+    if outcome.signal is not None:
+        return JobState.FAILED, f"killed by {signal.Signals(outcome.signal).name}"
+    if outcome.exit_code == 0:
+        return JobState.SUCCEEDED, "exit code 0"
+    return JobState.FAILED, f"exit code {outcome.exit_code}"
+
+
+def finish(
+    job: Job,
+    node: str,
+    attempt: int,
+    outcome: Outcome,
+    tail: str,
+    backoff: Backoff,
+) -> Job | None:
+    """Close the running attempt; retry it (PENDING, attempt+1) if retries remain."""
+    if not owns(job, node, attempt, JobState.RUNNING):
+        return None
+    state, reason = outcome_state(outcome, job.spec.timeout)
+    current = job.current_attempt()
+    if current is not None:
+        current.ended_at = outcome.ended_at
+        current.exit_code = outcome.exit_code
+        current.signal = outcome.signal
+        current.state = str(state)
+        current.reason = reason
+    job.output_tail = tail
+    job.exit_code = outcome.exit_code
+    job.pid = None
+    if state in (JobState.FAILED, JobState.TIMED_OUT) and failures(job) <= job.spec.retries:
+        return _retry(
+            job, f"attempt {attempt} {str(state).lower()}: {reason}", backoff, outcome.ended_at
+        )
+    job.state = state
+    job.reason = reason
+    return job
+
+
+def hand_back(job: Job, node: str, attempt: int, reason: str, now: float) -> Job | None:
+    """Return an attempt this node will not finish (agent stopping) without using a retry."""
+    if job.node != node or job.attempt != attempt or not job.state.holds_cpus:
+        return None
+    _close_attempt(job, HANDED_BACK, reason, now)
+    job.state = JobState.PENDING
+    job.attempt += 1
+    job.node = None
+    job.pid = None
+    job.reason = reason
+    job.not_before = now
+    return job
+
+
+def lose(job: Job, node: str, reason: str, backoff: Backoff, now: float) -> Job | None:
+    """The leader's verdict on an attempt whose agent is gone: retry it or fail the job.
+
+    An attempt still ASSIGNED has run nothing (a worker starts the command only after
+    its fenced RUNNING write, which this write makes fail), so it goes back to the queue
+    without using a retry. Typically its agent stopped politely with the dispatch still
+    queued, or was placed on by a leader that had not yet seen it draining.
+    """
+    if job.node != node or not job.state.holds_cpus:
+        return None
+    if job.state == JobState.ASSIGNED:
+        return hand_back(job, node, job.attempt, f"{reason} before the attempt started", now)
+    _close_attempt(job, str(JobState.FAILED), reason, now)
+    job.pid = None
+    if failures(job) <= job.spec.retries:
+        return _retry(job, f"attempt {job.attempt}: {reason}", backoff, now)
+    job.state = JobState.FAILED
+    job.reason = reason
+    return job
+
+
+def lost_reason(job: Job, node_lease: int | None, node_started_at: float) -> str | None:
+    """Why this job's attempt has no live agent behind it, or None if it has one.
+
+    node_lease is the lease in the node's current record (None: no record).
+    """
+    if not job.state.holds_cpus:
+        return None
+    if node_lease is None:
+        return "node lost"
+    current = job.current_attempt()
+    if job.state != JobState.RUNNING or current is None or current.lease is None:
+        return None
+    if current.lease == node_lease:
+        return None
+    started = current.started_at or 0.0
+    return "agent restarted" if node_started_at > started else "agent lost its etcd lease"
+
+
+def cancel(job: Job, now: float) -> Job | None:
+    """PENDING/ASSIGNED end at once; RUNNING is flagged for its worker to kill."""
+    if job.state.final or job.cancel_requested:
+        return None
+    job.cancel_requested = True
+    if job.state == JobState.RUNNING:
+        return job
+    if job.state == JobState.ASSIGNED:
+        _close_attempt(job, str(JobState.CANCELED), "canceled before it started", now)
+    job.state = JobState.CANCELED
+    job.reason = "canceled"
+    return job
+
+
+def _retry(job: Job, reason: str, backoff: Backoff, now: float) -> Job:
+    job.state = JobState.PENDING
+    job.attempt += 1
+    job.node = None
+    job.reason = reason
+    job.not_before = now + backoff.delay(failures(job))
+    return job
+
+
+def _close_attempt(job: Job, state: str, reason: str, now: float) -> None:
+    current = job.current_attempt()
+    if current is not None and current.ended_at is None:
+        current.ended_at = now
+        current.state = state
+        current.reason = reason

@@ -1,0 +1,160 @@
+"""Human-readable renderings of schedctl replies: plain aligned text tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from schedagent.core.model import FINAL_STATES
+
+Record = Mapping[str, Any]
+
+CMD_WIDTH = 40
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def text(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def when(ts: object) -> str:
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or ts <= 0:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def size(n: object) -> str:
+    if not isinstance(n, int | float) or isinstance(n, bool):
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return "-"
+
+
+def pairs(mapping: object) -> str:
+    if not isinstance(mapping, Mapping) or not mapping:
+        return "-"
+    return ",".join(f"{k}={v}" for k, v in sorted(mapping.items()))
+
+
+def short(cmd: object, width: int = CMD_WIDTH) -> str:
+    one_line = " ".join(str(cmd or "").split())
+    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
+
+
+def _attempts(job: Record) -> str:
+    rows = [
+        [
+            text(a.get("n")),
+            text(a.get("node")),
+            text(a.get("state")),
+            text(a.get("exit_code")),
+            text(a.get("signal")),
+            when(a.get("started_at")),
+            when(a.get("ended_at")),
+            text(a.get("reason")),
+        ]
+        for a in job.get("attempts") or []
+        if isinstance(a, Mapping)
+    ]
+    headers = ["ATTEMPT", "NODE", "STATE", "EXIT", "SIGNAL", "STARTED", "ENDED", "REASON"]
+    return table(headers, rows) if rows else "no attempts yet"
+
+
+def format_status(job: Record, pending_reason: object = None) -> str:
+    spec = job.get("spec") or {}
+    retries = spec.get("retries", 0) if isinstance(spec, Mapping) else 0
+    cmd = spec.get("cmd") if isinstance(spec, Mapping) else None
+    state = text(job.get("state"))
+    if job.get("cancel_requested") and state not in FINAL_STATES:
+        state += " (cancel requested)"
+    fields = [
+        ("id", text(job.get("id"))),
+        ("state", state),
+        ("cmd", text(cmd)),
+        ("node", text(job.get("node"))),
+        ("attempt", f"{text(job.get('attempt'))} (retries allowed: {text(retries)})"),
+        ("exit code", text(job.get("exit_code"))),
+        ("reason", text(job.get("reason"))),
+        ("submitted", when(job.get("submitted_at"))),
+        ("updated", when(job.get("updated_at"))),
+    ]
+    lines = [f"{name + ':':<11}{value}" for name, value in fields]
+    if pending_reason:
+        lines.append(f"pending: {pending_reason}")
+    lines += ["", _attempts(job)]
+    tail = job.get("output_tail") or ""
+    if tail:
+        lines += ["", "output tail:", str(tail).rstrip("\n")]
+    return "\n".join(lines)
+
+
+def format_jobs(jobs: Sequence[Record]) -> str:
+    rows = [
+        [
+            text(j.get("id")),
+            text(j.get("state")),
+            text(j.get("node")),
+            text(j.get("attempt")),
+            text(j.get("exit_code")),
+            when(j.get("submitted_at")),
+            short((j.get("spec") or {}).get("cmd")),
+        ]
+        for j in jobs
+    ]
+    return table(["ID", "STATE", "NODE", "ATTEMPT", "EXIT", "SUBMITTED", "CMD"], rows)
+
+
+def _load(load: object) -> str:
+    if not isinstance(load, Sequence) or isinstance(load, str) or not load:
+        return "-"
+    return " ".join(f"{x:.2f}" if isinstance(x, int | float) else "?" for x in load)
+
+
+def format_nodes(nodes: Sequence[Record]) -> str:
+    rows = [
+        [
+            text(n.get("name")) + (" *" if n.get("leader") else ""),
+            text(n.get("cpus")),
+            text(n.get("used_cpus")),
+            text(n.get("running_jobs")),
+            f"{size(n.get('memory_available'))}/{size(n.get('memory_total'))}",
+            _load(n.get("load")),
+            pairs(n.get("labels")),
+            "yes" if n.get("draining") else "no",
+        ]
+        for n in nodes
+    ]
+    headers = ["NAME", "CPUS", "USED", "RUNNING", "MEM FREE/TOTAL", "LOAD", "LABELS", "DRAINING"]
+    return table(headers, rows) + "\n(* = leader)" * bool(rows)
+
+
+def format_leader(leader: Record | None) -> str:
+    if not leader:
+        return "no leader"
+    return f"{leader.get('node')} (fencing token {leader.get('token')})"
+
+
+def format_cancel(job: Record) -> str:
+    state = text(job.get("state"))
+    if job.get("cancel_requested") and state not in FINAL_STATES:
+        return f"{text(job.get('id'))}: cancel requested ({state})"
+    return f"{text(job.get('id'))}: {state}"

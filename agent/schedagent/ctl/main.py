@@ -1,0 +1,434 @@
+"""schedctl, the operator CLI: submit, inspect, cancel and follow jobs over the NATS API."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import re
+import select
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from schedagent import __version__
+from schedagent.core.model import JOB_ID_RE, JobState
+from schedagent.core.spec import ENV_NAME_RE, USER_RE
+from schedagent.ctl import format as fmt
+from schedagent.ctl.client import (
+    EXIT_ERROR,
+    Client,
+    CtlError,
+    JobFollower,
+    Record,
+    dump_output,
+    field,
+    is_final,
+    job_exit_code,
+)
+from schedagent.ctl.keys import find_key, keygen, sign_spec
+
+EPILOG = """\b
+Exit status:
+  0    success
+  1    the agent refused the request (ok:false) or another error
+  2    bad command-line arguments
+  3    NATS unreachable, or no agent answered in time
+  4    the job does not exist (not_found)
+  130  interrupted
+submit --wait instead exits with the job's own status: SUCCEEDED 0, FAILED the last
+attempt's exit code (128+N if killed by signal N, else 1), TIMED_OUT 124, CANCELED 130.
+"""
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+if TYPE_CHECKING:
+    # Only recent click releases make ParamType generic; older ones cannot be subscripted.
+    FloatParam = click.ParamType[float, Any]
+    PairParam = click.ParamType[tuple[str, str], Any]
+    StrParam = click.ParamType[str, Any]
+else:
+    FloatParam = PairParam = StrParam = click.ParamType
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    url: str
+    prefix: str
+    timeout: float
+    ca_file: str | None = None
+
+
+class PositiveNumber(FloatParam):
+    name = "number"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0 or number > 1e9:
+            self.fail(f"must be a number > 0 (and at most 1e9), got {value!r}", param, ctx)
+        return number
+
+
+class KeyValue(PairParam):
+    name = "KEY=VALUE"
+
+    def __init__(self, key_re: re.Pattern[str] | None = None) -> None:
+        self.key_re = key_re
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, val = str(value).partition("=")
+        if not sep or not key:
+            self.fail(f"expected KEY=VALUE, got {value!r}", param, ctx)
+        if self.key_re is not None and not self.key_re.match(key):
+            self.fail(f"{key!r} is not a valid variable name", param, ctx)
+        if "\0" in val:
+            self.fail(f"value of {key!r} holds a NUL byte", param, ctx)
+        return key, val
+
+
+class JobId(StrParam):
+    name = "JOB"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        job = str(value).strip().lower()
+        if not JOB_ID_RE.match(job):
+            self.fail(f"{value!r} is not a job id (20 hex digits)", param, ctx)
+        return job
+
+
+def _check_cmd(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip() or "\0" in value:
+        raise click.BadParameter("must be a non-empty command with no NUL byte")
+    return value
+
+
+def _check_user(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not USER_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a user name")
+    return value
+
+
+def _check_cwd(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith("/"):
+        raise click.BadParameter(f"must be an absolute path on the node, got {value!r}")
+    return value
+
+
+def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not 0 < len(value) <= 256:
+        raise click.BadParameter("must be 1 to 256 characters")
+    return value
+
+
+def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not PREFIX_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a NATS subject prefix")
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+
+
+def print_json(reply: Record, err: bool = False) -> None:
+    """Every --json prints the reply without its envelope (`v`, `ok`)."""
+    body = {k: v for k, v in reply.items() if k not in ("v", "ok")}
+    click.echo(json.dumps(body, indent=2, sort_keys=True), err=err)
+
+
+def write_chunk(stream: str, data: str) -> None:
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    out.write(data)
+    out.flush()
+
+
+def run(work: Callable[[Client], Awaitable[int]]) -> NoReturn:
+    """Run one command's coroutine on a fresh connection; map every failure to one line."""
+    settings = click.get_current_context().find_object(Settings)
+    if settings is None:
+        raise RuntimeError("schedctl commands run under the cli group")
+    try:
+        code = asyncio.run(_session(settings, work))
+    except CtlError as exc:
+        click.echo(f"schedctl: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        # Whoever read our stdout went away (`| head`); stop quietly like other tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_ERROR
+    except Exception as exc:
+        # The CLI promises one line on stderr, never a traceback.
+        click.echo(f"schedctl: unexpected error: {type(exc).__name__}: {exc}", err=True)
+        code = EXIT_ERROR
+    sys.exit(code)
+
+
+async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]]) -> int:
+    client = Client(settings.url, settings.prefix, settings.timeout, settings.ca_file)
+    await client.connect()
+    try:
+        return await work(client)
+    finally:
+        await client.close()
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--nats",
+    "url",
+    envvar="SCHEDCTL_NATS_URL",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="NATS server URL, or several separated by commas (env SCHEDCTL_NATS_URL).",
+)
+@click.option(
+    "--prefix",
+    envvar="SCHEDCTL_PREFIX",
+    default="sched",
+    show_default=True,
+    callback=_check_prefix,
+    help="NATS subject prefix of the cluster (env SCHEDCTL_PREFIX).",
+)
+@click.option(
+    "--timeout",
+    "request_timeout",
+    type=PositiveNumber(),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for an agent to answer a request.",
+)
+@click.option(
+    "--nats-ca",
+    "ca_file",
+    envvar="SCHEDCTL_NATS_CA",
+    type=click.Path(dir_okay=False),
+    help="CA certificate that signed the NATS servers' certificates: talk TLS and "
+    "check the server against it (env SCHEDCTL_NATS_CA).",
+)
+@click.option(
+    "--key",
+    "key_path",
+    envvar="SCHEDCTL_KEY",
+    help="Operator key that signs submitted jobs and cancels (env SCHEDCTL_KEY; default "
+    "~/.config/schedctl/operator.key, then /etc/schedctl/operator.key).",
+)
+@click.version_option(__version__, prog_name="schedctl")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    url: str,
+    prefix: str,
+    request_timeout: float,
+    ca_file: str | None,
+    key_path: str | None,
+) -> None:
+    """Operate a schedagent cluster."""
+    ctx.obj = Settings(url, prefix, request_timeout, ca_file or None)
+    ctx.meta["schedctl.key_path"] = key_path
+
+
+cli.add_command(keygen)
+
+
+@cli.command()
+@click.option("--cmd", required=True, callback=_check_cmd, help="Shell command to run.")
+@click.option("--cpus", type=PositiveNumber(), default=1.0, show_default=True)
+@click.option(
+    "--timeout", "job_timeout", type=PositiveNumber(), help="Seconds before the job is killed."
+)
+@click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True)
+@click.option("--node", callback=_check_name, help="Run only on this node.")
+@click.option("--label", "labels", type=KeyValue(), multiple=True, help="Required node label.")
+@click.option("--env", type=KeyValue(ENV_NAME_RE), multiple=True, help="Environment variable.")
+@click.option("--cwd", callback=_check_cwd, help="Absolute working directory on the node.")
+@click.option("--idempotency-key", callback=_check_name, help="Default: a fresh random key.")
+@click.option("--user", callback=_check_user, help="Run as this user (if the agent allows it).")
+@click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
+@json_option
+def submit(
+    cmd: str,
+    cpus: float,
+    job_timeout: float | None,
+    retries: int,
+    node: str | None,
+    labels: tuple[tuple[str, str], ...],
+    env: tuple[tuple[str, str], ...],
+    cwd: str | None,
+    idempotency_key: str | None,
+    user: str | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Submit a job and print its id.
+
+    With --wait, stdout and stderr carry only the job's own output, so the id
+    (or the --json record) is printed on stderr instead.
+    """
+    spec = {
+        "cmd": cmd,
+        "cpus": cpus,
+        "timeout": job_timeout,
+        "retries": retries,
+        "env": dict(env),
+        "cwd": cwd,
+        "node": node,
+        "labels": dict(labels),
+        "idempotency_key": idempotency_key or str(uuid.uuid4()),
+        "user": user,
+    }
+    key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
+    sign_spec(spec, key)
+
+    async def work(client: Client) -> int:
+        reply = await client.submit(spec)
+        job: Record = field(reply, "job", dict)
+        if as_json:
+            print_json(reply, err=wait)
+        else:
+            click.echo(job.get("id"), err=wait)
+        if not wait:
+            return 0
+        return job_exit_code(await JobFollower(client, str(job.get("id")), write_chunk).run())
+
+    run(work)
+
+
+@cli.command()
+@click.argument("job", type=JobId())
+@json_option
+def status(job: str, as_json: bool) -> None:
+    """Show a job's state, attempts and output tail."""
+
+    show(
+        "get",
+        {"id": job},
+        as_json,
+        lambda reply: fmt.format_status(field(reply, "job", dict), reply.get("pending_reason")),
+    )
+
+
+@cli.command(name="list")
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in JobState], case_sensitive=False),
+    help="Only jobs in this state.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+
+    async def work(client: Client) -> int:
+        jobs = await client.list_jobs(state.upper() if state else None, limit)
+        if as_json:
+            print_json({"jobs": jobs})
+        else:
+            click.echo(fmt.format_jobs(jobs))
+        return 0
+
+    run(work)
+
+
+@cli.command()
+@click.argument("job", type=JobId())
+@json_option
+def cancel(job: str, as_json: bool) -> None:
+    """Cancel a job (a running one is killed by its node)."""
+    key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
+    request: Record = {"id": job}
+    if key is not None:
+        request["signature"] = key.sign_cancel(job).to_dict()
+    show("cancel", request, as_json, lambda reply: fmt.format_cancel(field(reply, "job", dict)))
+
+
+@cli.command()
+@click.argument("job", type=JobId())
+@click.option("-f", "--follow", is_flag=True, help="Keep following until the job is final.")
+def logs(job: str, follow: bool) -> None:
+    """Print a job's output (every attempt); stdout to stdout, stderr to stderr."""
+
+    async def work(client: Client) -> int:
+        record = await client.get(job)
+        if follow and not (is_final(record) and await client.last_seq("output", job) is None):
+            await JobFollower(client, job, write_chunk).run()
+        elif not await dump_output(client, job, write_chunk):
+            # The stream keeps output for a while only; the record keeps its tail.
+            write_chunk("stdout", str(record.get("output_tail") or ""))
+        return 0
+
+    run(work)
+
+
+@cli.command()
+@json_option
+def nodes(as_json: bool) -> None:
+    """List the nodes of the cluster."""
+
+    show("nodes", None, as_json, lambda reply: fmt.format_nodes(field(reply, "nodes", list)))
+
+
+@cli.command()
+@json_option
+def leader(as_json: bool) -> None:
+    """Show the leader node and its fencing token."""
+
+    def render(reply: Record) -> str:
+        found = reply.get("leader")
+        return fmt.format_leader(found if isinstance(found, dict) else None)
+
+    show("leader", None, as_json, render)
+
+
+def show(verb: str, body: Record | None, as_json: bool, render: Callable[[Record], str]) -> None:
+    """One request; its reply as JSON, or rendered for people."""
+
+    async def work(client: Client) -> int:
+        reply = await client.call(verb, body)
+        if as_json:
+            print_json(reply)
+        else:
+            click.echo(render(reply))
+        return 0
+
+    run(work)
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout's reader went away (poll reports an error on a widowed pipe)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP come unasked
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _on_sigpipe(signum: int, frame: object) -> None:
+    # Only a widowed stdout kills schedctl: a NATS server that closes the connection
+    # while schedctl writes to it (over TLS, after refusing a password) is an error
+    # nats-py reports, and schedctl exits 3 with its message.
+    if _stdout_broken():
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+
+
+def main() -> None:
+    # Die quietly like other Unix filters when a reader such as `head` goes away; nats-py
+    # would otherwise swallow the write errors raised inside its message callbacks.
+    signal.signal(signal.SIGPIPE, _on_sigpipe)
+    cli(prog_name="schedctl")

@@ -1,0 +1,137 @@
+"""Admission at the worker: a job runs only if its signature, nonce and run-as user pass."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import time
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from schedagent.config import SecurityConfig
+from schedagent.core.model import Job, JobSpec
+from schedagent.core.names import Keys
+from schedagent.core.signing import (
+    Signature,
+    SignatureRejected,
+    key_id,
+    parse_public,
+    verify,
+    verify_cancel,
+)
+from schedagent.errors import SchedagentError
+from schedagent.etcd.store import Absent, Put, Store
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("schedagent.audit")
+
+NONCE_LEASE_SLACK = 3600
+
+
+class Refused(SchedagentError):
+    """The job may not run here; the message is the reason recorded on the job."""
+
+
+def audit(
+    event: str, job_id: str, key: str | None, outcome: str, level: int = logging.INFO
+) -> None:
+    """One record per security-relevant decision, with fields journald can filter on."""
+    audit_log.log(
+        level,
+        "audit %s job %s key %s: %s",
+        event,
+        job_id,
+        key or "-",
+        outcome,
+        extra={"job_id": job_id, "key_id": key or "-", "audit_event": event},
+    )
+
+
+class Gate:
+    """Checks a job against this agent's security settings before it starts."""
+
+    def __init__(self, security: Callable[[], SecurityConfig], store: Store, keys: Keys) -> None:
+        self.security = security
+        self.store = store
+        self.keys = keys
+        self._lease = 0
+        self._lease_until = 0.0
+
+    def trusted(self) -> dict[str, Ed25519PublicKey]:
+        keys = [parse_public(text) for text in self.security().trusted_keys]
+        return {key_id(k): k for k in keys}
+
+    def check_signature(self, spec: JobSpec, now: float, max_age: float) -> str | None:
+        """The signing key id (None for an unsigned job where that is allowed)."""
+        config = self.security()
+        if spec.signature is None and not config.require_signed_jobs:
+            return None
+        signature = None if spec.signature is None else Signature.from_dict(dict(spec.signature))
+        try:
+            return verify(spec.to_dict(), signature, self.trusted(), max_age, now)
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+
+    def check_cancel(self, job_id: str, raw_signature: object, now: float) -> str | None:
+        """The key id that signed this cancel (None if unsigned and that is allowed)."""
+        config = self.security()
+        if raw_signature is None and not config.require_signed_jobs:
+            return None
+        try:
+            signature = None if raw_signature is None else Signature.from_dict(raw_signature)
+            return verify_cancel(job_id, signature, self.trusted(), config.signature_max_age, now)
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+
+    def check_user(self, job: Job) -> None:
+        user = job.spec.user
+        if user is None:
+            return
+        if user not in self.security().run_as_allowed:
+            raise Refused(f"run-as refused: user {user!r} is not in this agent's run_as_allowed")
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise Refused(f"run-as refused: no user {user!r} on this host") from None
+        if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != user:
+            raise Refused(f"run-as refused: the agent cannot switch to {user!r} (not root)")
+
+    async def admit(self, job: Job) -> str | None:
+        """Raise Refused, or return the key id that signed the job."""
+        now = time.time()
+        signer = self.check_signature(job.spec, now, max_age=float("inf"))
+        self.check_user(job)
+        signature = job.spec.signature
+        if signature is None:
+            return signer
+        claim = await self._claim(str(signature["nonce"]), job.id)
+        if claim == "taken":
+            raise Refused("signature rejected: replayed (its nonce belongs to another job)")
+        # Only a first use must be fresh: the nonce is remembered at least that long, so
+        # a replay after it is forgotten is stale; later attempts of this job may be old.
+        too_old = now - float(signature["signed_at"]) > self.security().signature_max_age
+        if claim == "new" and too_old:
+            raise Refused("signature rejected: signed too long before its first start")
+        return signer
+
+    async def _claim(self, nonce: str, job_id: str) -> str:
+        """'new' (now this job's), 'ours' (this job's already) or 'taken' (another's)."""
+        key = f"{self.keys.prefix}/nonces/{nonce}"
+        lease = await self._nonce_lease()
+        if await self.store.txn([Absent(key)], [Put(key, job_id.encode(), lease)]):
+            return "new"
+        held = await self.store.get(key)
+        if held is None:
+            return await self._claim(nonce, job_id)  # expired in between: try again
+        return "ours" if held.value.decode() == job_id else "taken"
+
+    async def _nonce_lease(self) -> int:
+        # Nonces must outlive the signature's max age; one lease serves many of them.
+        now = time.monotonic()
+        if now >= self._lease_until:
+            ttl = int(self.security().signature_max_age + 2 * NONCE_LEASE_SLACK)
+            self._lease = await self.store.grant_lease(ttl)
+            self._lease_until = now + NONCE_LEASE_SLACK
+        return self._lease

@@ -1,0 +1,100 @@
+"""Leader heartbeats over NATS, so a dead leader is replaced in seconds, not a lease TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from schedagent.errors import StoreUnavailableError
+from schedagent.etcd.election import Election
+from schedagent.etcd.store import CreateRevisionIs, Delete, Store
+from schedagent.nats.bus import Bus, encode
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 0.5
+# Long enough for a busy event loop or a NATS reconnect, short enough to beat the TTL.
+SILENCE = 2.0
+
+
+class LeaderHeartbeat:
+    """The leader beats every INTERVAL; any agent that hears nothing for SILENCE while
+    connected deletes the leader's candidate key, so the next candidate leads.
+
+    Deleting the key only moves the scheduler role: the old leader's writes fail its
+    fence, it steps down and stands again. Its node record and jobs are untouched.
+    """
+
+    def __init__(self, bus: Bus, store: Store, election: Election) -> None:
+        self.bus = bus
+        self.store = store
+        self.election = election
+        self.last_beat: dict[int, float] = {}
+        self.first_seen: dict[int, float] = {}
+        self.silenced: dict[str, float] = {}  # node -> when its leadership went silent
+
+    async def beat(self, token: int) -> None:
+        """Run while leading."""
+        body = encode({"node": self.election.node_name, "token": token})
+        while True:
+            await self.bus.publish(self.bus.subjects.leader(), body)
+            await asyncio.sleep(INTERVAL)
+
+    async def watch(self) -> None:
+        """Run on every agent: listen to beats, depose a silent leader."""
+        sub = await self.bus.nc.subscribe(self.bus.subjects.leader(), cb=self._on_beat)
+        try:
+            while True:
+                await asyncio.sleep(INTERVAL)
+                await self._check(time.monotonic())
+        finally:
+            await sub.unsubscribe()
+
+    async def _on_beat(self, msg: Any) -> None:
+        try:
+            token = int(json.loads(msg.data)["token"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping malformed leader heartbeat: %r", msg.data[:200])
+            return
+        self.last_beat[token] = time.monotonic()
+
+    async def _check(self, now: float) -> None:
+        leader = self.election.leader()
+        if leader is None or self.election.is_leader or not self.bus.connected:
+            self.first_seen.clear()  # silence heard while disconnected proves nothing
+            return
+        since = max(
+            self.last_beat.get(leader.token, 0.0), self.first_seen.setdefault(leader.token, now)
+        )
+        if now - since > SILENCE:
+            self.silenced[leader.node] = now
+            await self._depose(leader.node, leader.token, now - since)
+
+    def suspects(self, window: float) -> set[str]:
+        """Nodes whose leadership went silent less than window seconds ago.
+
+        A leader that stops beating has most likely died with its host, but its node
+        record lives until its lease expires; a successor that places jobs there only
+        has them come back a TTL later. Within the window they are left out; after it,
+        a node whose record is still there is alive (it kept its lease) and counts again.
+        """
+        now = time.monotonic()
+        return {node for node, since in self.silenced.items() if now - since < window}
+
+    async def _depose(self, node: str, token: int, silent: float) -> None:
+        key = next(
+            (k for k, e in self.election.candidates.items.items() if e.create_revision == token),
+            None,
+        )
+        if key is None:
+            return
+        try:
+            deposed = await self.store.txn([CreateRevisionIs(key, token)], [Delete(key)])
+        except StoreUnavailableError as exc:
+            log.info("could not depose silent leader %s: %s", node, exc)
+            return
+        if deposed:
+            log.warning("leader %s silent for %.1fs: deposed it (token %d)", node, silent, token)

@@ -1,0 +1,69 @@
+"""Kill job processes a previous incarnation of this agent left running (outside systemd)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from schedagent.core.model import Job, JobState
+from schedagent.etcd.jobstore import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def job_processes(job_id: str, attempt: int, proc: Path = Path("/proc")) -> Iterator[int]:
+    """PIDs whose environment names the job's attempt: its shell and all it started.
+
+    Found by environment rather than by the PID in the record, which is written only
+    for jobs that live a while; a reused PID never carries the job's id.
+    """
+    wanted = {f"SCHED_JOB_ID={job_id}".encode(), f"SCHED_ATTEMPT={attempt}".encode()}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if wanted <= set(environ.split(b"\0")):
+            yield int(entry.name)
+
+
+def stale_attempts(jobs: list[Job], node: str, lease: int) -> list[Job]:
+    """RUNNING jobs of this node started by another incarnation (another lease)."""
+    stale = []
+    for job in jobs:
+        current = job.current_attempt()
+        if job.state != JobState.RUNNING or job.node != node or current is None:
+            continue
+        if current.lease != lease:
+            stale.append(job)
+    return stale
+
+
+async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> int:
+    """SIGKILL the processes of stale attempts still alive; returns how many.
+
+    Under systemd the unit's control group is killed when the agent dies; without
+    it (dev clusters, tests) the job processes outlive a killed agent. Their
+    records are closed by the leader ("agent restarted").
+    """
+    records, _ = await jobs.all()
+    killed = 0
+    for job in stale_attempts([j for j, _ in records], node, lease):
+        for pid in job_processes(job.id, job.attempt):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        if killed:
+            log.warning(
+                "killed job %s attempt %d: left running by a previous incarnation",
+                job.id,
+                job.attempt,
+                extra={"job_id": job.id, "attempt": job.attempt},
+            )
+    return killed

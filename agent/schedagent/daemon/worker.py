@@ -1,0 +1,438 @@
+"""The worker: takes this node's dispatches, runs each job, and records how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+import nats.js.api as jsapi
+import nats.js.errors
+
+from schedagent.config import AgentConfig
+from schedagent.core import transitions
+from schedagent.core.model import JOB_ID_RE, Job, JobState, Outcome
+from schedagent.daemon.gate import Gate, Refused, audit
+from schedagent.daemon.orphans import reap_previous_incarnation
+from schedagent.errors import ConflictError, NotFoundError, StoreUnavailableError
+from schedagent.etcd.jobstore import JobStore, Mutation
+from schedagent.etcd.session import Session
+from schedagent.host import journal
+from schedagent.host.runner import Command, job_environment, run_command
+from schedagent.nats.bus import Bus, encode
+from schedagent.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 16
+FETCH_TIMEOUT = 2.0
+ACK_WAIT = 30.0
+NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
+CANCEL_POLL_INTERVAL = 5.0
+WRITE_RETRY_DELAY = 1.0
+PID_RECORD_DELAY = 1.0
+AGENT_STOPPED = "agent stopped"
+LEASE_LOST = "agent lost its etcd lease"
+
+
+@dataclasses.dataclass
+class RunningJob:
+    job_id: str
+    attempt: int
+    cpus: float
+    cancel: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    pid: int | None = None
+    # Set when the agent, not the job, ends the attempt: AGENT_STOPPED or LEASE_LOST.
+    interrupted: str | None = None
+    # The record as this worker last wrote it, and at which revision (0: unknown).
+    record: Job | None = None
+    revision: int = 0
+
+
+class OutputTail:
+    """The last `limit` bytes of a job's output, kept for its record."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+class Worker:
+    def __init__(
+        self, config: AgentConfig, jobs: JobStore, bus: Bus, lease: Callable[[], int]
+    ) -> None:
+        self.lease = lease
+        self.gate = Gate(lambda: self.config.security, jobs.store, jobs.keys)
+        self.config = config
+        self.node = config.node_name
+        self.jobs = jobs
+        self.bus = bus
+        self.running: dict[str, RunningJob] = {}
+        self.accepting = True
+        self.finished = 0
+        self.handed_back = 0
+        self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def usage(self) -> tuple[float, int]:
+        return sum(r.cpus for r in self.running.values()), len(self.running)
+
+    async def run(self) -> None:
+        """Take dispatches until `stop_accepting`; jobs already running are left to finish."""
+        sub = await self._subscribe()
+        control = await self.bus.nc.subscribe(
+            self.bus.subjects.control(self.node), cb=self._on_control
+        )
+        poller = asyncio.create_task(self._poll_cancels())
+        try:
+            while self.accepting:
+                messages = await self._fetch(sub)
+                await asyncio.gather(*(self._on_dispatch(msg) for msg in messages))
+        finally:
+            await cancel_and_wait(poller)
+            for subscription in (control, sub):
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
+
+    async def reap_leftovers(self) -> None:
+        """Kill what a previous incarnation left running. Call before registering: once
+        the leader sees our new lease it closes those attempts, and they are harder to find."""
+        try:
+            await reap_previous_incarnation(self.jobs, self.node, self.lease())
+        except StoreUnavailableError as exc:
+            log.warning("could not look for a previous incarnation's jobs: %s", exc)
+
+    async def _subscribe(self) -> Any:
+        subjects = self.bus.subjects
+        return await self.bus.js.pull_subscribe(
+            subjects.dispatch(self.node),
+            durable=f"node-{self.node}",
+            stream=subjects.dispatch_stream,
+            config=jsapi.ConsumerConfig(ack_wait=ACK_WAIT, max_ack_pending=1000),
+        )
+
+    async def _fetch(self, sub: Any) -> list[Any]:
+        try:
+            return list(await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT))
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("fetching dispatches failed: %s", exc)
+            await asyncio.sleep(WRITE_RETRY_DELAY)
+            return []
+
+    async def _on_dispatch(self, msg: Any) -> None:
+        try:
+            await self._handle_dispatch(msg)
+        except NATS_ERRORS as exc:
+            # An ack or nak that did not reach NATS: the dispatch comes again after
+            # ack_wait and is looked at afresh; the worker itself must go on.
+            log.warning("handling a dispatch on %s: %s", msg.subject, exc)
+
+    async def _handle_dispatch(self, msg: Any) -> None:
+        parsed = _parse_dispatch(msg.data)
+        if parsed is None:
+            log.warning("dropping malformed dispatch on %s: %r", msg.subject, msg.data[:200])
+            await msg.term()
+            return
+        job_id, attempt = parsed
+        if not self.accepting:
+            await msg.nak(delay=1)
+            return
+        try:
+            await self._start(msg, job_id, attempt)
+        except StoreUnavailableError as exc:
+            log.warning(
+                "cannot start job %s now (%s); will retry", job_id, exc, extra={"job_id": job_id}
+            )
+            await msg.nak(delay=1)
+
+    async def _admit(self, msg: Any, job: Job, attempt: int) -> bool:
+        """Whether the job passes the gate; a refused one is recorded FAILED and audited."""
+        try:
+            signer = await self.gate.admit(job)
+        except Refused as exc:
+            reason = str(exc)
+            audit("refused", job.id, _signer_of(job), reason, logging.WARNING)
+            stored, changed = await self._write_until_done(
+                job.id, lambda j: transitions.refuse(j, self.node, attempt, reason, time.time())
+            )
+            await msg.ack()
+            if stored is not None and changed:
+                await self.bus.publish_event(stored)
+            return False
+        audit("start", job.id, signer, f"attempt {attempt} on {self.node}")
+        return True
+
+    async def _start(self, msg: Any, job_id: str, attempt: int) -> None:
+        try:
+            job, revision = await self.jobs.get(job_id)
+        except NotFoundError as exc:
+            log.warning("dropping dispatch of job %s: %s", job_id, exc, extra={"job_id": job_id})
+            await msg.ack()
+            return
+        if job_id in self.running or not transitions.owns(
+            job, self.node, attempt, JobState.ASSIGNED
+        ):
+            log.info(
+                "dropping stale dispatch of job %s attempt %d (now %s on %s, attempt %d)",
+                job_id,
+                attempt,
+                job.state,
+                job.node,
+                job.attempt,
+                extra={"job_id": job_id, "attempt": attempt},
+            )
+            await msg.ack()
+            return
+        if not await self._admit(msg, job, attempt):
+            return
+        # Start exactly the record the gate checked: compared at the revision it was read.
+        started = transitions.start(job.clone(), self.node, attempt, time.time(), self.lease())
+        written = 0 if started is None else await self.jobs.write(started, revision)
+        if started is None or not written:
+            await msg.nak(delay=0.2)  # it changed meanwhile: look again
+            return
+        # Recorded RUNNING: start it before anything else can fail. A lost ack only means
+        # a redelivery, which finds the job RUNNING here and is dropped as stale.
+        running = RunningJob(job_id, attempt, started.spec.cpus, record=started, revision=written)
+        self.running[job_id] = running
+        task = asyncio.create_task(self._run(started, running), name=f"job-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await msg.ack()
+        await self.bus.publish_event(started)
+
+    async def _run(self, job: Job, running: RunningJob) -> None:
+        try:
+            log.info(
+                "job %s attempt %d started: %s",
+                job.id,
+                running.attempt,
+                job.spec.cmd[:200],
+                extra={"job_id": job.id, "attempt": running.attempt},
+            )
+            tail = OutputTail(self.config.output.tail_bytes)
+            outcome = await self._execute(job, running, tail)
+            await self._record_end(job, running, outcome, tail)
+        except Exception:
+            log.exception(
+                "job %s attempt %d: unexpected failure in the worker",
+                job.id,
+                running.attempt,
+                extra={"job_id": job.id, "attempt": running.attempt},
+            )
+        finally:
+            self.running.pop(job.id, None)
+
+    async def _execute(self, job: Job, running: RunningJob, tail: OutputTail) -> Outcome:
+        subject = self.bus.subjects.output(job.id)
+        decoders = {
+            s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")
+        }
+
+        echo = journal.job_output(job.id, running.attempt, self.node, self.config.output.journal)
+
+        async def on_output(stream: str, data: bytes) -> None:
+            tail.add(data)
+            echo.feed(stream, data)
+            text = decoders[stream].decode(data)
+            body = {"job": job.id, "attempt": running.attempt, "stream": stream, "data": text}
+            await self.bus.publish(subject, encode(body))
+
+        command = Command(
+            cmd=job.spec.cmd,
+            env=job_environment(
+                job.spec.env, {"SCHED_JOB_ID": job.id, "SCHED_ATTEMPT": str(running.attempt)}
+            ),
+            cwd=job.spec.cwd,
+            timeout=job.spec.timeout,
+            kill_grace=self.config.jobs.kill_grace,
+            chunk_bytes=self.config.output.chunk_bytes,
+            user=job.spec.user,
+        )
+
+        def on_start(pid: int) -> None:
+            running.pid = pid
+
+        run = asyncio.create_task(run_command(command, on_output, running.cancel, on_start))
+        # Only a job that lives a while gets its PID recorded: for the many short ones
+        # the extra etcd write would cost more than the job.
+        done, _ = await asyncio.wait({run}, timeout=PID_RECORD_DELAY)
+        if not done and running.pid is not None:
+            await self._record_pid(job.id, running)
+        outcome = await run
+        echo.close()
+        await self.bus.publish(
+            subject, encode({"job": job.id, "attempt": running.attempt, "eof": True})
+        )
+        return outcome
+
+    async def _record_pid(self, job_id: str, running: RunningJob) -> None:
+        """Best effort: the PID helps an operator find the job on the host."""
+        pid = running.pid or 0
+        running.revision = 0  # the record moves on; the end is written after a fresh read
+        try:
+            await self.jobs.update(
+                job_id, lambda j: transitions.record_pid(j, self.node, running.attempt, pid)
+            )
+        except (StoreUnavailableError, ConflictError, NotFoundError) as exc:
+            log.info(
+                "job %s: pid %d not recorded: %s",
+                job_id,
+                pid,
+                exc,
+                extra={"job_id": job_id, "attempt": running.attempt},
+            )
+
+    async def _record_end(
+        self, job: Job, running: RunningJob, outcome: Outcome, tail: OutputTail
+    ) -> None:
+        def mutate(j: Job) -> Job | None:
+            now, attempt = time.time(), running.attempt
+            if running.interrupted == AGENT_STOPPED:
+                return transitions.hand_back(j, self.node, attempt, AGENT_STOPPED, now)
+            if running.interrupted is not None:
+                if j.attempt != attempt:
+                    return None
+                return transitions.lose(j, self.node, running.interrupted, self.backoff, now)
+            return transitions.finish(j, self.node, attempt, outcome, tail.text(), self.backoff)
+
+        stored, changed = await self._write_end(job.id, running, mutate)
+        if stored is None or not changed:
+            log.warning(
+                "job %s attempt %d: result not recorded, the job moved on (%s, attempt %d)",
+                job.id,
+                running.attempt,
+                stored.state if stored else "?",
+                stored.attempt if stored else 0,
+                extra={"job_id": job.id, "attempt": running.attempt},
+            )
+            return
+        handed_back = running.interrupted == AGENT_STOPPED
+        self.handed_back += handed_back
+        self.finished += not handed_back
+        log.info(
+            "job %s attempt %d ended: %s (%s)",
+            job.id,
+            running.attempt,
+            stored.state,
+            stored.reason,
+            extra={"job_id": job.id, "attempt": running.attempt, "exit_code": stored.exit_code},
+        )
+        await self.bus.publish_event(stored)
+
+    async def _write_end(
+        self, job_id: str, running: RunningJob, mutate: Mutation
+    ) -> tuple[Job | None, bool]:
+        """The end, compared at the revision this worker wrote; else read and retry."""
+        if running.record is not None and running.revision:
+            new = mutate(running.record.clone())
+            with contextlib.suppress(StoreUnavailableError):
+                if new is not None and await self.jobs.write(new, running.revision):
+                    return new, True
+        return await self._write_until_done(job_id, mutate)
+
+    async def _write_until_done(self, job_id: str, mutate: Mutation) -> tuple[Job | None, bool]:
+        # A finished attempt must be recorded: keep trying while etcd is away.
+        while True:
+            try:
+                return await self.jobs.update(job_id, mutate)
+            except NotFoundError:
+                return None, False
+            except (StoreUnavailableError, ConflictError) as exc:
+                log.warning(
+                    "cannot record the end of job %s yet: %s", job_id, exc, extra={"job_id": job_id}
+                )
+                await asyncio.sleep(WRITE_RETRY_DELAY)
+
+    async def _on_control(self, msg: Any) -> None:
+        try:
+            body = json.loads(msg.data)
+            action, job_id = body["action"], body["job"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping malformed control message: %r", msg.data[:200])
+            return
+        running = self.running.get(job_id) if isinstance(job_id, str) else None
+        if action == "cancel" and running is not None:
+            log.info(
+                "job %s: cancel requested",
+                job_id,
+                extra={"job_id": job_id, "attempt": running.attempt},
+            )
+            running.cancel.set()
+
+    async def _poll_cancels(self) -> None:
+        """Catch cancels whose control message was lost, and attempts taken from us."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_INTERVAL)
+            for running in list(self.running.values()):
+                with contextlib.suppress(StoreUnavailableError, NotFoundError):
+                    job, _ = await self.jobs.get(running.job_id)
+                    mine = transitions.owns(job, self.node, running.attempt, JobState.RUNNING)
+                    if job.cancel_requested or not mine:
+                        running.cancel.set()
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a deadline
+        """Stop taking jobs, give running ones `timeout` seconds, then hand the rest back."""
+        self.accepting = False
+        if self._tasks:
+            log.info("draining: waiting up to %gs for %d running job(s)", timeout, len(self._tasks))
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        self.interrupt_all(AGENT_STOPPED)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def interrupt_all(self, reason: str) -> None:
+        """Kill every running job; its attempt is recorded with this reason."""
+        for running in self.running.values():
+            if running.interrupted is None:
+                log.warning(
+                    "job %s attempt %d: killing it: %s",
+                    running.job_id,
+                    running.attempt,
+                    reason,
+                    extra={"job_id": running.job_id, "attempt": running.attempt},
+                )
+                running.interrupted = reason
+            running.cancel.set()
+
+    async def follow_lease(self, session: Session) -> None:
+        """A replaced lease means etcd declared this agent dead: its attempts are being
+        retried elsewhere, so stop them here rather than run them twice."""
+        while True:
+            await session.renewed.wait()
+            self.interrupt_all(LEASE_LOST)
+
+
+def _signer_of(job: Job) -> str | None:
+    signature = job.spec.signature
+    return None if signature is None else str(signature.get("key_id"))
+
+
+def _parse_dispatch(data: bytes) -> tuple[str, int] | None:
+    try:
+        body = json.loads(data)
+        job_id, attempt = body["job"], body["attempt"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        return None
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        return None
+    return job_id, attempt

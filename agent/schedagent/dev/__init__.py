@@ -1,0 +1,1 @@
+"""The local development cluster and the invariant checker the tests share."""

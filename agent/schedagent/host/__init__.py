@@ -1,0 +1,1 @@
+"""This host: running commands, measuring capacity, journald, sd_notify."""

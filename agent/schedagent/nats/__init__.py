@@ -1,0 +1,1 @@
+"""NATS: the one connection path and the JetStream bus."""

@@ -1,0 +1,290 @@
+"""Failure semantics proven with kills: agents, the leader, NATS and etcd die mid-work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from apiclient import FINAL, ApiClient
+from helpers import live_processes_with, marker, wait_until
+from schedagent.core.model import Job
+from schedagent.dev.cluster import LocalCluster
+from schedagent.dev.invariants import check_jobs
+
+TTL = 3
+FAST = {
+    "node_ttl": TTL,
+    "jobs": {
+        "retry_backoff": 0.2,
+        "dispatch_timeout": 2.0,
+        "kill_grace": 1.0,
+        "drain_timeout": 5.0,
+    },
+}
+SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
+
+
+async def leader_of(api: ApiClient, deadline: float = 15, not_: str | None = None) -> str:
+    """The leader's node name, once there is one (other than not_)."""
+    end = time.monotonic() + deadline
+    while True:
+        leader = (await api.call("leader"))["leader"]
+        if leader is not None and leader["node"] != not_:
+            return str(leader["node"])
+        if time.monotonic() > end:
+            raise AssertionError(f"no leader other than {not_} after {deadline}s")
+        await asyncio.sleep(0.1)
+
+
+async def records(api: ApiClient) -> dict[str, Job]:
+    jobs = await api.list_all()
+    return {j["id"]: Job.from_dict(j) for j in jobs}
+
+
+async def assert_invariants(api: ApiClient, accepted: list[str]) -> None:
+    assert check_jobs(accepted, await records(api)) == []
+
+
+async def test_worker_killed_mid_job_is_retried_elsewhere_within_ttl(cluster_factory: Any) -> None:
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        retried = await api.submit(f"sleep 2; echo done-{marker()}", retries=1)
+        spent = await api.submit(f"sleep {marker()}", retries=0)
+        job = await api.wait_for(retried, {"RUNNING"})
+        victim = job["node"]
+        # Put the second job on the same node, so one kill tests both outcomes.
+        other = await api.get(spent)
+        if other["node"] != victim:
+            await api.call("cancel", id=spent)
+            spent = await api.submit(f"sleep {marker()}", node=victim)
+        await api.wait_for(spent, {"RUNNING"})
+        cluster.agents[victim].kill()
+        killed_at = time.monotonic()
+
+        moved = await api.wait_for(
+            retried, {"PENDING", "ASSIGNED", "RUNNING", "SUCCEEDED"} - {"x"}, TTL + 2
+        )
+        while moved["attempt"] == 1:
+            assert time.monotonic() - killed_at < TTL + 2, "attempt 1 not closed within TTL + 2 s"
+            moved = await api.get(retried)
+            await asyncio.sleep(0.05)
+        assert moved["attempts"][0]["reason"] == "node lost"
+        failed = await api.wait_for(spent, FINAL, TTL + 2)
+        assert (failed["state"], failed["reason"]) == ("FAILED", "node lost")
+
+        done = await api.wait_for(retried, deadline=20)
+        assert done["state"] == "SUCCEEDED" and done["attempts"][-1]["node"] != victim
+        await assert_invariants(api, [retried, spent])
+
+
+async def test_late_report_of_a_lost_node_is_fenced(cluster_factory: Any) -> None:
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        job_id = await api.submit("sleep 4; echo late", retries=1)
+        victim = (await api.wait_for(job_id, {"RUNNING"}))["node"]
+        cluster.agents[victim].pause()  # frozen past its lease: the cluster moves on
+        try:
+            await wait_until_attempt(api, job_id, 2, TTL + 5)
+        finally:
+            cluster.agents[victim].resume()
+        done = await api.wait_for(job_id, deadline=30)
+        assert done["state"] == "SUCCEEDED"
+        assert done["attempts"][0]["node"] == victim
+        assert done["attempts"][1]["node"] != victim
+        log = cluster.agents[victim]
+        await wait_until(
+            lambda: "result not recorded" in log.log_tail(400) or "killing it" in log.log_tail(400),
+            20,
+            "the fenced report",
+        )
+        await assert_invariants(api, [job_id])
+
+
+async def wait_until_attempt(
+    api: ApiClient, job_id: str, attempt: int, deadline: float
+) -> dict[str, Any]:
+    end = time.monotonic() + deadline
+    while True:
+        job = await api.get(job_id)
+        if job["attempt"] >= attempt:
+            return job
+        if time.monotonic() > end:
+            raise AssertionError(f"job {job_id} still at attempt {job['attempt']}: {job}")
+        await asyncio.sleep(0.05)
+
+
+async def test_restarted_agent_closes_its_old_attempts_and_kills_leftovers(
+    cluster_factory: Any,
+) -> None:
+    # A long TTL: the agent is back long before its old lease could expire.
+    cluster: LocalCluster = cluster_factory(3, agent_overrides={**FAST, "node_ttl": 15})
+    async with ApiClient(cluster.nats_url) as api:
+        m = marker()
+        job_id = await api.submit(f"sleep {m}", retries=1, node="node2")
+        await api.wait_for(job_id, {"RUNNING"})
+        await wait_until(lambda: bool(live_processes_with(f"sleep {m}")), 10, "the job's process")
+        agent = cluster.agents["node2"]
+        agent.kill()
+        leftovers = {p.pid for p in live_processes_with(f"sleep {m}")}
+        assert leftovers, "outside systemd the job outlives its agent"
+        agent.start()
+
+        def leftovers_gone() -> bool:
+            return not leftovers & {p.pid for p in live_processes_with(f"sleep {m}")}
+
+        await wait_until(leftovers_gone, 20, "the leftovers to be killed")
+        job = await wait_until_attempt(api, job_id, 2, 20)
+        assert job["attempts"][0]["reason"] == "agent restarted"
+        assert job["attempts"][0]["state"] == "FAILED"
+        await api.call("cancel", id=job_id)
+        await api.wait_for(job_id)
+        await assert_invariants(api, [job_id])
+
+
+async def test_leader_killed_mid_placement_loses_nothing(cluster_factory: Any) -> None:
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        leader = await leader_of(api)
+        ids = await asyncio.gather(
+            *(api.submit(f"sleep 0.{i % 5}; echo {i}", retries=2) for i in range(60))
+        )
+        cluster.agents[leader].kill()
+        survivors = [name for name in cluster.agents if name != leader]
+        new_leader = await leader_of(api, deadline=TTL + 5, not_=leader)
+        assert new_leader in survivors
+        more = [await api.submit("echo after", retries=2) for _ in range(5)]
+        jobs = await api.wait_all(list(ids) + more, deadline=60)
+        assert all(j["state"] == "SUCCEEDED" for j in jobs.values()), [
+            (j["id"], j["state"], j["reason"]) for j in jobs.values() if j["state"] != "SUCCEEDED"
+        ]
+        await assert_invariants(api, list(ids) + more)
+
+
+async def test_after_a_leader_dies_no_job_is_placed_on_its_node(cluster_factory: Any) -> None:
+    # A long TTL: the dead leader's node record outlives the failover by far.
+    ttl = 20
+    cluster: LocalCluster = cluster_factory(3, agent_overrides={**FAST, "node_ttl": ttl})
+    async with ApiClient(cluster.nats_url) as api:
+        old = await leader_of(api)
+        cluster.agents[old].kill()
+        await leader_of(api, deadline=10, not_=old)
+        assert old in {n["name"] for n in (await api.call("nodes"))["nodes"]}, "still listed"
+        ids = [await api.submit(f"echo after-{i}") for i in range(12)]
+        jobs = await api.wait_all(ids, deadline=ttl / 2)
+        placed = [(a["node"], j["state"]) for j in jobs.values() for a in j["attempts"]]
+        assert all(node != old and state == "SUCCEEDED" for node, state in placed), placed
+
+
+async def test_paused_leader_is_deposed_fenced_and_steps_down(cluster_factory: Any) -> None:
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        old = await leader_of(api)
+        cluster.agents[old].pause()
+        try:
+            new = await leader_of(api, deadline=TTL + 5, not_=old)
+            ids = [await api.submit("echo while-paused", retries=1) for _ in range(10)]
+            jobs = await api.wait_all(ids, deadline=30)
+            assert all(j["state"] == "SUCCEEDED" for j in jobs.values())
+        finally:
+            cluster.agents[old].resume()
+        log = cluster.agents[old]
+        await wait_until(
+            lambda: "no longer leader" in log.log_tail(300), 15, "the old leader to step down"
+        )
+        assert (await api.call("leader"))["leader"]["node"] == new
+        after = [await api.submit("echo after-resume", retries=1) for _ in range(10)]
+        await api.wait_all(after, deadline=30)
+        await assert_invariants(api, ids + after)
+
+
+async def test_nats_restart_is_survived_and_wait_resumes(cluster_factory: Any) -> None:
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    env = {
+        **os.environ,
+        "SCHEDCTL_NATS_URL": cluster.nats_url,
+        "SCHEDCTL_KEY": str(cluster.key_path),
+    }
+    waiter = subprocess.Popen(  # noqa: ASYNC220 - started once, reaped in a thread below
+        [SCHEDCTL, "submit", "--cmd", "sleep 3; echo after-restart", "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    async with ApiClient(cluster.nats_url) as api:
+        running = await wait_for_any_running(api)
+        cluster.nats.kill()
+        cluster.nats.start()
+    out, err = await asyncio.to_thread(waiter.communicate, timeout=60)
+    assert (waiter.returncode, out) == (0, "after-restart\n"), err
+    async with ApiClient(cluster.nats_url) as api:
+        ids = [await api.submit(f"echo new-{i}") for i in range(10)]
+        jobs = await api.wait_all(ids, deadline=40)
+        assert all(j["state"] == "SUCCEEDED" for j in jobs.values())
+        await assert_invariants(api, [*ids, running])
+
+
+async def wait_until_answering(api: ApiClient, job_id: str, deadline: float) -> None:
+    """Until the agents read etcd again: ten `get`s in a row answer ok, not `unavailable`.
+
+    Each agent's channel reconnects on its own backoff; ten answers spread over the
+    queue group make it very likely every agent has.
+    """
+    end, in_a_row = time.monotonic() + deadline, 0
+    while in_a_row < 10:
+        reply = await api.raw("get", f'{{"v": 1, "id": "{job_id}"}}'.encode())
+        in_a_row = in_a_row + 1 if reply.get("ok") else 0
+        if time.monotonic() > end:
+            raise AssertionError(f"agents still cannot read etcd {deadline}s after it is back")
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_any_running(api: ApiClient, deadline: float = 20) -> str:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        running = (await api.call("list", state="RUNNING"))["jobs"]
+        if running:
+            return str(running[0]["id"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("no job started running")
+
+
+async def test_killing_the_etcd_member_in_use_fails_over(cluster_factory: Any) -> None:
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST, etcd_members=3)
+    async with ApiClient(cluster.nats_url) as api:
+        first = await api.wait_for(await api.submit("echo before"))
+        assert first["state"] == "SUCCEEDED"
+        # gRPC's pick_first talks to the first endpoint it can reach: the first member.
+        cluster.etcd_members[0].kill()
+        ids = [await api.submit(f"echo after-{i}", retries=1) for i in range(10)]
+        jobs = await api.wait_all(ids, deadline=40)
+        assert all(j["state"] == "SUCCEEDED" for j in jobs.values())
+        assert all(agent.running for agent in cluster.agents.values())
+        assert (await api.call("leader"))["leader"] is not None
+
+
+async def test_all_of_etcd_down_for_a_while(cluster_factory: Any) -> None:
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        running = await api.submit("sleep 2; echo survived")
+        await api.wait_for(running, {"RUNNING"})
+        cluster.etcd.kill()
+        body = {"v": 1, "spec": api.signed({"cmd": "true"})}
+        reply = await api.raw("submit", json.dumps(body).encode())
+        assert reply["ok"] is False and reply["code"] == "unavailable"
+        await asyncio.sleep(4)  # the outage itself: longer than the lease TTL
+        assert all(agent.running for agent in cluster.agents.values())
+        cluster.etcd.start()
+        await wait_until_answering(api, running, deadline=15)
+        done = await api.wait_for(running, deadline=40)
+        assert done["state"] in FINAL
+        ids = [await api.submit(f"echo back-{i}", retries=1) for i in range(10)]
+        jobs = await api.wait_all(ids, deadline=40)
+        assert all(j["state"] == "SUCCEEDED" for j in jobs.values())
+        await assert_invariants(api, [running, *ids])

@@ -1,0 +1,113 @@
+"""Retention on a real etcd: old finished jobs go (with their idempotency keys), active and
+recent ones stay, long histories are swept page by page, and a deposed leader deletes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from apiclient import ApiClient
+from schedagent.config import JobsConfig
+from schedagent.core.model import Job, JobState, new_job_id
+from schedagent.core.names import Keys
+from schedagent.core.spec import parse_spec
+from schedagent.daemon.retention import Retention
+from schedagent.dev.cluster import LocalCluster
+from schedagent.dev.procs import EtcdServer
+from schedagent.errors import FencedError
+from schedagent.etcd.jobstore import JobStore
+from schedagent.etcd.store import CreateRevisionIs, Put, Store
+
+KEYS = Keys("/schedagent")
+
+
+@pytest.fixture
+async def store(etcd_server: EtcdServer) -> AsyncIterator[Store]:
+    etcd = Store([etcd_server.url])
+    await etcd.connect()
+    yield etcd
+    await etcd.close()
+
+
+def record(submitted: float, state: JobState, updated: float, idem: str | None = None) -> Job:
+    spec = parse_spec({"cmd": "true", "idempotency_key": idem})
+    job = Job(id=new_job_id(submitted), spec=spec, state=state, submitted_at=submitted)
+    job.updated_at = updated
+    return job
+
+
+async def put(store: Store, jobs: list[Job]) -> None:
+    for job in jobs:
+        ops = [Put(KEYS.job(job.id), job.to_json())]
+        if job.spec.idempotency_key is not None:
+            ops.append(Put(KEYS.idem(job.spec.idempotency_key), job.id.encode()))
+        assert await store.txn([], ops)
+
+
+async def remaining(store: Store, prefix: str) -> set[str]:
+    kvs, _ = await store.get_prefix(prefix)
+    return {kv.key for kv in kvs}
+
+
+async def test_a_sweep_deletes_old_finished_jobs_page_by_page(store: Store) -> None:
+    now = time.time()
+    old = [record(now - 3600 + i, JobState.SUCCEEDED, now - 3000) for i in range(600)]
+    old.append(record(now - 3600, JobState.CANCELED, now - 3000, idem="nightly"))
+    keep = [
+        record(now - 3600, JobState.RUNNING, now - 3000),  # long-running: never
+        record(now - 3600, JobState.PENDING, now - 3000),
+        record(now - 3600, JobState.FAILED, now - 10),  # ended after the cutoff
+        record(now - 10, JobState.SUCCEEDED, now - 5),  # recent
+    ]
+    await put(store, old + keep)
+    retention = Retention(lambda: JobsConfig(retention=600), JobStore(store, KEYS), [])
+    assert await retention.sweep(now - 600) == len(old)
+    assert await remaining(store, KEYS.jobs) == {KEYS.job(j.id) for j in keep}
+    assert await remaining(store, KEYS.idem_dir) == set()
+    assert await retention.sweep(now - 600) == 0
+
+
+async def test_a_deposed_leader_deletes_nothing(store: Store) -> None:
+    now = time.time()
+    jobs = [record(now - 3600, JobState.SUCCEEDED, now - 3000) for _ in range(3)]
+    await put(store, jobs)
+    assert await store.txn([], [Put("/schedagent/leader/x", b"x")])
+    lost_fence = [CreateRevisionIs("/schedagent/leader/x", 1)]  # not its create revision
+    retention = Retention(lambda: JobsConfig(retention=600), JobStore(store, KEYS), lost_fence)
+    with pytest.raises(FencedError):
+        await retention.sweep(now - 600)
+    assert len(await remaining(store, KEYS.jobs)) == 3
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(
+        2,
+        base_dir=tmp_path_factory.mktemp("retention"),
+        agent_overrides={"jobs": {"retention": 3}},
+    ) as local:
+        yield local
+
+
+@pytest.mark.slow
+async def test_the_leader_forgets_finished_jobs_after_the_retention(cluster: LocalCluster) -> None:
+    async with ApiClient(cluster.nats_url) as api:
+        done = await api.submit("echo old", idempotency_key="nightly")
+        assert (await api.wait_for(done, deadline=20))["state"] == "SUCCEEDED"
+        pending = await api.submit("true", labels={"zone": "nowhere"})
+        running = await api.submit("sleep 15")
+        deadline = time.monotonic() + 30
+        while (await api.raw("get", json.dumps({"v": 1, "id": done}).encode())).get("ok"):
+            assert time.monotonic() < deadline, "the finished job was never deleted"
+            await asyncio.sleep(0.2)
+        assert (await api.get(pending))["state"] == "PENDING"
+        assert (await api.get(running))["state"] == "RUNNING"
+        # The idempotency key went with its job: the same key makes a new job.
+        again = await api.submit("echo new", idempotency_key="nightly")
+        assert again != done
+        await api.call("cancel", id=pending)
+        await api.call("cancel", id=running)

@@ -1,0 +1,112 @@
+"""Running a command: output, exit status, timeout and cancel kill the whole process group."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import psutil
+import pytest
+
+from schedagent.core.model import Outcome
+from schedagent.host.runner import Command, job_environment, run_command
+
+
+def command(cmd: str, timeout: float | None = None, grace: float = 1.0, **env: str) -> Command:
+    return Command(
+        cmd=cmd, env=job_environment(env, {}), cwd=None, timeout=timeout, kill_grace=grace
+    )
+
+
+async def run(
+    cmd: Command, cancel: asyncio.Event | None = None
+) -> tuple[Outcome, dict[str, bytes]]:
+    out: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    async def on_output(stream: str, data: bytes) -> None:
+        out[stream] += data
+
+    outcome = await run_command(cmd, on_output, cancel or asyncio.Event())
+    return outcome, out
+
+
+def live_processes_with(marker: str) -> list[psutil.Process]:
+    """Processes whose command line holds marker, zombies (already dead) excluded."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if marker in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+async def wait_until_gone(marker: str, deadline: float = 5.0) -> list[psutil.Process]:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        left = live_processes_with(marker)
+        if not left:
+            return []
+        await asyncio.sleep(0.05)
+    return live_processes_with(marker)
+
+
+async def test_output_and_exit_code() -> None:
+    outcome, out = await run(command("echo out; echo err >&2; exit 3"))
+    assert outcome.exit_code == 3 and outcome.signal is None
+    assert out == {"stdout": b"out\n", "stderr": b"err\n"}
+    assert outcome.ended_at >= outcome.started_at
+
+
+async def test_environment_is_the_spec_plus_a_safe_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/notify")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    _, out = await run(command("env", GREETING="hi"))
+    lines = out["stdout"].decode().splitlines()
+    assert "GREETING=hi" in lines
+    assert not [line for line in lines if line.startswith(("NOTIFY_SOCKET=", "AWS_SECRET"))]
+
+
+async def test_timeout_kills_the_whole_group() -> None:
+    marker = f"{uuid.uuid4().int % 10**6 + 300000}"
+    started = time.monotonic()
+    outcome, _ = await run(command(f"sleep {marker} & sleep {marker}", timeout=0.5))
+    assert outcome.timed_out and not outcome.canceled
+    assert time.monotonic() - started < 5
+    assert await wait_until_gone(f"sleep {marker}") == []
+
+
+async def test_cancel_kills_group_even_if_it_ignores_sigterm() -> None:
+    marker = f"{uuid.uuid4().int % 10**6 + 300000}"
+    cancel = asyncio.Event()
+    task = asyncio.create_task(
+        run(command(f"trap '' TERM; sleep {marker} & sleep {marker}", grace=0.3), cancel)
+    )
+    end = time.monotonic() + 5
+    while not live_processes_with(f"sleep {marker}") and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    cancel.set()
+    outcome, _ = await task
+    assert outcome.canceled
+    assert await wait_until_gone(f"sleep {marker}") == []
+
+
+async def test_background_children_do_not_outlive_the_job() -> None:
+    marker = f"{uuid.uuid4().int % 10**6 + 300000}"
+    outcome, _ = await run(command(f"sleep {marker} >/dev/null 2>&1 & echo started"))
+    assert outcome.exit_code == 0
+    assert await wait_until_gone(f"sleep {marker}") == []
+
+
+async def test_missing_cwd_is_an_error_not_a_crash() -> None:
+    cmd = Command(
+        cmd="true", env=job_environment({}, {}), cwd="/nonexistent/dir", timeout=None, kill_grace=1
+    )
+    outcome, _ = await run(cmd)
+    assert outcome.error is not None and "cannot start" in outcome.error
+
+
+async def test_job_runs_in_its_own_session() -> None:
+    _, out = await run(command("ps -o sid= -p $$"))
+    assert int(out["stdout"].decode().strip()) != os.getsid(0)

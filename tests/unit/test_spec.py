@@ -1,0 +1,48 @@
+"""Validation of submitted job specs: every bad field gets a clear message."""
+
+from __future__ import annotations
+
+import pytest
+
+from schedagent.core.model import new_job_id
+from schedagent.core.spec import parse_spec
+from schedagent.errors import SpecError
+
+
+def test_defaults() -> None:
+    spec = parse_spec({"cmd": "echo hi"})
+    assert spec.cpus == 1.0 and spec.retries == 0 and spec.timeout is None and spec.env == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("echo", "must be a JSON object"),
+        ({}, "cmd must be a non-empty string"),
+        ({"cmd": "  "}, "cmd must be a non-empty string"),
+        ({"cmd": "x", "cpus": 0}, "cpus must be a number > 0"),
+        ({"cmd": "x", "cpus": "2"}, "cpus must be a number > 0"),
+        ({"cmd": "x", "timeout": -1}, "timeout must be a number > 0"),
+        ({"cmd": "x", "retries": 1.5}, "retries must be an integer"),
+        ({"cmd": "x", "retries": True}, "retries must be an integer"),
+        ({"cmd": "x", "env": {"1A": "v"}}, "not a valid variable name"),
+        ({"cmd": "x", "env": {"A": 1}}, "must map a string to a string"),
+        ({"cmd": "x", "cwd": "rel/dir"}, "cwd must be an absolute path"),
+        ({"cmd": "x", "labels": []}, "labels must be an object"),
+        ({"cmd": "x", "colour": "red"}, "unknown spec field(s): colour"),
+        ({"cmd": "x\0y"}, "no NUL byte"),
+    ],
+)
+def test_bad_specs(raw: object, message: str) -> None:
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_spec(raw)
+
+
+def test_cmd_size_limit() -> None:
+    with pytest.raises(SpecError, match="at most 10 bytes"):
+        parse_spec({"cmd": "x" * 11}, max_cmd_bytes=10)
+
+
+def test_job_ids_sort_by_time() -> None:
+    assert new_job_id(1000.0) < new_job_id(1000.002) < new_job_id(2000.0)
+    assert len(new_job_id()) == 20
