@@ -70,6 +70,6 @@ def check_config(path: str) -> None:
 )
 def dev(agents: int) -> None:
     """Start etcd, NATS and N agents on loopback, in the foreground (Ctrl-C stops all)."""
-    from schedagent.dev.cluster import run_dev
+    from schedagent.dev.command import run_dev
 
     sys.exit(run_dev(agents=agents))

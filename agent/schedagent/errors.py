@@ -33,3 +33,7 @@ class FencedError(SchedagentError):
 
 class StoreUnavailableError(SchedagentError):
     """etcd could not be reached."""
+
+
+class WireError(SpecError):
+    """A NATS message body is malformed (not JSON, not an object, a bad field)."""

@@ -25,7 +25,7 @@ NATS_SERVER = "/usr/sbin/nats-server"
 JOB = "018f00000000deadbeef"
 MISSING = "018f00000000feedf00d"
 CTL_DEADLINE = 30.0
-CTL = [sys.executable, "-c", "from schedagent.ctl import main; main()"]
+CTL = [sys.executable, "-c", "from schedagent.ctl.main import main; main()"]
 
 
 def free_port() -> int:

@@ -297,7 +297,7 @@ def test_own_temp_dir_is_removed_after_a_clean_stop(fake_agent: list[str]) -> No
 
 def test_run_dev_banner_death_notice_and_sigterm(tmp_path: Path, fake_agent: list[str]) -> None:
     out, err = tmp_path / "out", tmp_path / "err"
-    code = "import sys; from schedagent.devcluster import run_dev\n"
+    code = "import sys; from schedagent.dev.command import run_dev\n"
     code += (
         f"sys.exit(run_dev(2, base_dir={str(tmp_path / 'dev')!r}, agent_command={fake_agent!r}))"
     )

@@ -5,34 +5,41 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import os
-import re
 import select
 import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import NoReturn
 
 import click
 
 from schedagent import __version__
-from schedagent.core.model import JOB_ID_RE, JobState
-from schedagent.core.spec import ENV_NAME_RE, USER_RE
+from schedagent.core.model import JobState
+from schedagent.core.spec import ENV_NAME_RE
 from schedagent.ctl import format as fmt
 from schedagent.ctl.client import (
     EXIT_ERROR,
     Client,
     CtlError,
-    JobFollower,
     Record,
-    dump_output,
     field,
     is_final,
     job_exit_code,
 )
+from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.keys import find_key, keygen, sign_spec
+from schedagent.ctl.params import (
+    JobId,
+    KeyValue,
+    PositiveNumber,
+    check_cmd,
+    check_cwd,
+    check_name,
+    check_prefix,
+    check_user,
+)
 
 EPILOG = """\b
 Exit status:
@@ -45,15 +52,6 @@ Exit status:
 submit --wait instead exits with the job's own status: SUCCEEDED 0, FAILED the last
 attempt's exit code (128+N if killed by signal N, else 1), TIMED_OUT 124, CANCELED 130.
 """
-PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-
-if TYPE_CHECKING:
-    # Only recent click releases make ParamType generic; older ones cannot be subscripted.
-    FloatParam = click.ParamType[float, Any]
-    PairParam = click.ParamType[tuple[str, str], Any]
-    StrParam = click.ParamType[str, Any]
-else:
-    FloatParam = PairParam = StrParam = click.ParamType
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,82 +60,6 @@ class Settings:
     prefix: str
     timeout: float
     ca_file: str | None = None
-
-
-class PositiveNumber(FloatParam):
-    name = "number"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number) or number <= 0 or number > 1e9:
-            self.fail(f"must be a number > 0 (and at most 1e9), got {value!r}", param, ctx)
-        return number
-
-
-class KeyValue(PairParam):
-    name = "KEY=VALUE"
-
-    def __init__(self, key_re: re.Pattern[str] | None = None) -> None:
-        self.key_re = key_re
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, str]:
-        if isinstance(value, tuple):
-            return value
-        key, sep, val = str(value).partition("=")
-        if not sep or not key:
-            self.fail(f"expected KEY=VALUE, got {value!r}", param, ctx)
-        if self.key_re is not None and not self.key_re.match(key):
-            self.fail(f"{key!r} is not a valid variable name", param, ctx)
-        if "\0" in val:
-            self.fail(f"value of {key!r} holds a NUL byte", param, ctx)
-        return key, val
-
-
-class JobId(StrParam):
-    name = "JOB"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        job = str(value).strip().lower()
-        if not JOB_ID_RE.match(job):
-            self.fail(f"{value!r} is not a job id (20 hex digits)", param, ctx)
-        return job
-
-
-def _check_cmd(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value.strip() or "\0" in value:
-        raise click.BadParameter("must be a non-empty command with no NUL byte")
-    return value
-
-
-def _check_user(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not USER_RE.match(value):
-        raise click.BadParameter(f"{value!r} is not a user name")
-    return value
-
-
-def _check_cwd(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not value.startswith("/"):
-        raise click.BadParameter(f"must be an absolute path on the node, got {value!r}")
-    return value
-
-
-def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not 0 < len(value) <= 256:
-        raise click.BadParameter("must be 1 to 256 characters")
-    return value
-
-
-def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not PREFIX_RE.match(value):
-        raise click.BadParameter(f"{value!r} is not a NATS subject prefix")
-    return value
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
@@ -201,7 +123,7 @@ async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]])
     envvar="SCHEDCTL_PREFIX",
     default="sched",
     show_default=True,
-    callback=_check_prefix,
+    callback=check_prefix,
     help="NATS subject prefix of the cluster (env SCHEDCTL_PREFIX).",
 )
 @click.option(
@@ -246,18 +168,18 @@ cli.add_command(keygen)
 
 
 @cli.command()
-@click.option("--cmd", required=True, callback=_check_cmd, help="Shell command to run.")
+@click.option("--cmd", required=True, callback=check_cmd, help="Shell command to run.")
 @click.option("--cpus", type=PositiveNumber(), default=1.0, show_default=True)
 @click.option(
     "--timeout", "job_timeout", type=PositiveNumber(), help="Seconds before the job is killed."
 )
 @click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True)
-@click.option("--node", callback=_check_name, help="Run only on this node.")
+@click.option("--node", callback=check_name, help="Run only on this node.")
 @click.option("--label", "labels", type=KeyValue(), multiple=True, help="Required node label.")
 @click.option("--env", type=KeyValue(ENV_NAME_RE), multiple=True, help="Environment variable.")
-@click.option("--cwd", callback=_check_cwd, help="Absolute working directory on the node.")
-@click.option("--idempotency-key", callback=_check_name, help="Default: a fresh random key.")
-@click.option("--user", callback=_check_user, help="Run as this user (if the agent allows it).")
+@click.option("--cwd", callback=check_cwd, help="Absolute working directory on the node.")
+@click.option("--idempotency-key", callback=check_name, help="Default: a fresh random key.")
+@click.option("--user", callback=check_user, help="Run as this user (if the agent allows it).")
 @click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
 @json_option
 def submit(

@@ -11,7 +11,7 @@ from typing import Any
 import nats.errors
 
 from schedagent.config import AgentConfig
-from schedagent.core import transitions
+from schedagent.core import transitions, wire
 from schedagent.core.model import JOB_ID_RE, JobSpec, JobState, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.core.placement import NodeView, unplaceable_reason
@@ -21,11 +21,10 @@ from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUn
 from schedagent.etcd.election import Election
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.store import Store
-from schedagent.nats.bus import Bus, encode
+from schedagent.nats.bus import Bus
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 1024 * 1024
 MAX_LIST_LIMIT = 10000
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -75,11 +74,11 @@ class Api:
         if self.limiter.allow(self.config.security.max_requests_per_second):
             reply = await self.handle(verb, msg.data)
         else:
-            reply = _error("unavailable", "too many requests to this agent; try again")
+            reply = wire.error("unavailable", "too many requests to this agent; try again")
         if msg.reply:
-            body = encode(reply)
+            body = wire.reply(reply)
             if len(body) > self.bus.max_payload():
-                body = encode(_error("internal", f"the {verb} reply is too large to send"))
+                body = wire.reply(wire.error("internal", f"the {verb} reply is too large to send"))
             try:
                 await msg.respond(body)
             except nats.errors.Error as exc:
@@ -91,21 +90,21 @@ class Api:
             handler = self.handlers.get(verb)
             if handler is None:
                 raise SpecError(f"unknown verb {verb!r} (known: {', '.join(self.handlers)})")
-            return {"ok": True, **(await handler(_parse_request(data)))}
+            return wire.ok(await handler(wire.parse_request(data)))
         except SpecError as exc:
             log.info("bad %s request: %s", verb, exc)
-            return _error("bad_request", str(exc))
+            return wire.error("bad_request", str(exc))
         except NotFoundError as exc:
-            return _error("not_found", str(exc))
+            return wire.error("not_found", str(exc))
         except StoreUnavailableError as exc:
             log.warning("%s request failed: %s", verb, exc)
-            return _error("unavailable", str(exc))
+            return wire.error("unavailable", str(exc))
         except SchedagentError as exc:
             log.warning("%s request failed: %s", verb, exc)
-            return _error("internal", str(exc))
+            return wire.error("internal", str(exc))
         except Exception as exc:
             log.exception("%s request failed unexpectedly", verb)
-            return _error("internal", f"internal error: {type(exc).__name__}")
+            return wire.error("internal", f"internal error: {type(exc).__name__}")
 
     async def submit(self, req: dict[str, Any]) -> dict[str, Any]:
         spec = parse_spec(req.get("spec"), self.config.jobs.max_cmd_bytes)
@@ -190,7 +189,7 @@ class Api:
             await self.bus.publish_event(job)
             audit("cancel", job_id, signer, f"requested while {job.state}")
             if job.state == JobState.RUNNING and job.node is not None:
-                body = encode({"action": "cancel", "job": job.id, "attempt": job.attempt})
+                body = wire.cancel(job.id, job.attempt)
                 await self.bus.publish(self.bus.subjects.control(job.node), body)
         return {"job": job.to_dict()}
 
@@ -235,26 +234,8 @@ class RateLimiter:
         return True
 
 
-def _parse_request(data: bytes) -> dict[str, Any]:
-    if len(data) > MAX_REQUEST_BYTES:
-        raise SpecError(f"request larger than {MAX_REQUEST_BYTES} bytes")
-    if not data.strip():
-        return {}
-    try:
-        body = json.loads(data)
-    except ValueError as exc:
-        raise SpecError(f"request is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise SpecError("request must be a JSON object")
-    return body
-
-
 def _job_id(req: dict[str, Any]) -> str:
     job_id = req.get("id")
     if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
         raise SpecError(f"id must be a job id (20 hex digits), got {job_id!r}")
     return job_id
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "code": code, "error": message}

@@ -26,7 +26,8 @@ from schedagent.etcd.store import Compare, CreateRevisionIs, Store
 from schedagent.etcd.tls import EtcdTls
 from schedagent.host.notify import Notifier
 from schedagent.host.service import Heartbeat, Snapshot, status_line
-from schedagent.nats.bus import Bus, without_secrets
+from schedagent.nats.bus import Bus
+from schedagent.nats.connect import without_secrets
 from schedagent.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
 
-from schedagent.errors import StoreUnavailableError
+from schedagent.core import wire
+from schedagent.errors import StoreUnavailableError, WireError
 from schedagent.etcd.election import Election
 from schedagent.etcd.store import CreateRevisionIs, Delete, Store
-from schedagent.nats.bus import Bus, encode
+from schedagent.nats.bus import Bus
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class LeaderHeartbeat:
 
     async def beat(self, token: int) -> None:
         """Run while leading."""
-        body = encode({"node": self.election.node_name, "token": token})
+        body = wire.beat(self.election.node_name, token)
         while True:
             await self.bus.publish(self.bus.subjects.leader(), body)
             await asyncio.sleep(INTERVAL)
@@ -55,8 +55,8 @@ class LeaderHeartbeat:
 
     async def _on_beat(self, msg: Any) -> None:
         try:
-            token = int(json.loads(msg.data)["token"])
-        except (ValueError, KeyError, TypeError):
+            token = wire.parse_beat(msg.data).token
+        except WireError:
             log.warning("dropping malformed leader heartbeat: %r", msg.data[:200])
             return
         self.last_beat[token] = time.monotonic()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,16 +15,17 @@ import nats.js.api as jsapi
 import nats.js.errors
 
 from schedagent.config import AgentConfig
-from schedagent.core import transitions
-from schedagent.core.model import JOB_ID_RE, Job, JobState, Outcome
+from schedagent.core import transitions, wire
+from schedagent.core.model import Job, JobState, Outcome
 from schedagent.daemon.gate import Gate, Refused, audit
 from schedagent.daemon.orphans import reap_previous_incarnation
-from schedagent.errors import ConflictError, NotFoundError, StoreUnavailableError
+from schedagent.daemon.running import OutputTail, RunningJob
+from schedagent.errors import ConflictError, NotFoundError, StoreUnavailableError, WireError
 from schedagent.etcd.jobstore import JobStore, Mutation
 from schedagent.etcd.session import Session
 from schedagent.host import journal
 from schedagent.host.runner import Command, job_environment, run_command
-from schedagent.nats.bus import Bus, encode
+from schedagent.nats.bus import Bus
 from schedagent.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -40,36 +39,6 @@ WRITE_RETRY_DELAY = 1.0
 PID_RECORD_DELAY = 1.0
 AGENT_STOPPED = "agent stopped"
 LEASE_LOST = "agent lost its etcd lease"
-
-
-@dataclasses.dataclass
-class RunningJob:
-    job_id: str
-    attempt: int
-    cpus: float
-    cancel: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    pid: int | None = None
-    # Set when the agent, not the job, ends the attempt: AGENT_STOPPED or LEASE_LOST.
-    interrupted: str | None = None
-    # The record as this worker last wrote it, and at which revision (0: unknown).
-    record: Job | None = None
-    revision: int = 0
-
-
-class OutputTail:
-    """The last `limit` bytes of a job's output, kept for its record."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > self.limit:
-            del self.data[: len(self.data) - self.limit]
-
-    def text(self) -> str:
-        return self.data.decode(errors="replace")
 
 
 class Worker:
@@ -145,12 +114,13 @@ class Worker:
             log.warning("handling a dispatch on %s: %s", msg.subject, exc)
 
     async def _handle_dispatch(self, msg: Any) -> None:
-        parsed = _parse_dispatch(msg.data)
-        if parsed is None:
+        try:
+            dispatch = wire.parse_dispatch(msg.data)
+        except WireError:
             log.warning("dropping malformed dispatch on %s: %r", msg.subject, msg.data[:200])
             await msg.term()
             return
-        job_id, attempt = parsed
+        job_id, attempt = dispatch.job, dispatch.attempt
         if not self.accepting:
             await msg.nak(delay=1)
             return
@@ -252,8 +222,9 @@ class Worker:
             tail.add(data)
             echo.feed(stream, data)
             text = decoders[stream].decode(data)
-            body = {"job": job.id, "attempt": running.attempt, "stream": stream, "data": text}
-            await self.bus.publish(subject, encode(body))
+            await self.bus.publish(
+                subject, wire.output_chunk(job.id, running.attempt, stream, text)
+            )
 
         command = Command(
             cmd=job.spec.cmd,
@@ -278,9 +249,7 @@ class Worker:
             await self._record_pid(job.id, running)
         outcome = await run
         echo.close()
-        await self.bus.publish(
-            subject, encode({"job": job.id, "attempt": running.attempt, "eof": True})
-        )
+        await self.bus.publish(subject, wire.output_end(job.id, running.attempt))
         return outcome
 
     async def _record_pid(self, job_id: str, running: RunningJob) -> None:
@@ -363,13 +332,13 @@ class Worker:
 
     async def _on_control(self, msg: Any) -> None:
         try:
-            body = json.loads(msg.data)
-            action, job_id = body["action"], body["job"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("dropping malformed control message: %r", msg.data[:200])
+            control = wire.parse_control(msg.data)
+        except WireError as exc:
+            log.warning("dropping malformed control message (%s): %r", exc, msg.data[:200])
             return
-        running = self.running.get(job_id) if isinstance(job_id, str) else None
-        if action == "cancel" and running is not None:
+        job_id = control.job
+        running = self.running.get(job_id)
+        if control.action == "cancel" and running is not None:
             log.info(
                 "job %s: cancel requested",
                 job_id,
@@ -423,16 +392,3 @@ class Worker:
 def _signer_of(job: Job) -> str | None:
     signature = job.spec.signature
     return None if signature is None else str(signature.get("key_id"))
-
-
-def _parse_dispatch(data: bytes) -> tuple[str, int] | None:
-    try:
-        body = json.loads(data)
-        job_id, attempt = body["job"], body["attempt"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-        return None
-    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-        return None
-    return job_id, attempt

@@ -4,57 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import ssl
 import time
-from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-import nats
 import nats.errors
 import nats.js.api as jsapi
 import nats.js.errors
 
 from schedagent.config import NatsConfig, OutputConfig
-from schedagent.core.model import SCHEMA_VERSION, Job
+from schedagent.core import wire
+from schedagent.core.model import Job
 from schedagent.core.names import Subjects
+from schedagent.nats.connect import connect, keep_reconnecting, tls_context
 
 log = logging.getLogger(__name__)
 
 EVENTS_MAX_AGE = 7 * 86400.0
 DISPATCH_MAX_AGE = 86400.0
 CLOSE_TIMEOUT = 5.0
-# A server whose host lost power sends no FIN: only unanswered pings reveal it. nats-py
-# pings every 120 s and gives up after 2, so an agent would stay deaf for minutes;
-# this notices in about 10 s and moves to another server.
-PING_INTERVAL = 3.0
-MAX_OUTSTANDING_PINGS = 3
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
-
-
-def without_secrets(urls: Sequence[str]) -> str:
-    """URLs as logs and STATUS= may show them: scheme, host and port, no user:password."""
-    shown = []
-    for url in urls:
-        parts = urlsplit(url)
-        shown.append(f"{parts.scheme}://{parts.hostname}:{parts.port}")
-    return ",".join(shown)
-
-
-def tls_context(ca_file: str) -> ssl.SSLContext:
-    """A client context that trusts only this CA and checks the server's name."""
-    try:
-        # With a cafile, the system's CAs are not loaded: only ours is trusted.
-        return ssl.create_default_context(cafile=ca_file)
-    except OSError as exc:  # ssl.SSLError is an OSError too
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise OSError(f"cannot load the NATS CA certificate {ca_file}: {reason}") from None
-
-
-def encode(body: dict[str, Any]) -> bytes:
-    return json.dumps({"v": SCHEMA_VERSION, **body}, separators=(",", ":")).encode()
 
 
 class Bus:
@@ -75,25 +44,19 @@ class Bus:
 
     async def connect(self) -> None:
         # The first connect fails fast so the caller can report why and retry; once
-        # connected, reconnect forever (nats-py reads these options on each attempt).
-        tls = tls_context(self.config.tls_ca) if self.config.tls_ca else None
-        self.nc = await nats.connect(
-            servers=list(self.config.urls),
+        # connected, reconnect forever.
+        self.nc = await connect(
+            self.config.urls,
             name=f"schedagent {self.name}",
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.5,
+            tls=tls_context(self.config.tls_ca) if self.config.tls_ca else None,
             connect_timeout=2,
-            ping_interval=PING_INTERVAL,
-            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+            reconnect_time_wait=0.5,
             drain_timeout=CLOSE_TIMEOUT,
-            allow_reconnect=False,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
-            tls=tls,
         )
-        self.nc.options["allow_reconnect"] = True
-        self.nc.options["max_reconnect_attempts"] = -1
+        keep_reconnecting(self.nc)
         self.js = self.nc.jetstream()
         await self.ensure_streams()
 
@@ -164,7 +127,7 @@ class Bus:
             await self.js.update_stream(config)
 
     async def publish_dispatch(self, node: str, job_id: str, attempt: int) -> None:
-        body = encode({"job": job_id, "attempt": attempt})
+        body = wire.dispatch(job_id, attempt)
         await self.js.publish(self.subjects.dispatch(node), body, timeout=5)
 
     def max_payload(self) -> int:
@@ -173,17 +136,7 @@ class Bus:
 
     async def publish_event(self, job: Job) -> None:
         """Tell followers about a state change; etcd already holds the truth."""
-        body = encode(
-            {
-                "job": job.id,
-                "state": str(job.state),
-                "attempt": job.attempt,
-                "node": job.node,
-                "exit_code": job.exit_code,
-                "reason": job.reason,
-                "time": time.time(),
-            }
-        )
+        body = wire.event(job, time.time())
         await self.publish(self.subjects.events(job.id), body)
 
     async def publish(self, subject: str, body: bytes) -> None:

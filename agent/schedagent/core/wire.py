@@ -1,0 +1,236 @@
+"""Every NATS message body, built and parsed in one place: the protocol as code."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from schedagent.core.model import JOB_ID_RE, SCHEMA_VERSION, Job
+from schedagent.errors import WireError
+
+# Every body is a JSON object with "v": VERSION. A reader ignores fields it does not
+# know, so a newer sender can add some without breaking an older reader.
+VERSION = SCHEMA_VERSION
+MAX_REQUEST_BYTES = 1024 * 1024
+OUTPUT_STREAMS = ("stdout", "stderr")
+Body = dict[str, Any]
+
+
+def encode(body: Mapping[str, Any]) -> bytes:
+    """Compact JSON with the protocol version in front."""
+    return json.dumps({"v": VERSION, **body}, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, what: str) -> Body:
+    """A JSON object, or WireError naming what was expected."""
+    try:
+        body = json.loads(data)
+    except ValueError as exc:
+        raise WireError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise WireError(f"{what} must be a JSON object")
+    return body
+
+
+def _job_id(body: Body, what: str) -> str:
+    job_id = body.get("job")
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise WireError(f"{what}: job must be a job id, got {job_id!r}")
+    return job_id
+
+
+def _attempt(body: Body, what: str) -> int:
+    attempt = body.get("attempt")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise WireError(f"{what}: attempt must be an integer >= 1, got {attempt!r}")
+    return attempt
+
+
+# {np}.dispatch.<node>: the leader tells a node to start an attempt.
+
+
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+    job: str
+    attempt: int
+
+
+def dispatch(job_id: str, attempt: int) -> bytes:
+    return encode({"job": job_id, "attempt": attempt})
+
+
+def parse_dispatch(data: bytes) -> Dispatch:
+    body = decode(data, "dispatch")
+    return Dispatch(_job_id(body, "dispatch"), _attempt(body, "dispatch"))
+
+
+# {np}.control.<node>: an agent tells the node running an attempt to stop it.
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+    action: str
+    job: str
+    attempt: int | None
+
+
+def cancel(job_id: str, attempt: int) -> bytes:
+    return encode({"action": "cancel", "job": job_id, "attempt": attempt})
+
+
+def parse_control(data: bytes) -> Control:
+    body = decode(data, "control message")
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise WireError(f"control message: action must be a string, got {action!r}")
+    attempt = body.get("attempt")
+    return Control(
+        action,
+        _job_id(body, "control message"),
+        attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
+    )
+
+
+# {np}.events.<job>: a state change, for followers; etcd holds the truth.
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    job: str
+    state: str
+    attempt: int
+    node: str | None
+    exit_code: int | None
+    reason: str | None
+    time: float
+
+
+def event(job: Job, now: float) -> bytes:
+    return encode(
+        {
+            "job": job.id,
+            "state": str(job.state),
+            "attempt": job.attempt,
+            "node": job.node,
+            "exit_code": job.exit_code,
+            "reason": job.reason,
+            "time": now,
+        }
+    )
+
+
+def parse_event(data: bytes) -> Event:
+    body = decode(data, "event")
+    state = body.get("state")
+    if not isinstance(state, str):
+        raise WireError(f"event: state must be a string, got {state!r}")
+    when = body.get("time")
+    return Event(
+        job=_job_id(body, "event"),
+        state=state,
+        attempt=_attempt(body, "event"),
+        node=_optional(body, "node", str),
+        exit_code=_optional(body, "exit_code", int),
+        reason=_optional(body, "reason", str),
+        time=float(when) if isinstance(when, int | float) else 0.0,
+    )
+
+
+def _optional(body: Body, name: str, kind: type[Any]) -> Any:
+    value = body.get(name)
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+# {np}.output.<job>: a job's output as it comes, then one end mark per attempt.
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputChunk:
+    job: str
+    attempt: int
+    stream: str
+    data: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputEnd:
+    job: str
+    attempt: int
+
+
+def output_chunk(job_id: str, attempt: int, stream: str, text: str) -> bytes:
+    return encode({"job": job_id, "attempt": attempt, "stream": stream, "data": text})
+
+
+def output_end(job_id: str, attempt: int) -> bytes:
+    return encode({"job": job_id, "attempt": attempt, "eof": True})
+
+
+def parse_output(data: bytes) -> OutputChunk | OutputEnd:
+    body = decode(data, "output message")
+    job_id = _job_id(body, "output message")
+    if body.get("eof"):
+        attempt = body.get("attempt")
+        return OutputEnd(job_id, attempt if isinstance(attempt, int) else 0)
+    text = body.get("data")
+    if not isinstance(text, str):
+        raise WireError("output message: data must be a string")
+    stream = body.get("stream")
+    return OutputChunk(job_id, _attempt(body, "output message"), str(stream), text)
+
+
+# {np}.leader: the leader's heartbeat, every LeaderHeartbeat.INTERVAL.
+
+
+@dataclasses.dataclass(frozen=True)
+class Beat:
+    node: str
+    token: int
+
+
+def beat(node: str, token: int) -> bytes:
+    return encode({"node": node, "token": token})
+
+
+def parse_beat(data: bytes) -> Beat:
+    body = decode(data, "leader heartbeat")
+    token = body.get("token")
+    if isinstance(token, bool) or not isinstance(token, int):
+        raise WireError(f"leader heartbeat: token must be an integer, got {token!r}")
+    return Beat(str(body.get("node")), token)
+
+
+# {np}.api.<verb>: a request from schedctl (or any client) and the agent's reply.
+
+
+def request(body: Mapping[str, Any] | None = None) -> bytes:
+    return encode(body or {})
+
+
+def parse_request(data: bytes) -> Body:
+    """The request object ({} for an empty body); WireError (a SpecError) if malformed."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise WireError(f"request larger than {MAX_REQUEST_BYTES} bytes")
+    if not data.strip():
+        return {}
+    return decode(data, "request")
+
+
+def ok(fields: Mapping[str, Any]) -> Body:
+    return {"ok": True, **fields}
+
+
+def error(code: str, message: str) -> Body:
+    """code: bad_request, not_found, unavailable or internal."""
+    return {"ok": False, "error": message, "code": code}
+
+
+def reply(body: Body) -> bytes:
+    return encode(body)
+
+
+def parse_reply(data: bytes) -> Body:
+    """The reply object, ok or not; WireError if it is not a JSON object."""
+    return decode(data, "reply")

@@ -1,0 +1,98 @@
+"""schedctl's argument types and checks: a bad argument is a usage error naming it."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from schedagent.core.model import JOB_ID_RE
+from schedagent.core.spec import USER_RE
+
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+if TYPE_CHECKING:
+    # Only recent click releases make ParamType generic; older ones cannot be subscripted.
+    FloatParam = click.ParamType[float, Any]
+    PairParam = click.ParamType[tuple[str, str], Any]
+    StrParam = click.ParamType[str, Any]
+else:
+    FloatParam = PairParam = StrParam = click.ParamType
+
+
+class PositiveNumber(FloatParam):
+    name = "number"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0 or number > 1e9:
+            self.fail(f"must be a number > 0 (and at most 1e9), got {value!r}", param, ctx)
+        return number
+
+
+class KeyValue(PairParam):
+    name = "KEY=VALUE"
+
+    def __init__(self, key_re: re.Pattern[str] | None = None) -> None:
+        self.key_re = key_re
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, val = str(value).partition("=")
+        if not sep or not key:
+            self.fail(f"expected KEY=VALUE, got {value!r}", param, ctx)
+        if self.key_re is not None and not self.key_re.match(key):
+            self.fail(f"{key!r} is not a valid variable name", param, ctx)
+        if "\0" in val:
+            self.fail(f"value of {key!r} holds a NUL byte", param, ctx)
+        return key, val
+
+
+class JobId(StrParam):
+    name = "JOB"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        job = str(value).strip().lower()
+        if not JOB_ID_RE.match(job):
+            self.fail(f"{value!r} is not a job id (20 hex digits)", param, ctx)
+        return job
+
+
+def check_cmd(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip() or "\0" in value:
+        raise click.BadParameter("must be a non-empty command with no NUL byte")
+    return value
+
+
+def check_user(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not USER_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a user name")
+    return value
+
+
+def check_cwd(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith("/"):
+        raise click.BadParameter(f"must be an absolute path on the node, got {value!r}")
+    return value
+
+
+def check_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not 0 < len(value) <= 256:
+        raise click.BadParameter("must be 1 to 256 characters")
+    return value
+
+
+def check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not PREFIX_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a NATS subject prefix")
+    return value

@@ -1,0 +1,41 @@
+"""What the worker knows of an attempt it runs: its cancel event, PID, record and output tail."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from schedagent.core.model import Job
+
+
+@dataclasses.dataclass
+class RunningJob:
+    """One attempt this worker runs."""
+
+    job_id: str
+    attempt: int
+    cpus: float
+    cancel: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    pid: int | None = None
+    # Set when the agent, not the job, ends the attempt (the worker's reason: stopped,
+    # lease lost).
+    interrupted: str | None = None
+    # The record as this worker last wrote it, and at which revision (0: unknown).
+    record: Job | None = None
+    revision: int = 0
+
+
+class OutputTail:
+    """The last `limit` bytes of a job's output, kept for its record."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
