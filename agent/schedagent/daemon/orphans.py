@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from schedagent.core.model import Job, JobState
+from schedagent.errors import NotFoundError
 from schedagent.etcd.jobstore import JobStore
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,8 @@ async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> in
     it (dev clusters, tests) the job processes outlive a killed agent. Their
     records are closed by the leader ("agent restarted").
     """
-    records, _ = await jobs.all()
     killed = 0
-    for job in stale_attempts([j for j, _ in records], node, lease):
+    for job in stale_attempts(await placed_jobs(jobs, node), node, lease):
         for pid in job_processes(job.id, job.attempt):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -67,3 +67,16 @@ async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> in
                 extra={"job_id": job.id, "attempt": job.attempt},
             )
     return killed
+
+
+async def placed_jobs(jobs: JobStore, node: str) -> list[Job]:
+    """The records of the jobs the placement index says hold CPUs on node: this node's
+    own work only, however long the history."""
+    found = []
+    for job_id, _ in await jobs.placed_on(node):
+        try:
+            job, _ = await jobs.get(job_id)
+        except NotFoundError:
+            continue  # deleted since: nothing of it can be running
+        found.append(job)
+    return found
