@@ -20,7 +20,7 @@ SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
 # A SIGPIPE delivered to schedctl's own handler, then a line on stdout if it survived.
 RAISE_SIGPIPE = (
     "import os, signal\n"
-    "from schedagent import ctl\n"
+    "from schedagent.ctl import main as ctl\n"
     "signal.signal(signal.SIGPIPE, ctl._on_sigpipe)\n"
     "os.kill(os.getpid(), signal.SIGPIPE)\n"
     "print('alive', flush=True)\n"
