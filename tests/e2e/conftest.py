@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from schedagent.deploy import PlaybookRun, Schedctl, playbook, write_inventory
-from schedagent.fleet import HOSTS, Fleet, QemuFleet, run
-from schedagent.root import cached_root
+
+from .deploy import PlaybookRun, Schedctl, playbook, write_inventory
+from .fleet import HOSTS, Fleet, QemuFleet, run
+from .root import cached_root
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("systemd-nspawn", "debootstrap", "ssh", "ssh-keygen", "ip", "dpkg-buildpackage")
@@ -99,7 +100,7 @@ def artifacts(e2e_dir: Path) -> tuple[Debs, Path]:
     try:
         root = cached_root()
         if HOSTS == "qemu":
-            from schedagent.vm import vm_root
+            from .vm import vm_root
 
             root = vm_root(root)
     finally:
