@@ -79,6 +79,9 @@ async def test_the_view_of_live_jobs_skips_an_older_versions_history(store: Stor
         await asyncio.wait_for(view.synced.wait(), 10)
         assert list(view.items) == [KEYS.job(live.id)]
         assert [j.id for j, _ in (await jobs.all())[0]] == [live.id]
+        # The watch goes on from the snapshot's revision.
+        later, _ = await jobs.create(parse_spec({"cmd": "true"}))
+        await wait_until(lambda: KEYS.job(later.id) in view.items, 10, "the watch to see a job")
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
@@ -125,6 +128,19 @@ async def test_placements_and_ends_written_together_keep_the_index(store: Store)
     assert {kv.key for kv in (await store.get_prefix(KEYS.done))[0]} == {
         KEYS.done_job(i) for i in ids[:2]
     }
+
+
+async def test_placement_keys_an_older_version_left_behind_are_dropped(store: Store) -> None:
+    jobs = JobStore(store, KEYS)
+    held, _ = await jobs.create(parse_spec({"cmd": "true"}))
+    held = await _step(jobs, held.id, lambda j: transitions.assign(j, "n1", time.time()))
+    # An older version finished this one on n1 without touching the index.
+    ended = finished_record(time.time(), "n1")
+    assert await store.txn([], [Put(KEYS.job(ended.id), ended.to_json())])
+    stale = [KEYS.placement("n1", ended.id), KEYS.placement("n1", "0" * 20)]
+    assert await store.txn([], [Put(key, b"1") for key in stale])
+    assert [j.id for j in await jobs.placed_records("n1")] == [held.id]
+    assert await jobs.placed_on("n1") == [(held.id, 1)]
 
 
 async def test_a_job_moving_to_done_is_never_reported_missing(store: Store) -> None:

@@ -18,17 +18,13 @@ NODE, OLD_LEASE, LEASE = "n1", 1, 2
 
 
 class Records:
-    """The JobStore reads the reaper makes, without etcd: the node's placement index,
-    then each job it names."""
+    """The one JobStore read the reaper makes (the node's placed jobs), without etcd."""
 
     def __init__(self, jobs: list[Job]) -> None:
-        self.jobs = {job.id: job for job in jobs}
+        self.jobs = jobs
 
-    async def placed_on(self, node: str) -> list[tuple[str, int]]:
-        return [(job.id, job.attempt) for job in self.jobs.values() if job.node == node]
-
-    async def get(self, job_id: str) -> tuple[Job, int]:
-        return self.jobs[job_id], 1
+    async def placed_records(self, node: str) -> list[Job]:
+        return [job for job in self.jobs if job.node == node]
 
 
 def stale_job(job_id: str) -> Job:

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from schedagent.core.model import Job, JobState
-from schedagent.errors import NotFoundError
 from schedagent.etcd.jobstore import JobStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,8 @@ async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> in
     records are closed by the leader ("agent restarted").
     """
     killed = 0
-    for job in stale_attempts(await placed_jobs(jobs, node), node, lease):
+    # This node's own work only, from the placement index, however long the history.
+    for job in stale_attempts(await jobs.placed_records(node), node, lease):
         # Per job: a running total would log every later job as killed too.
         count = _kill(job_processes(job.id, job.attempt))
         if count:
@@ -77,16 +77,3 @@ def _kill(pids: Iterable[int]) -> int:
             os.kill(pid, signal.SIGKILL)
             killed += 1
     return killed
-
-
-async def placed_jobs(jobs: JobStore, node: str) -> list[Job]:
-    """The records of the jobs the placement index says hold CPUs on node: this node's
-    own work only, however long the history."""
-    found = []
-    for job_id, _ in await jobs.placed_on(node):
-        try:
-            job, _ = await jobs.get(job_id)
-        except NotFoundError:
-            continue  # deleted since: nothing of it can be running
-        found.append(job)
-    return found

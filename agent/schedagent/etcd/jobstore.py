@@ -130,6 +130,30 @@ class JobStore:
                     log.warning("ignoring malformed placement key %s: %r", kv.key, kv.value[:40])
         return placed
 
+    async def placed_records(self, node: str) -> list[Job]:
+        """The records of the jobs holding CPUs on node, as the placement index names
+        them. A key whose record disagrees (left by a version that kept no index, or
+        its record deleted) is deleted on the way, unless it was written again since."""
+        prefix = self.keys.placed_on(node)
+        found = []
+        async for page in self.store.scan(prefix):
+            for kv in page.kvs:
+                job = await self._get_or_none(kv.key[len(prefix) :])
+                if job is not None and job.state.holds_cpus and job.node == node:
+                    found.append(job)
+                elif await self.store.txn(
+                    [ModRevisionIs(kv.key, kv.mod_revision)], [Delete(kv.key)]
+                ):
+                    log.info("dropped placement key %s: its job holds no CPUs there", kv.key)
+        return found
+
+    async def _get_or_none(self, job_id: str) -> Job | None:
+        try:
+            job, _ = await self.get(job_id)
+        except NotFoundError:
+            return None
+        return job
+
     async def newest(
         self, limit: int, state: JobState | None = None, before: str | None = None
     ) -> list[Job]:
