@@ -184,6 +184,41 @@ async def test_newest_merges_live_done_and_old_records_by_id(store: Store) -> No
     assert [j.id for j in succeeded] == sorted((j.id for j in done + old), reverse=True)
 
 
+async def test_newest_first_reads_windows_of_about_a_page_across_bursts_and_gaps(
+    store: Store,
+) -> None:
+    now = time.time()
+    # One a year ago, 50 over an hour a day ago, a burst of 300 over the last 30 ms.
+    times = [now - 365 * 86400] + [now - 90000 + i * 72 for i in range(50)]
+    times += [now - 0.03 + i * 1e-4 for i in range(300)]
+    records = [finished_record(t, "n1", tail_bytes=16) for t in times]
+    for first in range(0, len(records), 100):
+        batch = records[first : first + 100]
+        assert await store.txn([], [Put(KEYS.done_job(j.id), j.to_json()) for j in batch])
+    newest = sorted((j.id for j in records), reverse=True)
+    jobs = JobStore(store, KEYS)
+    for size in (1, 7, 64):
+        assert [j.id async for j in jobs.iter_newest(page_size=size)] == newest
+    assert [j.id async for j in jobs.iter_newest(before=newest[99], page_size=7)] == newest[100:]
+    # etcd sorts what a descending read's range holds: each holds about a page.
+    windows: list[tuple[str, str]] = []
+    read = store.range_page
+
+    async def spy(start: str, end: str, limit: int, **kw: Any) -> Any:
+        windows.append((start, end))
+        return await read(start, end, limit, **kw)
+
+    store.range_page = spy  # type: ignore[method-assign]
+    listed = []
+    async for job in jobs.iter_newest(page_size=10):
+        listed.append(job.id)
+        if len(listed) == 60:
+            break
+    assert listed == newest[:60]
+    held = [(await store.count(start, end))[0] for start, end in windows if KEYS.done in start]
+    assert len(held) >= 6 and max(held) <= 4 * 10, held
+
+
 async def _step(jobs: JobStore, job_id: str, mutate: Mutation) -> Job:
     job, changed = await jobs.update(job_id, mutate)
     assert changed, f"{job_id}: the transition did not apply to {job.state}"

@@ -8,7 +8,6 @@ view, an agent's own attempts) so never read history.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import time
@@ -18,6 +17,7 @@ from typing import TypeVar
 from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, new_job_id
 from schedagent.core.names import Keys
 from schedagent.errors import ConflictError, NotFoundError
+from schedagent.etcd.newest import NewestFirst
 from schedagent.etcd.store import (
     KV,
     Absent,
@@ -27,7 +27,6 @@ from schedagent.etcd.store import (
     Op,
     Put,
     Store,
-    prefix_end,
 )
 
 log = logging.getLogger(__name__)
@@ -180,7 +179,7 @@ class JobStore:
         """
         live_only = state is not None and not state.final
         prefixes = [self.keys.jobs] if live_only else [self.keys.jobs, self.keys.done]
-        cursors = [_Newest(self.store, p, before, page_size) for p in prefixes]
+        cursors = [NewestFirst(self.store, p, before, page_size) for p in prefixes]
         revision = 0
         while True:
             for cursor in cursors:
@@ -270,37 +269,6 @@ def _ops(keys: Keys, job: Job) -> list[Op]:
         # last attempt's node is the only one that can hold a key for this job.
         ops.append(Delete(keys.placement(job.attempts[-1].node, job.id)))
     return ops
-
-
-class _Newest:
-    """One prefix's keys from the newest end, a page at a time, for a merge."""
-
-    def __init__(self, store: Store, prefix: str, before: str | None, page_size: int) -> None:
-        self.store = store
-        self.prefix = prefix
-        self.end = prefix + before if before else prefix_end(prefix)
-        self.page_size = page_size
-        self.buffer: collections.deque[KV] = collections.deque()
-        self.more = True
-
-    def head_id(self) -> str:
-        return self.buffer[0].key[len(self.prefix) :]
-
-    async def fill(self, revision: int) -> int:
-        """Read the next page if the buffer is empty, at revision (0: the latest); the
-        revision read at, for the other prefix's pages."""
-        if self.buffer or not self.more:
-            return revision
-        page = await self.store.range_page(
-            self.prefix, self.end, self.page_size, descending=True, revision=revision
-        )
-        self.buffer.extend(page.kvs)
-        self.more = page.more and bool(page.kvs)
-        if page.kvs:
-            self.end = page.kvs[-1].key  # exclusive: the next page holds older keys only
-        if page.more:  # a shortened page: records are large, ask for that many next
-            self.page_size = max(len(page.kvs), 1)
-        return revision or page.revision
 
 
 def _copy(job: Job) -> Job:

@@ -253,6 +253,15 @@ class Store:
             kvs = [_kv(item) for item in reply.kvs]
             return Page(kvs, int(reply.header.revision), bool(reply.more))
 
+    async def count(self, start: str, end: str, revision: int = 0) -> tuple[int, int]:
+        """How many keys [start, end) holds at revision (0: the latest), from etcd's
+        index alone (no values are read), and the revision of the reply's header."""
+        request = aetcd.rpc.RangeRequest(
+            key=start.encode(), range_end=end.encode(), count_only=True, revision=revision
+        )
+        reply = await self._call(self._range(request))
+        return int(reply.count), int(reply.header.revision)
+
     async def _range(self, request: Any) -> Any:
         await self._client.connect()
         try:
