@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
+from typing import NamedTuple
 
 from schedagent.core.model import JobSpec
 from schedagent.core.placement import EPSILON, NodeView
 
 
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """What placement reads of a job; jobs of one shape are interchangeable for it."""
+class Shape(NamedTuple):
+    """What placement reads of a job; jobs of one shape are interchangeable for it.
+
+    A tuple, not a dataclass: it is made and hashed for every job change.
+    """
 
     cpus: float
     node: str | None
