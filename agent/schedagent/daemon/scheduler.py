@@ -91,9 +91,7 @@ class Scheduler:
         self._take_changes(now)
         await self._recover_lost(now)
         await self._redispatch(now)
-        self.view.release_due(now)
-        while batch := self.view.placements(now, PLACE_BATCH):
-            await self._assign(batch, now)
+        await self._place(now)
         next_timer = self.view.next_timer()
         wake_at = now + IDLE_WAKEUP if next_timer is None else min(next_timer, now + IDLE_WAKEUP)
         return max(wake_at - time.time(), MIN_WAKEUP)
@@ -142,7 +140,12 @@ class Scheduler:
             log.info("dispatching job %s attempt %d to %s again", job.id, job.attempt, job.node)
             await self._dispatch(job)
 
-    async def _assign(self, batch: list[Decision], now: float) -> None:
+    async def _place(self, now: float) -> None:
+        self.view.release_due(now)
+        while batch := self.view.placements(now, PLACE_BATCH):
+            await self._assign(batch)
+
+    async def _assign(self, batch: list[Decision]) -> None:
         """Write a batch of placements in one transaction, then dispatch them together.
 
         If any job changed meanwhile the transaction fails as a whole; then each is
