@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from schedagent.config import AgentConfig, JobsConfig
+from schedagent.core import transitions
 from schedagent.core.model import Job, JobSpec, JobState, NodeRecord
 from schedagent.core.names import Keys
+from schedagent.core.placement import PlacementIndex
 from schedagent.daemon import scheduler as scheduler_module
 from schedagent.daemon.scheduler import Scheduler
 from schedagent.dev.memstore import MemStore
@@ -60,15 +62,16 @@ class Cluster:
         self.election = election
         fence = [CreateRevisionIs(election, store.data[election].create_revision)]
         config = AgentConfig(node_name="t", jobs=JobsConfig(dispatch_timeout=TIMEOUT))
+        # MemStore and Bus here have the interface the scheduler uses, not the classes.
         jobs = JobStore(store, self.keys)  # type: ignore[arg-type]
         self.scheduler = Scheduler(
             config,
-            store,
+            store,  # type: ignore[arg-type]
             self.keys,
             jobs,
-            self.bus,
+            self.bus,  # type: ignore[arg-type]
             fence,
-            lambda: suspects,  # type: ignore[arg-type]
+            lambda: suspects,
         )
 
     def put_node(self, record: NodeRecord) -> None:
@@ -156,6 +159,37 @@ async def test_a_node_refresh_writes_and_sends_nothing(make: Any) -> None:
     await cluster.settle()
     assert cluster.store.revision == revision + 1  # the refresh itself, nothing else
     assert cluster.bus.dispatched == sent
+
+
+async def test_a_refresh_or_an_end_looks_at_no_other_job(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = Cluster(MemStore(), set())
+    cluster.put_node(node("n0"))
+    for n in range(200):
+        cluster.submit(n)
+    await make(cluster)
+    calls = {"rebuilt index": 0, "jobs checked for a lost node": 0}
+
+    def counted(name: str, real: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls[name] += 1
+            return real(*args)
+
+        return call
+
+    monkeypatch.setattr(
+        PlacementIndex, "_rebuild", counted("rebuilt index", PlacementIndex._rebuild)
+    )
+    lost_reason = counted("jobs checked for a lost node", transitions.lost_reason)
+    monkeypatch.setattr(transitions, "lost_reason", lost_reason)
+    cluster.put_node(NodeRecord("n0", "n0", 1.0, 1, 0, (5.0, 5.0, 5.0), {}, "t", 1.0, 1))
+    await cluster.settle()
+    assert calls == {"rebuilt index": 0, "jobs checked for a lost node": 0}
+    cluster.finish(0)
+    await cluster.settle()
+    assert cluster.placed() == {1: "n0"}
+    assert calls == {"rebuilt index": 0, "jobs checked for a lost node": 1}  # the new one
 
 
 async def test_without_the_fence_nothing_is_written(make: Any) -> None:
