@@ -44,16 +44,17 @@ class Retention:
 
     async def run(self) -> None:
         """Sweep now and then until cancelled or deposed (the scheduler notices too)."""
-        moved = False
+        rounds = 0
         while True:
             retention = self.jobs_config().retention
             try:
-                # Once per leadership, so an upgrade's old history leaves the live prefix.
-                if not moved:
-                    await self.move_old_final_records()
-                    moved = True
                 if retention > 0:
                     await self.sweep(time.time() - retention)
+                # Once per leadership, so an upgrade's old history leaves the live prefix;
+                # after a first pause, not while the new leader reads its view.
+                if rounds == 1:
+                    await self.move_old_final_records()
+                rounds += 1
             except StoreUnavailableError as exc:
                 log.warning("retention sweep skipped: %s", exc)
             except FencedError:
