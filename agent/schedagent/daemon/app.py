@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from schedagent.config import AgentConfig
 from schedagent.core.names import Keys
 from schedagent.daemon.api import Api
+from schedagent.daemon.etcd_reach import EtcdReach
+from schedagent.daemon.fence import Fence
 from schedagent.daemon.leader_heartbeat import LeaderHeartbeat
 from schedagent.daemon.registry import Registry
 from schedagent.daemon.reload import Reloader
@@ -147,6 +149,15 @@ async def _serve(
 ) -> int:
     jobs = JobStore(store, keys)
     worker = Worker(config, jobs, bus, lambda: session.lease_id)
+    election = Election(store, keys, session, config.node_name)
+    reach = EtcdReach(
+        bus,
+        session,
+        config.node_name,
+        lambda: {e.value for e in election.candidates.items.values()},
+    )
+    fence = Fence(session, worker, reach.stop_by)
+    worker.may_start = fence.may_start
     registry = Registry(store, keys, session, config, worker.usage)
     await worker.reap_leftovers()
     if not await until_ready(
@@ -154,7 +165,6 @@ async def _serve(
     ):
         heartbeat.stopping("stopped before the node was registered")
         return 0
-    election = Election(store, keys, session, config.node_name)
     api = Api(config, store, keys, jobs, bus, election)
     await api.start()
 
@@ -179,7 +189,7 @@ async def _serve(
     # Reloaded config goes to those who read it per use; the rest needs a restart.
     reloader = Reloader(config_path, config, [worker, registry, api], republish)
 
-    describe = _describer(election, worker, registry, session, bus, reloader)
+    describe = _describer(election, worker, registry, (session, bus, reloader, fence))
     log.info(
         "agent %s ready: %g CPUs, lease %x",
         config.node_name,
@@ -195,11 +205,10 @@ async def _serve(
                 tg.create_task(registry.run(), name="registry"),
                 tg.create_task(election.run(lead), name="election"),
                 tg.create_task(leader_beat.watch(), name="leader-watch"),
+                tg.create_task(fence.run(), name="fence"),
+                tg.create_task(reach.run(), name="etcd-reach"),
                 tg.create_task(heartbeat.keep_status(describe), name="status"),
-                # A lost etcd lease or NATS link withholds the pings: systemd restarts us.
-                tg.create_task(
-                    heartbeat.watchdog(lambda: session.healthy and bus.connected), name="watchdog"
-                ),
+                tg.create_task(heartbeat.watchdog(), name="watchdog"),
                 tg.create_task(_reloads(signals.reload, reloader, heartbeat, describe)),
             ]
             worker_task = tg.create_task(worker.run(), name="worker")
@@ -218,11 +227,10 @@ def _describer(
     election: Election,
     worker: Worker,
     registry: Registry,
-    session: Session,
-    bus: Bus,
-    reloader: Reloader,
+    parts: tuple[Session, Bus, Reloader, Fence],
 ) -> Callable[[], str]:
     """The STATUS= line, asked of the parts that know each fact."""
+    session, bus, reloader, fence = parts
 
     def describe() -> str:
         leader = election.leader()
@@ -232,7 +240,7 @@ def _describer(
                 leader.node if leader else None,
                 len(worker.running),
                 registry.draining,
-                (session.last_problem, bus.last_problem, reloader.problem),
+                (session.last_problem, bus.last_problem, reloader.problem, fence.problem),
             )
         )
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from schedagent.config import AgentConfig
-from schedagent.core import transitions
+from schedagent.core import fencing, transitions
 from schedagent.core.model import Job, JobState, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.core.placement import NodeView, PlacementIndex, free_cpus
@@ -57,6 +57,9 @@ class Scheduler:
         self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
         self.dispatched_at: dict[tuple[str, int], float] = {}
+        # (job, attempt) -> when (monotonic) this leader first saw its node lost.
+        self.lost_since: dict[tuple[str, int], float] = {}
+        self.lost_grace = fencing.lost_grace(config.node_ttl)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -89,8 +92,8 @@ class Scheduler:
         entries = sorted(self.job_view.items.values(), key=lambda e: e.value.id)
         active = [e for e in entries if not e.value.state.final]
         self._forget_dispatches(active)
-        await self._recover_lost(active, nodes, now)
-        wake_in = await self._redispatch(active, now)
+        wake_in = await self._recover_lost(active, nodes, now)
+        wake_in = min(wake_in, await self._redispatch(active, now))
         return min(wake_in, await self._place(active, nodes, now))
 
     def _forget_dispatches(self, active: list[Entry[Job]]) -> None:
@@ -100,7 +103,12 @@ class Scheduler:
 
     async def _recover_lost(
         self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
-    ) -> None:
+    ) -> float:
+        """Close attempts whose node is gone, a running one only after the grace (its
+        agent has killed it by then: docs/semantics.md, "Fenced execution"); returns
+        when to look again."""
+        wake_in, clock = IDLE_WAKEUP, time.monotonic()
+        seen: dict[tuple[str, int], float] = {}
         for entry in active:
             job: Job = entry.value
             node = nodes.get(job.node or "")
@@ -108,9 +116,16 @@ class Scheduler:
             reason = transitions.lost_reason(job, lease, started)
             if reason is None:
                 continue
+            since = seen[job.id, job.attempt] = self.lost_since.get((job.id, job.attempt), clock)
+            wait = fencing.retry_due(job.state, since, clock, self.lost_grace)
+            if wait > 0:
+                wake_in = min(wake_in, wait)
+                continue
             new = transitions.lose(_clone(job), job.node or "", reason, self.backoff, now)
             if new is not None and await self._write(new, entry.mod_revision):
                 log.warning("job %s attempt %d on %s: %s", job.id, job.attempt, job.node, reason)
+        self.lost_since = seen
+        return wake_in
 
     async def _redispatch(self, active: list[Entry[Job]], now: float) -> float:
         timeout = self.config.jobs.dispatch_timeout

@@ -53,6 +53,8 @@ class Worker:
         self.bus = bus
         self.running: dict[str, RunningJob] = {}
         self.accepting = True
+        # The fence's say (daemon/fence.py): no job starts while the lease may be gone.
+        self.may_start: Callable[[], bool] = lambda: True
         self.finished = 0
         self.handed_back = 0
         self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
@@ -121,7 +123,7 @@ class Worker:
             await msg.term()
             return
         job_id, attempt = dispatch.job, dispatch.attempt
-        if not self.accepting:
+        if not self.accepting or not self.may_start():
             await msg.nak(delay=1)
             return
         try:

@@ -42,7 +42,7 @@ class Heartbeat:
     """Keeps systemd's view current from inside the event loop.
 
     Both loops are plain tasks on the agent's loop: a blocked loop sends nothing, so
-    systemd's watchdog fires; an agent that lost etcd or NATS withholds its pings.
+    systemd's watchdog fires.
     """
 
     def __init__(self, notifier: Notifier) -> None:
@@ -68,18 +68,16 @@ class Heartbeat:
             await asyncio.sleep(STATUS_INTERVAL)
             self.status(describe())
 
-    async def watchdog(self, healthy: Callable[[], bool]) -> None:
-        """WATCHDOG=1 every half timeout, only while `healthy()`; returns if there is none."""
+    async def watchdog(self) -> None:
+        """WATCHDOG=1 every half timeout while the loop runs; returns if there is none.
+
+        Pings say only that the loop is responsive: an etcd or NATS outage must not
+        get the agent, and with it every job of the unit, killed (the fence stops jobs
+        when that is needed: daemon/fence.py).
+        """
         interval = self.notifier.watchdog_interval
         if interval is None:
             return
-        withheld = False
         while True:
+            self.notifier.watchdog()
             await asyncio.sleep(interval)
-            ok = healthy()
-            if ok:
-                self.notifier.watchdog()
-            if ok == withheld:
-                # Said once per change: the watchdog's verdict comes from systemd itself.
-                log.info("watchdog pings %s", "resumed" if ok else "withheld: cluster unhealthy")
-            withheld = not ok
