@@ -184,6 +184,32 @@ async def test_an_agent_cut_off_from_etcd_and_nats_stops_its_jobs_too(
     print(f"cut for {held:.1f}s; gap between attempts: min {min(gaps.values()):.2f}s")
 
 
+async def test_a_job_that_ended_while_its_agent_was_cut_off_keeps_its_outcome(
+    relays: list[Relay], cluster_factory: Any
+) -> None:
+    """It ended before the deadline; killing nothing, the fence must not record it
+    as cut off (and run it again): its end is written when the link is back."""
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST, start=False)
+    etcd = Relay(cluster.etcd.port).start()
+    relays.append(etcd)
+    cluster.agents[VICTIM].config["etcd"]["endpoints"] = [etcd.url("http")]
+    await cluster.astart()
+    async with ApiClient(cluster.nats_url) as api:
+        (job_id,) = await start_long_jobs(api, cluster, 1, 1.5, node=VICTIM, retries=1)
+        etcd.freeze()
+        files = mark_files(cluster)
+        await wait_until(lambda: marks.ends(marks.read(files))[job_id] == 1, 10, "its end")
+        # Past the deadline (and the lease's expiry), short of the leader's grace.
+        await asyncio.sleep(TTL + 1)
+        etcd.thaw()
+        (job,) = (
+            await wait_records(api, [job_id], lambda j: str(j.state) in FINAL, 30, "its end")
+        ).values()
+    assert (str(job.state), len(job.attempts), job.reason) == ("SUCCEEDED", 1, "exit code 0")
+    seen = marks.read(mark_files(cluster))
+    assert [(r.attempt, r.host) for r in marks.runs(seen)] == [(1, VICTIM)]
+
+
 OUTAGE_TTL = 5
 OUTAGE = 120.0
 # A watchdog as short as this TTL allows: the agents must keep pinging through it.

@@ -86,7 +86,7 @@ class Fence:
             return
         self.worker.interrupt_all(reason)
         for job in running:
-            if job.pid is not None and job.job_id not in self._sigkill_at:
+            if job.pid is not None and not job.ended and job.job_id not in self._sigkill_at:
                 self._sigkill_at[job.job_id] = (job.pid, now + fencing.FENCE_KILL_GRACE)
 
     def _escalate(self, now: float) -> None:

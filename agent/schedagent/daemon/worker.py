@@ -244,6 +244,9 @@ class Worker:
             running.pid = pid
 
         run = asyncio.create_task(run_command(command, on_output, running.cancel, on_start))
+        # Once the command has ended, its outcome is its own, whatever interrupt comes
+        # while its end is being written (a lost lease, a stop, the fence).
+        run.add_done_callback(lambda _: setattr(running, "ended", True))
         # Only a job that lives a while gets its PID recorded: for the many short ones
         # the extra etcd write would cost more than the job.
         done, _ = await asyncio.wait({run}, timeout=PID_RECORD_DELAY)
@@ -370,9 +373,10 @@ class Worker:
             await asyncio.wait(set(self._tasks))
 
     def interrupt_all(self, reason: str) -> None:
-        """Kill every running job; its attempt is recorded with this reason."""
+        """Kill every running job; its attempt is recorded with this reason. One whose
+        command has ended already (its end not yet written) keeps its own outcome."""
         for running in self.running.values():
-            if running.interrupted is None:
+            if running.interrupted is None and not running.ended:
                 log.warning(
                     "job %s attempt %d: killing it: %s",
                     running.job_id,
