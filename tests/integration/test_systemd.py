@@ -125,6 +125,23 @@ async def test_watchdog_cadence_goes_on_without_nats_and_jobs_see_none_of_it(
         agent.stop()
 
 
+def test_a_watchdog_too_long_for_the_lease_ttl_is_refused_at_start(
+    tmp_path: Path, etcd_server: EtcdServer, nats_server: NatsServer, notify: Notify
+) -> None:
+    """systemd would kill a frozen agent's jobs only after they run elsewhere."""
+    agent = make_agent(tmp_path, etcd_server, nats_server, notify, WATCHDOG_USEC="30000000")
+    agent.start()
+    try:
+        assert agent.wait(20) == 2
+        last = agent.log_tail(1)
+        assert "WatchdogSec=30s" in last and "node_ttl: 10" in last, last
+        assert "at most 3.75s" in last and "node_ttl to at least 64" in last, last
+        assert NODE_KEY not in etcd_server.keys("/schedagent/nodes/")
+        assert not [m for m in notify.messages() if "READY" in m.body]
+    finally:
+        agent.stop()
+
+
 def _pings_after(notify: Notify, since: float, count: int) -> list[float]:
     deadline = time.monotonic() + 20
     while True:

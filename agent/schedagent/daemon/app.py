@@ -27,7 +27,7 @@ from schedagent.etcd.session import Session
 from schedagent.etcd.store import Compare, CreateRevisionIs, Store
 from schedagent.etcd.tls import EtcdTls
 from schedagent.host.notify import Notifier
-from schedagent.host.service import Heartbeat, Snapshot, status_line
+from schedagent.host.service import Heartbeat, Snapshot, status_line, watchdog_problem
 from schedagent.nats.bus import Bus
 from schedagent.nats.connect import without_secrets
 from schedagent.tasks import cancel_and_wait
@@ -35,6 +35,7 @@ from schedagent.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY_MAX = 5.0
+EXIT_CONFIG = 2  # as cli's: the configuration (here, with the unit's) cannot work
 
 
 class Signals:
@@ -100,13 +101,31 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
 async def run_agent(
     config: AgentConfig, config_path: str | None = None, etcd_tls: EtcdTls | None = None
 ) -> int:
+    heartbeat = Heartbeat(Notifier.from_environ())
+    if not _watchdog_fits(heartbeat.notifier, config.node_ttl):
+        heartbeat.notifier.close()
+        return EXIT_CONFIG
     signals = Signals()
     signals.install()
-    heartbeat = Heartbeat(Notifier.from_environ())
     try:
         return await _run(config, config_path, etcd_tls, signals, heartbeat)
     finally:
         heartbeat.notifier.close()
+
+
+def _watchdog_fits(notifier: Notifier, ttl: int) -> bool:
+    """False (said in one line) if systemd's watchdog cannot kill a frozen agent in time."""
+    interval = notifier.watchdog_interval
+    problem = watchdog_problem(None if interval is None else 2 * interval, ttl)
+    if problem is not None:
+        log.error("%s", problem)
+        return False
+    if notifier.enabled and interval is None:
+        log.warning(
+            "no systemd watchdog (WatchdogSec=): if this agent freezes, its jobs run on "
+            "while they are retried elsewhere"
+        )
+    return True
 
 
 async def _run(
