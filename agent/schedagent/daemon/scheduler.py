@@ -13,7 +13,7 @@ from schedagent.core.model import Job, JobState, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.core.placement import NodeView, PlacementIndex, free_cpus
 from schedagent.errors import FencedError
-from schedagent.etcd.jobstore import JobStore, decode_job
+from schedagent.etcd.jobstore import JobStore, decode_job, decode_node
 from schedagent.etcd.mirror import Entry, Mirror
 from schedagent.etcd.store import KV, Compare, Store
 from schedagent.nats.bus import Bus
@@ -24,14 +24,6 @@ log = logging.getLogger(__name__)
 IDLE_WAKEUP = 5.0
 # etcd allows 128 operations per transaction by default (--max-txn-ops).
 PLACE_BATCH = 64
-
-
-def _decode_node(key: str, raw: bytes) -> NodeRecord | None:
-    try:
-        return NodeRecord.from_json(raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring malformed node record at %s: %s", key, exc)
-        return None
 
 
 class Scheduler:
@@ -214,6 +206,10 @@ class Scheduler:
     async def _check_fence(self) -> None:
         if not await self.jobs.fence_holds(self.fence):
             raise FencedError("the election key changed: another agent leads now")
+
+
+def _decode_node(key: str, raw: bytes) -> NodeRecord | None:
+    return decode_node(KV(key, raw, 0, 0, 0))
 
 
 def _decode_active(key: str, raw: bytes) -> Job | None:
