@@ -44,10 +44,14 @@ class EtcdReach:
     def stop_by(self) -> tuple[float, str]:
         """When this agent, past its deadline, must stop its jobs, and why (stop_by).
 
-        The peers are those etcd listed before it went away and any that answered.
+        The peers are those etcd listed when it was last reached, and any that answered
+        since (an agent that joined meanwhile); not one that answered only before and
+        has left since.
         """
-        others = (set(self.peers()) | set(self.reports)) - {self.node}
         session = self.session
+        since = session.refreshed_at if session.refreshed_at is not None else fencing.NEVER
+        lately = {name for name, heard in self.reports.items() if heard[-1].heard_at >= since}
+        others = (set(self.peers()) | lately) - {self.node}
         grace = fencing.lost_grace(session.ttl)
         return fencing.stop_by(others, self.reports, session.expiry, grace, session.clock())
 
