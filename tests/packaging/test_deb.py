@@ -38,7 +38,8 @@ ENABLED = "etc/systemd/system/multi-user.target.wants/schedagent.service"
 # What runs in the root sees none of this process's environment (venvs, PIP_*, ...).
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
-pytestmark = pytest.mark.slow
+# Two package builds (each a whole venv) in the module fixture: minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def _need_tools() -> None:
