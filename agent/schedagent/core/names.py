@@ -71,6 +71,9 @@ class Subjects:
     def leader(self) -> str:
         return f"{self.prefix}.leader"
 
+    def reach(self) -> str:
+        return f"{self.prefix}.reach"
+
     def control(self, node: str) -> str:
         return f"{self.prefix}.control.{node}"
 

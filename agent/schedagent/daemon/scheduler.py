@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from schedagent.config import AgentConfig
-from schedagent.core import transitions
+from schedagent.core import fencing, transitions
 from schedagent.core.leaderview import Decision, LeaderView
 from schedagent.core.model import Job, NodeRecord
 from schedagent.core.names import Keys
@@ -51,7 +51,8 @@ class Scheduler:
         self.bus = bus
         self.fence = list(fence)
         backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
-        self.view = LeaderView(config.jobs.dispatch_timeout, backoff)
+        grace = fencing.lost_grace(config.node_ttl)
+        self.view = LeaderView(config.jobs.dispatch_timeout, backoff, grace)
         self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
         # Keys changed since the last pass; the view takes them in at the pass's start,
@@ -127,7 +128,9 @@ class Scheduler:
                 self.view.set_job(key, entry.value, entry.mod_revision, now)
 
     async def _recover_lost(self, now: float) -> None:
-        for decision in self.view.lost(now):
+        # The grace is timed on the monotonic clock: a step of the wall clock must not
+        # cut it short (docs/semantics.md, "Fenced execution").
+        for decision in self.view.lost(now, time.monotonic()):
             job = self.view.jobs[decision.key].job
             if await self._write(decision):
                 log.warning(

@@ -1,0 +1,57 @@
+"""The mark reader and overlap checker (dev/marks.py), and the marking job itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from schedagent.dev import marks
+from schedagent.dev.marks import Mark, Run
+
+J = "018f0000000000000001"
+
+
+def lines(*entries: str) -> str:
+    return "".join(f"{e}\n" for e in entries)
+
+
+def test_parse_skips_a_line_cut_short() -> None:
+    text = lines(f"start {J} 1 10.0", f"beat {J} 1 10.2", f"beat {J} 1", "junk", f"end {J} x 1")
+    assert marks.parse(text, "n1") == [
+        Mark("start", J, 1, 10.0, "n1"),
+        Mark("beat", J, 1, 10.2, "n1"),
+    ]
+
+
+def test_a_killed_run_may_have_lived_one_beat_past_its_last_mark() -> None:
+    seen = marks.parse(lines(f"start {J} 1 10.0", f"beat {J} 1 12.0"), "n2")
+    assert marks.runs(seen) == [Run(J, 1, "n2", 10.0, 12.0, ended=False)]
+    assert marks.runs(seen)[0].until() == 12.0 + marks.PAD
+
+
+def test_overlap_is_found_across_hosts_and_a_clean_retry_is_not() -> None:
+    first = marks.parse(lines(f"start {J} 1 10.0", f"beat {J} 1 12.0"), "n2")
+    late = marks.parse(lines(f"start {J} 2 12.1", f"end {J} 2 20.0"), "n1")
+    clean = marks.parse(lines(f"start {J} 2 13.0", f"end {J} 2 20.0"), "n1")
+    assert marks.overlaps(first + late) == [
+        f"{J}: attempt 1 on n2 (until 12.30) and attempt 2 on n1 (from 12.10) overlap"
+    ]
+    assert marks.overlaps(first + clean) == []
+    assert marks.gaps(first + clean)[J] == pytest.approx(13.0 - 12.0 - marks.PAD)
+    assert marks.ends(first + clean) == {J: 1}
+
+
+def test_the_job_command_marks_start_beats_and_end(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "SCHED_JOB_ID": J, "SCHED_ATTEMPT": "3"}
+    subprocess.run(
+        ["/bin/sh", "-c", marks.job_command(0.6)], cwd=tmp_path, env=env, check=True, timeout=30
+    )
+    seen = marks.read({"here": tmp_path / marks.FILE, "gone": tmp_path / "missing"})
+    kinds = [m.kind for m in seen]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("beat") == 3
+    assert {(m.job, m.attempt, m.host) for m in seen} == {(J, 3, "here")}
+    (run,) = marks.runs(seen)
+    assert run.ended and 0.5 < run.last - run.start < 5
