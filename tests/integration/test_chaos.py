@@ -16,7 +16,7 @@ from typing import Any
 from apiclient import ApiClient
 from schedagent.core.model import Job
 from schedagent.dev.cluster import LocalCluster
-from schedagent.dev.invariants import check_jobs, summarize
+from schedagent.dev.invariants import check_jobs, check_placements, summarize
 
 JOBS = 1000
 TTL = 3
@@ -106,5 +106,8 @@ async def test_chaos_every_job_accounted_for(cluster_factory: Any) -> None:
     print(f"chaos: {summarize(records)} in {time.monotonic() - started:.0f}s")
     assert len(set(accepted)) == JOBS
     assert check_jobs(accepted, records) == []
+    prefix = f"{cluster.etcd_prefix}/placed/"
+    placed = [k[len(prefix) :].split("/") for k in cluster.live_etcd().keys(prefix)]
+    assert check_placements(records, [(node, job_id) for node, job_id in placed]) == []
     assert sum(1 for e in events if "SIGKILL" in e) >= 3, events
     assert any("SIGKILL leader" in e for e in events), events
