@@ -18,6 +18,7 @@ from schedagent.core.placement import NodeView, unplaceable_reason
 from schedagent.core.spec import parse_spec
 from schedagent.daemon.gate import Gate, Refused, audit
 from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
+from schedagent.etcd import malformed
 from schedagent.etcd.election import Election
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.store import Store
@@ -208,8 +209,8 @@ class Api:
         for kv in kvs:
             try:
                 nodes.append(NodeRecord.from_json(kv.value))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring malformed node record at %s: %s", kv.key, exc)
+            except ValueError as exc:
+                malformed.note("node", kv.key, kv.value, exc)
         return nodes
 
     async def leader(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from schedagent.core.model import Job, JobSpec, JobState, new_job_id
 from schedagent.core.names import Keys
 from schedagent.errors import ConflictError, NotFoundError
+from schedagent.etcd import malformed
 from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Put, Store, prefix_end
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,8 @@ def decode_job(kv: KV) -> Job | None:
     """The job in a KV, or None (logged) if the stored value is not a job record."""
     try:
         return Job.from_json(kv.value)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring malformed job record at %s: %s", kv.key, exc)
+    except ValueError as exc:
+        malformed.note("job", kv.key, kv.value, exc)
         return None
 
 
@@ -75,6 +76,24 @@ class JobStore:
             if job is not None:
                 jobs.append((job, kv.mod_revision))
         return jobs, revision
+
+    async def on_node(self, node: str, page_size: int = 256) -> list[tuple[Job, int]]:
+        """Jobs whose current attempt is ASSIGNED to or RUNNING on node, with the mod
+        revision each was read at: what the reconciler compares with what runs there.
+
+        A paged scan of every record for now; a per-node index can answer it instead.
+        """
+        found: list[tuple[Job, int]] = []
+        start, end = self.keys.jobs, prefix_end(self.keys.jobs)
+        while True:
+            page = await self.store.get_range(start, end, page_size)
+            for kv in page:
+                job = decode_job(kv)
+                if job is not None and job.node == node and job.state.holds_cpus:
+                    found.append((job, kv.mod_revision))
+            if len(page) < page_size:
+                return found
+            start = page[-1].key + "\0"
 
     async def newest(
         self, limit: int, state: JobState | None = None, before: str | None = None
