@@ -13,9 +13,10 @@ from schedagent.core.model import Job, JobState, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.core.placement import NodeView, PlacementIndex, free_cpus
 from schedagent.errors import FencedError
+from schedagent.etcd import malformed
 from schedagent.etcd.jobstore import JobStore, decode_job
 from schedagent.etcd.mirror import Entry, Mirror
-from schedagent.etcd.store import KV, Compare, Store
+from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Store
 from schedagent.nats.bus import Bus
 from schedagent.tasks import cancel_and_wait
 
@@ -29,8 +30,8 @@ PLACE_BATCH = 64
 def _decode_node(key: str, raw: bytes) -> NodeRecord | None:
     try:
         return NodeRecord.from_json(raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring malformed node record at %s: %s", key, exc)
+    except ValueError as exc:
+        malformed.note("node", key, raw, exc)
         return None
 
 
@@ -57,6 +58,9 @@ class Scheduler:
         self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
         self.dispatched_at: dict[tuple[str, int], float] = {}
+        self.dispatches: dict[tuple[str, int], int] = {}  # how often each was sent
+        self.pending_seen: dict[tuple[str, int], float] = {}  # when each was first seen
+        self.shunned: dict[str, float] = {}  # node -> until when it gets no new work
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -97,6 +101,12 @@ class Scheduler:
         live = {(e.value.id, e.value.attempt) for e in active if e.value.state == JobState.ASSIGNED}
         for key in self.dispatched_at.keys() - live:
             del self.dispatched_at[key]
+            self.dispatches.pop(key, None)
+        queued = {
+            (e.value.id, e.value.attempt) for e in active if e.value.state == JobState.PENDING
+        }
+        for key in self.pending_seen.keys() - queued:
+            del self.pending_seen[key]
 
     async def _recover_lost(
         self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
@@ -109,7 +119,14 @@ class Scheduler:
             if reason is None:
                 continue
             new = transitions.lose(_clone(job), job.node or "", reason, self.backoff, now)
-            if new is not None and await self._write(new, entry.mod_revision):
+            # Decided on the node record as read: compared with the job's, so a node
+            # that came back (or changed) meanwhile makes the verdict fail, not stand.
+            node_key = self.jobs.keys.node(job.node or "")
+            seen = self.node_view.items.get(node_key)
+            node_compare = (
+                Absent(node_key) if seen is None else ModRevisionIs(node_key, seen.mod_revision)
+            )
+            if new is not None and await self._write(new, entry.mod_revision, [node_compare]):
                 log.warning("job %s attempt %d on %s: %s", job.id, job.attempt, job.node, reason)
 
     async def _redispatch(self, active: list[Entry[Job]], now: float) -> float:
@@ -121,6 +138,8 @@ class Scheduler:
                 continue
             sent = self.dispatched_at.get((job.id, job.attempt))
             if sent is None or now - sent >= timeout:
+                if await self._hand_back_stalled(entry, now):
+                    continue
                 # Placed by a predecessor (its dispatch may be lost) or not taken up in time.
                 log.info("dispatching job %s attempt %d to %s again", job.id, job.attempt, job.node)
                 await self._dispatch(job, now)
@@ -128,11 +147,24 @@ class Scheduler:
             wake_in = min(wake_in, max(timeout - (now - sent), 0.1))
         return wake_in
 
+    async def _hand_back_stalled(self, entry: Entry[Job], now: float) -> bool:
+        """An attempt its live node has not taken up after several dispatches goes back
+        to the queue (its consumer may be gone, its agent wedged): whether it went."""
+        job = entry.value
+        sent = self.dispatches.get((job.id, job.attempt), 0)
+        new = transitions.stalled(_clone(job), sent, now)
+        if new is None or not await self._write(new, entry.mod_revision):
+            return False
+        log.warning("job %s attempt %d on %s: %s", job.id, job.attempt, job.node, new.reason)
+        # Its next placement should not go back to the node that did not take it up.
+        self.shunned[job.node or ""] = now + sent * self.config.jobs.dispatch_timeout
+        return True
+
     async def _place(
         self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
     ) -> float:
         # Suspect nodes (a leader that fell silent) take no new work, like draining ones.
-        suspect = self.suspects()
+        suspect = self.suspects() | {n for n, until in self.shunned.items() if until > now}
         views = [
             NodeView(n.name, n.cpus, n.labels, n.draining or n.name in suspect)
             for n in nodes.values()
@@ -144,20 +176,28 @@ class Scheduler:
             job: Job = entry.value
             if job.state != JobState.PENDING:
                 continue
-            if job.not_before > now:
-                wake_in = min(wake_in, job.not_before - now)
+            # On this leader's clock: the backoff from when it first saw the retry.
+            seen = self.pending_seen.setdefault((job.id, job.attempt), now)
+            eligible = transitions.eligible_at(job, seen)
+            if eligible > now:
+                wake_in = min(wake_in, eligible - now)
                 continue
-            target = index.choose(job.spec)
-            new = None if target is None else transitions.assign(_clone(job), target, now)
-            if target is None or new is None:
+            new = transitions.settle_cancel(_clone(job)) or self._choose(index, job, now)
+            if new is None:
                 continue
-            index.take(target, job.spec.cpus)
             batch.append((new, entry.mod_revision))
             if len(batch) == PLACE_BATCH:
                 await self._assign(batch, now)
                 batch = []
         await self._assign(batch, now)
         return wake_in
+
+    def _choose(self, index: PlacementIndex, job: Job, now: float) -> Job | None:
+        target = index.choose(job.spec)
+        new = None if target is None else transitions.assign(_clone(job), target, now)
+        if target is not None and new is not None:
+            index.take(target, job.spec.cpus)
+        return new
 
     async def _assign(self, batch: list[tuple[Job, int]], now: float) -> None:
         """Write a batch of placements in one transaction, then dispatch them together.
@@ -179,16 +219,17 @@ class Scheduler:
         await asyncio.gather(*(self._dispatch(job, now) for job in placed))
 
     async def _dispatch(self, job: Job, now: float) -> None:
-        if job.node is None:
+        if job.node is None or job.state != JobState.ASSIGNED:
             return
         self.dispatched_at[(job.id, job.attempt)] = now
+        self.dispatches[(job.id, job.attempt)] = self.dispatches.get((job.id, job.attempt), 0) + 1
         try:
             await self.bus.publish_dispatch(job.node, job.id, job.attempt)
         except Exception as exc:
             log.warning("dispatch of job %s to %s failed (%s); will retry", job.id, job.node, exc)
 
-    async def _write(self, job: Job, revision: int) -> bool:
-        written = await self.jobs.write(job, revision, self.fence)
+    async def _write(self, job: Job, revision: int, compares: Sequence[Compare] = ()) -> bool:
+        written = await self.jobs.write(job, revision, [*self.fence, *compares])
         if written:
             self.job_view.note_write(self.jobs.keys.job(job.id), written, job)
             await self.bus.publish_event(job)
