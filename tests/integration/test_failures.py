@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from apiclient import FINAL, ApiClient
-from helpers import live_processes_with, marker, wait_until
+from helpers import live_processes_with, marker, wait_until, wait_until_served
 from schedagent.core.model import Job
+from schedagent.dev import marks
 from schedagent.dev.cluster import LocalCluster
-from schedagent.dev.invariants import check_jobs
+from schedagent.dev.invariants import check_executions, check_jobs
 
 TTL = 3
 FAST = {
@@ -228,6 +230,77 @@ async def test_nats_restart_is_survived_and_wait_resumes(cluster_factory: Any) -
         jobs = await api.wait_all(ids, deadline=40)
         assert all(j["state"] == "SUCCEEDED" for j in jobs.values())
         await assert_invariants(api, [*ids, running])
+
+
+async def test_nats_restarted_without_its_storage_is_survived(cluster_factory: Any) -> None:
+    # Its streams and consumers are gone with its storage. Before: every dispatch
+    # failed ("no response from stream") or went to a consumer nobody fetched from,
+    # and jobs stayed ASSIGNED for good.
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        assert (await api.wait_for(await api.submit("echo before")))["state"] == "SUCCEEDED"
+    cluster.nats.kill()
+    shutil.rmtree(cluster.nats.store_dir)
+    cluster.nats.start()
+    async with ApiClient(cluster.nats_url) as api:
+        await wait_until_served(api.nc, deadline=15)
+        ids = [await api.submit(f"echo after-{i}", node=f"node{i % 3 + 1}") for i in range(9)]
+        jobs = await api.wait_all(ids, deadline=40)
+        assert all(j["state"] == "SUCCEEDED" for j in jobs.values()), jobs
+        await assert_invariants(api, ids)
+
+
+async def test_a_deleted_dispatch_consumer_is_made_again(cluster_factory: Any) -> None:
+    # Before: the worker fetched from a consumer that no longer existed, which only
+    # ever times out, and its jobs stayed ASSIGNED.
+    cluster: LocalCluster = cluster_factory(2, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        assert (await api.wait_for(await api.submit("true", node="node1")))["state"] == "SUCCEEDED"
+        await api.nc.jetstream().delete_consumer("SCHED_DISPATCH", "node-node1")
+        ids = [await api.submit(f"echo after-{i}", node="node1") for i in range(5)]
+        jobs = await api.wait_all(ids, deadline=30)
+        assert all(j["state"] == "SUCCEEDED" for j in jobs.values()), jobs
+
+
+async def test_an_attempt_a_live_node_does_not_take_up_goes_elsewhere(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    # A follower frozen with its lease alive (a long TTL): its record says it is
+    # there, so the leader places on it and nothing takes the dispatch up. Before:
+    # ASSIGNED there until the lease ran out (30 s).
+    ttl = 30
+    overrides = {**FAST, "node_ttl": ttl, "jobs": {**FAST["jobs"], "dispatch_timeout": 1.0}}
+    cluster: LocalCluster = cluster_factory(
+        2, agent_overrides=overrides, cpus={"node1": 2.0, "node2": 2.0}
+    )
+    ran = tmp_path / "marks"
+    async with ApiClient(cluster.nats_url) as api:
+        leader = await leader_of(api)
+        frozen = next(name for name in cluster.agents if name != leader)
+        # The leader's CPUs taken, so the job can only be placed on the frozen node.
+        blocker = await api.submit("sleep 600", node=leader, cpus=2)
+        await api.wait_for(blocker, {"RUNNING"})
+        cluster.agents[frozen].pause()
+        try:
+            job_id = await api.submit(marks.marked("echo ran", ran), retries=0)
+            placed = await api.wait_for(job_id, {"ASSIGNED"})
+            assert placed["node"] == frozen
+            back = await wait_until_attempt(api, job_id, 2, deadline=10)
+            await api.call("cancel", id=blocker)
+            job = await api.wait_for(job_id, deadline=15)
+        finally:
+            cluster.agents[frozen].resume()
+    assert back["attempts"][0]["state"] == "handed back", back
+    *before, last = job["attempts"]
+    assert before and all(
+        (a["node"], a["state"]) == (frozen, "handed back")
+        and a["reason"].startswith("not taken up by its node after 3 dispatches")
+        for a in before
+    ), job["attempts"]
+    assert (job["state"], last["node"]) == ("SUCCEEDED", leader), job
+    records = {job_id: Job.from_dict(job)}
+    assert check_executions(marks.read(ran), records) == []
+    assert check_jobs([job_id], records) == []
 
 
 async def wait_until_answering(api: ApiClient, job_id: str, deadline: float) -> None:

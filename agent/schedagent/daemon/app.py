@@ -13,6 +13,7 @@ from schedagent.config import AgentConfig
 from schedagent.core.names import Keys
 from schedagent.daemon.api import Api
 from schedagent.daemon.leader_heartbeat import LeaderHeartbeat
+from schedagent.daemon.reconciler import Reconciler
 from schedagent.daemon.registry import Registry
 from schedagent.daemon.reload import Reloader
 from schedagent.daemon.retention import Retention
@@ -192,6 +193,7 @@ async def _serve(
             background = [
                 tg.create_task(session.keep_alive(), name="lease"),
                 tg.create_task(worker.follow_lease(session), name="lease-follower"),
+                tg.create_task(Reconciler(worker, session).run(), name="reconciler"),
                 tg.create_task(registry.run(), name="registry"),
                 tg.create_task(election.run(lead), name="election"),
                 tg.create_task(leader_beat.watch(), name="leader-watch"),
