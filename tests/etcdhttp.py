@@ -45,3 +45,11 @@ def under(endpoint: str, prefix: str) -> dict[str, bytes]:
     return {
         base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")) for kv in kvs
     }
+
+
+def revisions(endpoint: str, prefix: str) -> list[tuple[bytes, int]]:
+    """(value, create revision) of every key under prefix."""
+    end = prefix[:-1].encode() + bytes([ord(prefix[-1]) + 1])
+    body = {"key": _b64(prefix.encode()), "range_end": _b64(end)}
+    kvs = _post(endpoint, "/v3/kv/range", body).get("kvs", [])
+    return [(base64.b64decode(kv.get("value", "")), int(kv["create_revision"])) for kv in kvs]

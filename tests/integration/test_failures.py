@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import etcdhttp
 from apiclient import FINAL, ApiClient
 from helpers import live_processes_with, marker, wait_until, wait_until_served
 from schedagent.core.model import Job
@@ -49,22 +50,30 @@ async def records(api: ApiClient) -> dict[str, Job]:
     return {j["id"]: Job.from_dict(j) for j in jobs}
 
 
-async def assert_invariants(api: ApiClient, accepted: list[str]) -> None:
-    assert check_jobs(accepted, await records(api)) == []
+async def assert_invariants(api: ApiClient, accepted: list[str], ran: Path | None = None) -> None:
+    """The records' invariants; with ran, the jobs' own marks agree with the records."""
+    found = await records(api)
+    assert check_jobs(accepted, found) == []
+    if ran is not None:
+        mine = {job_id: found[job_id] for job_id in accepted}
+        assert check_executions(marks.read(ran), mine) == []
 
 
-async def test_worker_killed_mid_job_is_retried_elsewhere_within_ttl(cluster_factory: Any) -> None:
+async def test_worker_killed_mid_job_is_retried_elsewhere_within_ttl(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    ran = tmp_path / "marks"
     async with ApiClient(cluster.nats_url) as api:
-        retried = await api.submit(f"sleep 2; echo done-{marker()}", retries=1)
-        spent = await api.submit(f"sleep {marker()}", retries=0)
+        retried = await api.submit(marks.marked(f"sleep 2; echo done-{marker()}", ran), retries=1)
+        spent = await api.submit(marks.marked(f"sleep {marker()}", ran, beat=True), retries=0)
         job = await api.wait_for(retried, {"RUNNING"})
         victim = job["node"]
         # Put the second job on the same node, so one kill tests both outcomes.
         other = await api.get(spent)
         if other["node"] != victim:
             await api.call("cancel", id=spent)
-            spent = await api.submit(f"sleep {marker()}", node=victim)
+            spent = await api.submit(marks.marked(f"sleep {marker()}", ran, beat=True), node=victim)
         await api.wait_for(spent, {"RUNNING"})
         cluster.agents[victim].kill()
         killed_at = time.monotonic()
@@ -82,30 +91,42 @@ async def test_worker_killed_mid_job_is_retried_elsewhere_within_ttl(cluster_fac
 
         done = await api.wait_for(retried, deadline=20)
         assert done["state"] == "SUCCEEDED" and done["attempts"][-1]["node"] != victim
-        await assert_invariants(api, [retried, spent])
+        # From the jobs' side: attempt 1 (outliving its agent, as outside systemd) was
+        # over before attempt 2 began elsewhere.
+        await assert_invariants(api, [retried, spent], ran)
 
 
-async def test_late_report_of_a_lost_node_is_fenced(cluster_factory: Any) -> None:
+async def test_late_report_of_a_lost_node_is_fenced(cluster_factory: Any, tmp_path: Path) -> None:
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    ran = tmp_path / "marks"
     async with ApiClient(cluster.nats_url) as api:
-        job_id = await api.submit("sleep 4; echo late", retries=1)
+        # Shorter than the TTL: it is over before the leader retries it elsewhere.
+        job_id = await api.submit(marks.marked("sleep 1; echo late", ran), retries=1)
         victim = (await api.wait_for(job_id, {"RUNNING"}))["node"]
         cluster.agents[victim].pause()  # frozen past its lease: the cluster moves on
         try:
             await wait_until_attempt(api, job_id, 2, TTL + 5)
         finally:
             cluster.agents[victim].resume()
+        # Back, the victim learns how its attempt ended and reports it: once it runs
+        # nothing (its node record says so), the report has been made and judged.
+        await wait_until(lambda: _runs_nothing(cluster, victim), 20, f"{victim} to report")
         done = await api.wait_for(job_id, deadline=30)
-        assert done["state"] == "SUCCEEDED"
-        assert done["attempts"][0]["node"] == victim
-        assert done["attempts"][1]["node"] != victim
-        log = cluster.agents[victim]
-        await wait_until(
-            lambda: "result not recorded" in log.log_tail(400) or "killing it" in log.log_tail(400),
-            20,
-            "the fenced report",
-        )
-        await assert_invariants(api, [job_id])
+    first, second = done["attempts"]
+    # The late report would have made attempt 1 SUCCEEDED (exit code 0): it was refused.
+    assert (first["node"], first["state"], first["reason"]) == (victim, "FAILED", "node lost")
+    assert first["exit_code"] is None
+    assert (done["state"], second["state"], done["attempt"]) == ("SUCCEEDED", "SUCCEEDED", 2)
+    assert second["node"] != victim
+    assert sorted(marks.read(ran)) == [(job_id, 1), (job_id, 2)]
+    assert check_executions(marks.read(ran), {job_id: Job.from_dict(done)}) == []
+    log = cluster.agents[victim].log_tail(400)
+    assert "result not recorded" in log or "killing it" in log  # and it says so
+
+
+def _runs_nothing(cluster: LocalCluster, node: str) -> bool:
+    raw = etcdhttp.get(cluster.etcd_endpoint, f"{cluster.etcd_prefix}/nodes/{node}")
+    return raw is not None and json.loads(raw)["running_jobs"] == 0
 
 
 async def wait_until_attempt(
@@ -149,23 +170,29 @@ async def test_restarted_agent_closes_its_old_attempts_and_kills_leftovers(
         await assert_invariants(api, [job_id])
 
 
-async def test_leader_killed_mid_placement_loses_nothing(cluster_factory: Any) -> None:
+async def test_leader_killed_mid_placement_loses_nothing(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    ran = tmp_path / "marks"
     async with ApiClient(cluster.nats_url) as api:
         leader = await leader_of(api)
         ids = await asyncio.gather(
-            *(api.submit(f"sleep 0.{i % 5}; echo {i}", retries=2) for i in range(60))
+            *(
+                api.submit(marks.marked(f"sleep 0.{i % 5}; echo {i}", ran), retries=2)
+                for i in range(60)
+            )
         )
         cluster.agents[leader].kill()
         survivors = [name for name in cluster.agents if name != leader]
         new_leader = await leader_of(api, deadline=TTL + 5, not_=leader)
         assert new_leader in survivors
-        more = [await api.submit("echo after", retries=2) for _ in range(5)]
+        more = [await api.submit(marks.marked("echo after", ran), retries=2) for _ in range(5)]
         jobs = await api.wait_all(list(ids) + more, deadline=60)
         assert all(j["state"] == "SUCCEEDED" for j in jobs.values()), [
             (j["id"], j["state"], j["reason"]) for j in jobs.values() if j["state"] != "SUCCEEDED"
         ]
-        await assert_invariants(api, list(ids) + more)
+        await assert_invariants(api, list(ids) + more, ran)
 
 
 async def test_after_a_leader_dies_no_job_is_placed_on_its_node(cluster_factory: Any) -> None:
@@ -183,26 +210,49 @@ async def test_after_a_leader_dies_no_job_is_placed_on_its_node(cluster_factory:
         assert all(node != old and state == "SUCCEEDED" for node, state in placed), placed
 
 
-async def test_paused_leader_is_deposed_fenced_and_steps_down(cluster_factory: Any) -> None:
+async def test_paused_leader_is_deposed_fenced_and_steps_down(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    ran = tmp_path / "marks"
     async with ApiClient(cluster.nats_url) as api:
         old = await leader_of(api)
         cluster.agents[old].pause()
         try:
             new = await leader_of(api, deadline=TTL + 5, not_=old)
-            ids = [await api.submit("echo while-paused", retries=1) for _ in range(10)]
+            ids = [
+                await api.submit(marks.marked("echo while-paused", ran), retries=1)
+                for _ in range(10)
+            ]
             jobs = await api.wait_all(ids, deadline=30)
             assert all(j["state"] == "SUCCEEDED" for j in jobs.values())
         finally:
             cluster.agents[old].resume()
-        log = cluster.agents[old]
+        # Back, the old leader stands again behind the new one: its candidate key is
+        # newer, so whatever it still wrote from its stale view failed the fence.
         await wait_until(
-            lambda: "no longer leader" in log.log_tail(300), 15, "the old leader to step down"
+            lambda: _candidate_revisions(cluster).get(old, 0) > _candidate_revisions(cluster)[new],
+            15,
+            "the old leader to stand again behind the new one",
         )
         assert (await api.call("leader"))["leader"]["node"] == new
-        after = [await api.submit("echo after-resume", retries=1) for _ in range(10)]
+        after = [
+            await api.submit(marks.marked("echo after-resume", ran), retries=1) for _ in range(10)
+        ]
         await api.wait_all(after, deadline=30)
-        await assert_invariants(api, ids + after)
+        # Every job placed once and run once: no stale placement of the old leader's
+        # reached a record or a node.
+        found = await records(api)
+        assert all([a.n for a in found[i].attempts] == [1] for i in ids + after)
+        await assert_invariants(api, ids + after, ran)
+        assert sorted(marks.read(ran)) == sorted((i, 1) for i in ids + after)
+    assert "no longer leader" in cluster.agents[old].log_tail(300)  # and it says so
+
+
+def _candidate_revisions(cluster: LocalCluster) -> dict[str, int]:
+    """Each node's election candidacy: the create revision of its key (its token)."""
+    keys = etcdhttp.revisions(cluster.etcd_endpoint, f"{cluster.etcd_prefix}/election/")
+    return {value.decode(): created for value, created in keys}
 
 
 async def test_nats_restart_is_survived_and_wait_resumes(cluster_factory: Any) -> None:
@@ -342,10 +392,11 @@ async def test_killing_the_etcd_member_in_use_fails_over(cluster_factory: Any) -
         assert (await api.call("leader"))["leader"] is not None
 
 
-async def test_all_of_etcd_down_for_a_while(cluster_factory: Any) -> None:
+async def test_all_of_etcd_down_for_a_while(cluster_factory: Any, tmp_path: Path) -> None:
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    ran = tmp_path / "marks"
     async with ApiClient(cluster.nats_url) as api:
-        running = await api.submit("sleep 2; echo survived")
+        running = await api.submit(marks.marked("sleep 2; echo survived", ran))
         await api.wait_for(running, {"RUNNING"})
         cluster.etcd.kill()
         body = {"v": 1, "spec": api.signed({"cmd": "true"})}
@@ -357,7 +408,7 @@ async def test_all_of_etcd_down_for_a_while(cluster_factory: Any) -> None:
         await wait_until_answering(api, running, deadline=15)
         done = await api.wait_for(running, deadline=40)
         assert done["state"] in FINAL
-        ids = [await api.submit(f"echo back-{i}", retries=1) for i in range(10)]
+        ids = [await api.submit(marks.marked(f"echo back-{i}", ran), retries=1) for i in range(10)]
         jobs = await api.wait_all(ids, deadline=40)
         assert all(j["state"] == "SUCCEEDED" for j in jobs.values())
-        await assert_invariants(api, [running, *ids])
+        await assert_invariants(api, [running, *ids], ran)
