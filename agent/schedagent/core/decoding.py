@@ -6,12 +6,24 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-# What JSON gives for each annotated Python type. A number field takes an int or a float
-# (never a bool, which json would otherwise pass as an int).
-_Check = typing.Callable[[object], bool]
+_NONE = type(None)
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldCheck:
+    """The JSON types a field may hold, and a deeper look for some (finite numbers,
+    maps of strings); type(value) in kinds is the whole check for most fields."""
+
+    kinds: frozenset[type]
+    deep: Callable[[Any], bool] | None = None
+
+    def __call__(self, value: object) -> bool:
+        if type(value) not in self.kinds:
+            return False
+        return self.deep is None or value is None or self.deep(value)
 
 
 def is_number(value: object) -> bool:
@@ -20,50 +32,41 @@ def is_number(value: object) -> bool:
     return math.isfinite(value)
 
 
-def _integer(value: object) -> bool:
-    return type(value) is int
+def _finite(value: Any) -> bool:
+    return type(value) is int or math.isfinite(value)
 
 
-def _string_map(value: object) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    )
+def _strings(value: Any) -> bool:
+    return all(type(k) is str and type(v) is str for k, v in value.items())
 
 
-def _exactly(kind: type) -> _Check:
-    return lambda value: type(value) is kind
-
-
-_SIMPLE: dict[Any, _Check] = {
-    float: is_number,
-    int: _integer,
-    bool: _exactly(bool),
-    str: _exactly(str),
-    type(None): lambda value: value is None,
-    Any: lambda _value: True,
-}
-
-
-def _check_for(hint: Any) -> _Check:
-    """A predicate for one annotation (the shapes our records use, nothing more)."""
-    if hint in _SIMPLE:
-        return _SIMPLE[hint]
+def _check_for(hint: Any) -> FieldCheck:
+    """The check of one annotation (the shapes our records use, nothing more)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        checks = [_check_for(arg) for arg in args]
-        return lambda value: any(check(value) for check in checks)
+        parts = [_check_for(arg) for arg in args]
+        deep = [p.deep for p in parts if p.deep is not None]
+        if len(deep) > 1:
+            raise TypeError(f"no JSON check for {hint!r}")
+        return FieldCheck(frozenset().union(*(p.kinds for p in parts)), deep[0] if deep else None)
+    if hint is float:
+        return FieldCheck(frozenset({int, float}), _finite)
+    if hint in (int, bool, str, _NONE):
+        return FieldCheck(frozenset({hint}))
+    if hint is Any:
+        return FieldCheck(frozenset({dict, list, str, int, float, bool, _NONE}))
     if origin is Mapping or origin is dict:
-        return _string_map if args == (str, str) else lambda value: isinstance(value, dict)
+        return FieldCheck(frozenset({dict}), _strings if args == (str, str) else None)
     if origin in (list, tuple):
-        return lambda value: isinstance(value, list | tuple)
+        return FieldCheck(frozenset({list, tuple}))
     if isinstance(hint, type) and issubclass(hint, str):  # a StrEnum: its value is checked later
-        return lambda value: isinstance(value, str)
+        return FieldCheck(frozenset({str}))
     if dataclasses.is_dataclass(hint):
-        return lambda value: isinstance(value, dict)
+        return FieldCheck(frozenset({dict}))
     raise TypeError(f"no JSON check for {hint!r}")
 
 
-def field_checks(cls: type[Any], skip: frozenset[str] = frozenset()) -> dict[str, _Check]:
+def field_checks(cls: type[Any], skip: frozenset[str] = frozenset()) -> dict[str, FieldCheck]:
     """A check per field of a dataclass, made once when the module loads."""
     hints = typing.get_type_hints(cls)
     return {
@@ -72,25 +75,24 @@ def field_checks(cls: type[Any], skip: frozenset[str] = frozenset()) -> dict[str
 
 
 def split(
-    data: object, what: str, checks: Mapping[str, _Check], required: frozenset[str]
+    data: object, what: str, checks: Mapping[str, FieldCheck], required: frozenset[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(known fields, unknown fields) of a JSON object; ValueError if it is not one,
     lacks a required field or holds a known field of the wrong type."""
     if not isinstance(data, dict):
         raise ValueError(f"{what} must be a JSON object, not {type(data).__name__}")
-    missing = sorted(required - data.keys())
-    if missing:
-        raise ValueError(f"{what} lacks {', '.join(missing)}")
+    if not required <= data.keys():
+        raise ValueError(f"{what} lacks {', '.join(sorted(required - data.keys()))}")
     known: dict[str, Any] = {}
     unknown: dict[str, Any] = {}
     for name, value in data.items():
         check = checks.get(name)
         if check is None:
             unknown[name] = value
-        elif not check(value):
-            raise ValueError(f"{what}: {name} has the wrong type ({type(value).__name__})")
-        else:
+        elif check(value):
             known[name] = value
+        else:
+            raise ValueError(f"{what}: {name} has the wrong type ({type(value).__name__})")
     return known, unknown
 
 
