@@ -37,7 +37,7 @@ async def test_a_signal_python_has_no_name_for_ends_the_job(api: ApiClient, tmp_
     assert (job["state"], job["reason"]) == ("FAILED", "killed by SIGRTMIN+1"), job
     assert [a["reason"] for a in job["attempts"]] == ["killed by SIGRTMIN+1"] * 2
     records = {job_id: Job.from_dict(job)}
-    assert check_executions(marks.read(ran), records) == []
+    assert check_executions(marks.read_file(ran), records) == []
     assert check_jobs([job_id], records) == []
 
 

@@ -26,7 +26,7 @@ FAST = {"jobs": {"retry_backoff": 0.2, "dispatch_timeout": 2.0, "kill_grace": 1.
 
 def check_ran(ran: Path, job: dict[str, Any], acknowledged: float, grace: float) -> None:
     records = {job["id"]: Job.from_dict(job)}
-    runs = marks.read(ran)
+    runs = marks.read_file(ran)
     assert check_executions(runs, records) == []
     assert check_cancels(runs, {job["id"]: acknowledged}, records, grace) == []
     assert check_jobs([job["id"]], records) == []
@@ -81,7 +81,9 @@ async def test_a_job_whose_node_is_lost_after_its_cancel_is_not_retried(
         # Back, the frozen agent finds its lease gone and its attempt not its own: it
         # kills the process (before the lease-lost path or the reconciler, whichever).
         await wait_until(
-            lambda: marks.read(ran)[(job_id, 1)].last < time.time() - 1.0, 15, "the kill"
+            lambda: marks.by_attempt(marks.read_file(ran))[(job_id, 1)].last < time.time() - 1.0,
+            15,
+            "the kill",
         )
     assert (job["state"], job["reason"], job["attempt"]) == ("CANCELED", "canceled", 1), job
     assert job["attempts"][0]["reason"] == "node lost"
@@ -110,4 +112,4 @@ async def test_a_queued_job_whose_cancel_was_asked_for_is_never_placed(
         done = await api.wait_for(job.id, deadline=15)
         await asyncio.sleep(1.0)  # a placed job would have written its start mark by now
     assert (done["state"], done["attempts"]) == ("CANCELED", []), done
-    assert marks.read(ran) == {}
+    assert marks.read_file(ran) == []

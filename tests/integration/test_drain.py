@@ -134,7 +134,7 @@ async def test_a_cancel_during_the_drain_is_acted_on(make: Any, tmp_path: Path) 
         assert "stopped: 1 finished, 0 handed back" in victim.log_tail(10)
     assert (job["state"], job["attempt"], job["reason"]) == ("CANCELED", 1, "canceled"), job
     records = {job_id: Job.from_dict(job)}
-    runs = marks.read(ran)
+    runs = marks.read_file(ran)
     assert check_executions(runs, records) == []
     assert check_cancels(runs, {job_id: acknowledged}, records, grace=5.0) == []
 

@@ -60,8 +60,8 @@ async def test_a_running_record_whose_agent_never_started_it_is_handed_back(
     assert (first["state"], first["reason"]) == (transitions.HANDED_BACK, transitions.NEVER_STARTED)
     assert (done["state"], second["n"]) == ("SUCCEEDED", 2), done
     records = {job.id: Job.from_dict(done)}
-    runs = marks.read(ran)
-    assert list(runs) == [(job.id, 2)], runs
+    runs = marks.read_file(ran)
+    assert list(marks.by_attempt(runs)) == [(job.id, 2)], runs
     assert check_executions(runs, records) == []
     assert check_jobs([job.id], records) == []
 
@@ -90,6 +90,8 @@ async def test_an_agent_back_after_its_ttl_kills_what_its_predecessor_left(
         )
         stopped_at = time.time()
         await asyncio.sleep(2 * marks.BEAT + 0.5)
-    runs = marks.read(ran)
-    assert runs[(job_id, 1)].last < stopped_at, "it still wrote marks after it was killed"
+    runs = marks.read_file(ran)
+    assert marks.by_attempt(runs)[(job_id, 1)].last < stopped_at, (
+        "it still wrote marks after it was killed"
+    )
     assert check_executions(runs, {job_id: Job.from_dict(failed)}) == []

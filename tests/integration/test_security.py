@@ -180,8 +180,8 @@ async def test_a_signed_job_retried_after_its_nonce_expired_still_runs(
         job = await api.wait_for(job_id, deadline=30)
     assert [a["reason"] for a in job["attempts"]] == ["exit code 1", "exit code 1"], job
     records = {job_id: Job.from_dict(job)}
-    assert sorted(marks.read(ran)) == [(job_id, 1), (job_id, 2)]
-    assert check_executions(marks.read(ran), records) == []
+    assert sorted(marks.by_attempt(marks.read_file(ran))) == [(job_id, 1), (job_id, 2)]
+    assert check_executions(marks.read_file(ran), records) == []
 
 
 async def test_a_second_signed_job_with_a_replayed_nonce_is_still_refused_after_expiry(

@@ -198,10 +198,12 @@ def eligible_at(job: Job, seen_at: float) -> float:
     """When a PENDING job may be placed, on the clock of whoever saw it at seen_at.
 
     not_before and updated_at come from the clock of the agent that wrote the record;
-    their difference is the backoff it chose, which holds on any clock. So a worker
-    whose clock runs ahead or behind the leader's delays a retry by its backoff only.
+    their difference is the backoff it chose, which holds on any clock. Counted from
+    when it was seen, no later than not_before itself: a worker's clock ahead of the
+    leader's, or a new leader seeing an old retry, never stretches a backoff (a clock
+    behind can shorten it, by at most the skew).
     """
-    return seen_at + max(0.0, job.not_before - job.updated_at)
+    return min(job.not_before, seen_at + max(0.0, job.not_before - job.updated_at))
 
 
 def lost_reason(job: Job, node_lease: int | None, node_started_at: float) -> str | None:

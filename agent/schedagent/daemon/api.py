@@ -18,9 +18,8 @@ from schedagent.core.placement import NodeView, unplaceable_reason
 from schedagent.core.spec import parse_spec
 from schedagent.daemon.gate import Gate, Refused, audit
 from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
-from schedagent.etcd import malformed
 from schedagent.etcd.election import Election
-from schedagent.etcd.jobstore import JobStore
+from schedagent.etcd.jobstore import JobStore, decode_node
 from schedagent.etcd.store import Store
 from schedagent.nats.bus import Bus
 
@@ -205,13 +204,7 @@ class Api:
 
     async def _nodes(self) -> list[NodeRecord]:
         kvs, _ = await self.store.get_prefix(self.keys.nodes)
-        nodes = []
-        for kv in kvs:
-            try:
-                nodes.append(NodeRecord.from_json(kv.value))
-            except ValueError as exc:
-                malformed.note("node", kv.key, kv.value, exc)
-        return nodes
+        return [node for node in map(decode_node, kvs) if node is not None]
 
     async def leader(self, req: dict[str, Any]) -> dict[str, Any]:
         leader = self.election.leader()

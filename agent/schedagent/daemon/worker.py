@@ -58,6 +58,8 @@ class Worker:
         # reconciler closes them instead of handing them back as never started.
         self.unrecorded: set[tuple[str, int]] = set()
         self.accepting = True
+        # The fence's say (daemon/fence.py): no job starts while the lease may be gone.
+        self.may_start: Callable[[], bool] = lambda: True
         self.finished = 0
         self.handed_back = 0
         self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
@@ -101,7 +103,7 @@ class Worker:
             await msg.term()
             return
         job_id, attempt = dispatch.job, dispatch.attempt
-        if not self.accepting:
+        if not self.accepting or not self.may_start():
             await msg.nak(delay=1)
             return
         try:
@@ -239,6 +241,9 @@ class Worker:
             running.pid = pid
 
         run = asyncio.create_task(run_command(command, on_output, running.cancel, on_start))
+        # Once the command has ended, its outcome is its own, whatever interrupt comes
+        # while its end is being written (a lost lease, a stop, the fence).
+        run.add_done_callback(lambda _: setattr(running, "ended", True))
         try:
             # Only a job that lives a while gets its PID recorded: for the many short ones
             # the extra etcd write would cost more than the job.
@@ -360,9 +365,10 @@ class Worker:
             await asyncio.wait(set(self._tasks))
 
     def interrupt_all(self, reason: str) -> None:
-        """Kill every running job; its attempt is recorded with this reason."""
+        """Kill every running job; its attempt is recorded with this reason. One whose
+        command has ended already (its end not yet written) keeps its own outcome."""
         for running in self.running.values():
-            if running.interrupted is None:
+            if running.interrupted is None and not running.ended:
                 log.warning(
                     "job %s attempt %d: killing it: %s",
                     running.job_id,

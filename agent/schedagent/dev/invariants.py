@@ -9,7 +9,8 @@ from typing import Any
 
 from schedagent.core.model import FINAL_STATES, Attempt, Job, JobState
 from schedagent.core.transitions import HANDED_BACK, LOST_TRACK
-from schedagent.dev.marks import Execution
+from schedagent.dev import marks
+from schedagent.dev.marks import Mark
 
 
 def check_jobs(accepted: Iterable[str], records: Mapping[str, Job]) -> list[str]:
@@ -78,36 +79,40 @@ def summarize(records: Mapping[str, Job]) -> dict[str, Any]:
 # Attempt ends that say the agent, not the command, ended it: such an attempt may have
 # been recorded RUNNING and still never have reached its command.
 INTERRUPTED = frozenset(
-    {"node lost", "agent restarted", "agent lost its etcd lease", "agent stopped", LOST_TRACK}
+    {
+        "node lost",
+        "agent restarted",
+        "agent lost its etcd lease",
+        "agent cut off from etcd",
+        "agent stopped",
+        LOST_TRACK,
+    }
 )
 
 
-def check_executions(
-    runs: Mapping[tuple[str, int], Execution], records: Mapping[str, Job]
-) -> list[str]:
+def check_executions(seen: Iterable[Mark], records: Mapping[str, Job]) -> list[str]:
     """Compare what ran (the jobs' own marks) with the records of those jobs:
 
-    - no execution the records do not show (its attempt recorded as started), and no
-      attempt run twice;
-    - no two executions of one job overlap in time;
-    - no recorded start without an execution, unless the agent ended the attempt
-      (node lost, agent stopped, canceled, never started, cannot start).
+    - no run the records do not show (its attempt recorded as started), and no attempt
+      run twice;
+    - no two runs of one job alive at the same time (marks.overlaps);
+    - no recorded start without a run, unless the agent ended the attempt (node lost,
+      agent stopped, canceled, never started, cannot start).
     """
+    seen = list(seen)
+    ran, started = marks.by_attempt(seen), marks.starts(seen)
     problems: list[str] = []
-    for (job_id, n), run in sorted(runs.items()):
+    for job_id, n in sorted(ran):
         job = records.get(job_id)
         attempt = None if job is None else _attempt(job, n)
         if attempt is None or attempt.started_at is None:
             problems.append(f"{job_id}: attempt {n} ran, but the record shows no start of it")
-        if run.starts > 1:
-            problems.append(f"{job_id}: attempt {n} ran {run.starts} times")
-    by_job: dict[str, list[Execution]] = {}
-    for (job_id, _), run in runs.items():
-        by_job.setdefault(job_id, []).append(run)
+        if started[(job_id, n)] > 1:
+            problems.append(f"{job_id}: attempt {n} ran {started[(job_id, n)]} times")
+    problems.extend(marks.overlaps(seen))
     for job_id, job in records.items():
-        problems.extend(f"{job_id}: {p}" for p in _run_overlaps(by_job.get(job_id, [])))
         for attempt in job.attempts:
-            if attempt.started_at is None or (job_id, attempt.n) in runs:
+            if attempt.started_at is None or (job_id, attempt.n) in ran:
                 continue
             if not _agent_ended(attempt):
                 problems.append(
@@ -118,7 +123,7 @@ def check_executions(
 
 
 def check_cancels(
-    runs: Mapping[tuple[str, int], Execution],
+    seen: Iterable[Mark],
     acknowledged: Mapping[str, float],
     records: Mapping[str, Job],
     grace: float,
@@ -126,7 +131,7 @@ def check_cancels(
     """No job ran after its cancel was acknowledged (the API's reply, at that time):
     no attempt started after it, and one already running stopped within grace."""
     problems = []
-    for (job_id, n), run in sorted(runs.items()):
+    for (job_id, n), run in sorted(marks.by_attempt(seen).items()):
         acked = acknowledged.get(job_id)
         if acked is None:
             continue
@@ -140,9 +145,9 @@ def check_cancels(
             problems.append(
                 f"{job_id}: attempt {n} started {run.start - acked:.2f}s after its cancel"
             )
-        elif run.last > acked + grace:
+        elif run.until() > acked + grace:
             problems.append(
-                f"{job_id}: attempt {n} still ran {run.last - acked:.2f}s after its cancel"
+                f"{job_id}: attempt {n} still ran {run.until() - acked:.2f}s after its cancel"
                 f" (grace {grace:g}s)"
             )
     return problems
@@ -196,15 +201,3 @@ def _agent_ended(attempt: Attempt) -> bool:
         or attempt.state in (HANDED_BACK, str(JobState.CANCELED))
         or reason.startswith("cannot start")
     )
-
-
-def _run_overlaps(runs: list[Execution]) -> list[str]:
-    problems = []
-    ordered = sorted(runs, key=lambda r: r.start)
-    for before, after in itertools.combinations(ordered, 2):
-        if after.start < before.last:
-            problems.append(
-                f"attempts {before.attempt} and {after.attempt} ran at the same time "
-                f"({before.last - after.start:.2f}s)"
-            )
-    return problems

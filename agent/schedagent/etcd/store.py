@@ -114,11 +114,13 @@ def _ipv4(host: str) -> str:
 
 
 # gRPC backs off up to 2 minutes between reconnects by default: far too long to
-# notice that etcd is back. Keepalives find a dead member behind a live socket.
+# notice that etcd is back. At most 1 s: after an outage of the whole cluster, an
+# agent must refresh its lease soon after its peers do, or it stops its jobs
+# (core/fencing.py, stop_window). Keepalives find a dead member behind a live socket.
 GRPC_OPTIONS = {
     "grpc.initial_reconnect_backoff_ms": 200,
     "grpc.min_reconnect_backoff_ms": 200,
-    "grpc.max_reconnect_backoff_ms": 2000,
+    "grpc.max_reconnect_backoff_ms": 1000,
     "grpc.keepalive_time_ms": 10000,
     "grpc.keepalive_timeout_ms": 3000,
 }
