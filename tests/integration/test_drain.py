@@ -11,6 +11,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,9 @@ import pytest
 from apiclient import ApiClient
 from helpers import live_processes_with, marker, wait_until
 from schedagent.core.model import Job
+from schedagent.dev import marks
 from schedagent.dev.cluster import AgentProcess, LocalCluster
-from schedagent.dev.invariants import check_jobs, check_placements
+from schedagent.dev.invariants import check_cancels, check_executions, check_jobs, check_placements
 from sdsockets import DatagramListener, parse_notify
 
 Notify = DatagramListener[dict[str, str]]
@@ -111,6 +113,30 @@ async def test_second_sigterm_stops_at_once(make: Any) -> None:
         assert job["attempt"] == 2 and job["node"] != victim.name
         await api.call("cancel", id=job_id)
         await api.wait_for(job_id, deadline=30)
+
+
+async def test_a_cancel_during_the_drain_is_acted_on(make: Any, tmp_path: Path) -> None:
+    # Before: the worker stopped listening for cancels when it stopped taking
+    # dispatches, so the job ran on until the drain timed out, and then again elsewhere.
+    cluster, _ = await make(drain_timeout=60.0)
+    ran = tmp_path / "marks"
+    async with ApiClient(cluster.nats_url) as api:
+        job_id, victim = await running_on(api, cluster, marks.marked("sleep 600", ran, beat=True))
+        victim.terminate()
+        # Once the drain waits for its job, the worker takes no more dispatches.
+        await wait_until(
+            lambda: "draining: waiting up to 60s" in victim.log_tail(10), 10, "the drain to begin"
+        )
+        await api.call("cancel", id=job_id)
+        acknowledged = time.time()
+        job = await api.wait_for(job_id, deadline=15)
+        assert await exit_code(victim, 15) == 0
+        assert "stopped: 1 finished, 0 handed back" in victim.log_tail(10)
+    assert (job["state"], job["attempt"], job["reason"]) == ("CANCELED", 1, "canceled"), job
+    records = {job_id: Job.from_dict(job)}
+    runs = marks.read_file(ran)
+    assert check_executions(runs, records) == []
+    assert check_cancels(runs, {job_id: acknowledged}, records, grace=5.0) == []
 
 
 def _draining(cluster: LocalCluster, name: str) -> bool:

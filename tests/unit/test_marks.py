@@ -55,3 +55,32 @@ def test_the_job_command_marks_start_beats_and_end(tmp_path: Path) -> None:
     assert {(m.job, m.attempt, m.host) for m in seen} == {(J, 3, "here")}
     (run,) = marks.runs(seen)
     assert run.ended and 0.5 < run.last - run.start < 5
+
+
+def sh(cmd: str) -> int:
+    env = {**os.environ, "SCHED_JOB_ID": J, "SCHED_ATTEMPT": "2"}
+    return subprocess.run(["/bin/sh", "-c", cmd], env=env, timeout=10, check=False).returncode
+
+
+def test_a_marked_command_keeps_its_exit_status(tmp_path: Path) -> None:
+    out = tmp_path / "marks"
+    assert sh(marks.marked("exit 3", out)) == 3
+    run = marks.by_attempt(marks.read_file(out))[(J, 2)]
+    assert run.ended and marks.starts(marks.read_file(out)) == {(J, 2): 1}
+
+
+def test_a_beating_marked_command_marks_while_it_runs(tmp_path: Path) -> None:
+    out = tmp_path / "marks"
+    assert sh(marks.marked("sleep 0.7", out, beat=True)) == 0
+    run = marks.by_attempt(marks.read_file(out))[(J, 2)]
+    assert run.last - run.start >= 0.6
+    assert [m.kind for m in marks.read_file(out)].count("beat") >= 2
+
+
+def test_a_second_start_of_one_attempt_is_counted(tmp_path: Path) -> None:
+    out = tmp_path / "marks"
+    assert marks.read_file(out) == []
+    out.write_text(lines(f"start {J} 1 10.5", f"beat {J} 1", f"start {J} 1 11"))
+    assert marks.starts(marks.read_file(out)) == {(J, 1): 2}
+    run = marks.by_attempt(marks.read_file(out))[(J, 1)]
+    assert (run.start, run.last, run.ended) == (10.5, 11.0, False)

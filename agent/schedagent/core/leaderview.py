@@ -47,11 +47,11 @@ def node_view(record: NodeRecord, suspect: bool) -> NodeView:
     return NodeView(record.name, record.cpus, record.labels, record.draining or suspect)
 
 
-def _pending(tracked: Tracked | None) -> tuple[str, Shape, float] | None:
+def _pending(tracked: Tracked | None) -> tuple[str, Shape, float, float] | None:
     if tracked is None or tracked.job.state != JobState.PENDING:
         return None
     job = tracked.job
-    return job.id, Shape.of(job.spec), job.not_before
+    return job.id, Shape.of(job.spec), job.not_before, job.updated_at
 
 
 def _holding(tracked: Tracked | None) -> tuple[str, float] | None:
@@ -203,6 +203,11 @@ class LeaderView:
         while len(found) < limit and (oldest := self.queue.oldest()) is not None:
             key, shape = oldest
             tracked = self.jobs[key]
+            settled = transitions.settle_cancel(tracked.job.clone())
+            if settled is not None:  # its cancel was asked for (a record of an older version)
+                found.append(Decision(key, settled, tracked.revision, "canceled"))
+                self.set_job(key, settled, tracked.revision, now)
+                continue
             target = self.index.choose(tracked.job.spec)
             if target is None:
                 self.queue.block(shape)
@@ -231,9 +236,11 @@ class LeaderView:
         self.waiting.cancel(key)
         if pending is None:
             return
-        job_id, shape, not_before = pending
-        if not_before > now:
-            self.waiting.schedule(key, not_before)
+        job_id, shape = pending[:2]
+        # On this view's clock: the writer's backoff counted from now (no later).
+        due = transitions.eligible_at(new.job, now) if new is not None else now
+        if due > now:
+            self.waiting.schedule(key, due)
         else:
             self.queue.add(key, job_id, shape)
 

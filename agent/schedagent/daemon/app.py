@@ -15,6 +15,7 @@ from schedagent.daemon.api import Api
 from schedagent.daemon.etcd_reach import EtcdReach
 from schedagent.daemon.fence import Fence
 from schedagent.daemon.leader_heartbeat import LeaderHeartbeat
+from schedagent.daemon.reconciler import Reconciler
 from schedagent.daemon.registry import Registry
 from schedagent.daemon.reload import Reloader
 from schedagent.daemon.retention import Retention
@@ -221,6 +222,7 @@ async def _serve(
             background = [
                 tg.create_task(session.keep_alive(), name="lease"),
                 tg.create_task(worker.follow_lease(session), name="lease-follower"),
+                tg.create_task(Reconciler(worker, session).run(), name="reconciler"),
                 tg.create_task(registry.run(), name="registry"),
                 tg.create_task(election.run(lead), name="election"),
                 tg.create_task(leader_beat.watch(), name="leader-watch"),

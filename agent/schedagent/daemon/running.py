@@ -24,6 +24,7 @@ class RunningJob:
     # The record as this worker last wrote it, and at which revision (0: unknown).
     record: Job | None = None
     revision: int = 0
+    seq: int = 0  # the worker's count of attempts started when this one started
 
 
 class OutputTail:

@@ -2,9 +2,11 @@
 
 A job made by `job_command` appends `start`, then a `beat` every BEAT seconds, then
 `end`, each with its job id, attempt and wall-clock time, to a file in its working
-directory (each agent's own, so the file tells the node). Overlap is judged from these
-marks, never from the records the scheduler wrote: a killed attempt writes no `end`,
-and its last beat is at most BEAT before it died.
+directory (each agent's own, so the file tells the node); `marked` wraps any command
+the same way, into a file of the test's choosing. Overlap is judged from these marks,
+never from the records the scheduler wrote: a killed attempt writes no `end`, and its
+last beat is at most BEAT before it died (dev/invariants.py compares them with the
+records).
 """
 
 from __future__ import annotations
@@ -59,6 +61,26 @@ def job_command(seconds: float, path: str = FILE, beat: float = BEAT) -> str:
     )
 
 
+def marked(cmd: str, path: Path | str, beat: bool = False) -> str:
+    """cmd, wrapped to mark its start, its end and (with beat) a heartbeat meanwhile.
+
+    The command runs in a subshell, so its `exit` still reaches the end mark and its
+    exit status is the job's; `$$` is still the job's shell.
+    """
+    target = shlex.quote(str(path))
+    lines = [
+        f'mark() {{ echo "$1 $SCHED_JOB_ID $SCHED_ATTEMPT $(date +%s.%N)" >> {target}; }}',
+        "mark start",
+    ]
+    if beat:
+        lines.append(f"( while :; do sleep {BEAT:g}; mark beat; done ) & beat=$!")
+    lines += [f"( {cmd}\n)", "rc=$?"]
+    if beat:
+        lines.append("kill $beat")
+    lines += ["mark end", "exit $rc"]
+    return "\n".join(lines)
+
+
 def parse(text: str, host: str = "") -> list[Mark]:
     """Every well-formed line; a line cut short (a job killed mid-write) is skipped."""
     marks = []
@@ -80,6 +102,11 @@ def read(files: Mapping[str, Path]) -> list[Mark]:
         if path.exists():
             marks.extend(parse(path.read_text(errors="replace"), host))
     return marks
+
+
+def read_file(path: Path | str, host: str = "") -> list[Mark]:
+    """The marks in one file (a missing file has none)."""
+    return read({host: Path(path)})
 
 
 def runs(marks: Iterable[Mark]) -> list[Run]:
@@ -126,3 +153,13 @@ def gaps(marks: Iterable[Mark], pad: float = PAD) -> dict[str, float]:
         for job, job_runs in by_job.items()
         if len(job_runs) > 1
     }
+
+
+def by_attempt(marks: Iterable[Mark]) -> dict[tuple[str, int], Run]:
+    """The run of each (job, attempt)."""
+    return {(run.job, run.attempt): run for run in runs(marks)}
+
+
+def starts(marks: Iterable[Mark]) -> collections.Counter[tuple[str, int]]:
+    """How many `start` marks each (job, attempt) wrote: more than one is a second run."""
+    return collections.Counter((m.job, m.attempt) for m in marks if m.kind == "start")

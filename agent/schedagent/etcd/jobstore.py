@@ -17,6 +17,7 @@ from typing import TypeVar
 from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, new_job_id
 from schedagent.core.names import Keys
 from schedagent.errors import ConflictError, NotFoundError
+from schedagent.etcd import malformed
 from schedagent.etcd.newest import NewestFirst
 from schedagent.etcd.store import (
     KV,
@@ -55,8 +56,8 @@ def _decode(kv: KV, parse: Callable[[bytes], T], kind: str) -> T | None:
     # One place decides what counts as a malformed record, for jobs and nodes alike.
     try:
         return parse(kv.value)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring malformed %s record at %s: %s", kind, kv.key, exc)
+    except ValueError as exc:
+        malformed.note(kind, kv.key, kv.value, exc)
         return None
 
 
@@ -152,6 +153,20 @@ class JobStore:
         except NotFoundError:
             return None
         return job
+
+    async def on_node(self, node: str) -> list[tuple[Job, int]]:
+        """Jobs whose current attempt is ASSIGNED to or RUNNING on node, with the mod
+        revision each was read at: what the reconciler compares with what runs there.
+        Found through the placement index, so it costs the node's jobs, not the queue's."""
+        found: list[tuple[Job, int]] = []
+        for job_id, _ in await self.placed_on(node):
+            try:
+                job, revision = await self.get(job_id)
+            except NotFoundError:
+                continue
+            if job.node == node and job.state.holds_cpus:
+                found.append((job, revision))
+        return found
 
     async def newest(
         self, limit: int, state: JobState | None = None, before: str | None = None
