@@ -125,8 +125,9 @@ async def kill_agents(
         else:
             name, role = rng.choice(sorted(cluster.agents)), ""
         agent = cluster.agents[name]
-        run.kills.setdefault(name, []).append(time.time())
         await asyncio.to_thread(agent.kill)
+        # Taken once it is dead: an attempt its last moments started began before this.
+        run.kills.setdefault(name, []).append(time.time())
         kills += 1
         run.events.append(f"{time.monotonic() - started:6.1f}s SIGKILL {role}{name}")
         await _sleep_or_stop(stop, rng.uniform(0.3, 1.5))
