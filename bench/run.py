@@ -18,6 +18,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import fleet
+import scaling
 from client import BenchClient
 from placement_bench import placement_figures
 
@@ -34,6 +36,8 @@ TARGETS = {
     "idle_rss_mb": ("<=", 45.0),
     "idle_cpu_percent": ("<=", 0.5),
     "placement_per_s_5000_nodes": (">=", 5000),
+    "scaling_cpu_growth": ("<=", 1.2),
+    "fleet_failover_to_placement_s": ("<=", 3.0),
 }
 
 
@@ -165,6 +169,8 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
         "placement_per_s_500_nodes": results["placement"]["500"],
         "placement_per_s_5000_nodes": results["placement"]["5000"],
         "placement_per_s_50000_nodes": results["placement"]["50000"],
+        **scaling.flat(results["scaling"]),
+        **fleet.flat(results["fleet"]),
     }
 
 
@@ -189,6 +195,14 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--latency-jobs", type=int, default=500)
     parser.add_argument("--idle", type=float, default=60.0, help="idle seconds for the footprint")
+    parser.add_argument(
+        "--scaling-sizes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=list(scaling.DEFAULT_SIZES),
+        help="jobs queued at once, comma-separated (default 500,5000,50000)",
+    )
+    parser.add_argument("--scaling-budget", type=float, default=scaling.DEFAULT_BUDGET)
+    fleet.add_arguments(parser)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%SZ")
@@ -203,9 +217,15 @@ def main() -> int:
     }
     results.update(asyncio.run(cluster_figures(args)))
     results["placement"] = placement_figures()
+    results["scaling"] = asyncio.run(
+        scaling.scaling_figures(args.scaling_sizes, args.scaling_budget)
+    )
+    results["fleet"] = asyncio.run(fleet.fleet_figures(args))
     results["figures"] = flatten(results)
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     print(summary(results["figures"], results["baseline_spawns_per_s"]))
+    for size, why in results["scaling"]["skipped"].items():
+        print(f"scaling: {size} jobs skipped: {why}")
     print(f"written: bench/results/{stamp}.json")
     return 0
 
