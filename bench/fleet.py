@@ -206,9 +206,9 @@ async def fleet_figures(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fleet-nodes", dest="nodes", type=int, default=1000)
     parser.add_argument("--fleet-processes", dest="processes", type=int, default=4)
-    parser.add_argument("--fleet-idle", dest="idle", type=float, default=8.0)
+    parser.add_argument("--fleet-idle", dest="idle", type=float, default=6.0)
     parser.add_argument("--fleet-rate", dest="rate", type=float, default=500.0)
-    parser.add_argument("--fleet-load-seconds", dest="load_seconds", type=float, default=20.0)
+    parser.add_argument("--fleet-load-seconds", dest="load_seconds", type=float, default=15.0)
 
 
 def main() -> int:
@@ -228,7 +228,8 @@ def flat(figures: dict[str, Any]) -> dict[str, float]:
     idle = figures["idle"][-1]
     load, placed = figures["load"], figures["failover"]["to_placement_s"]
     return {
-        f"fleet_idle_leader_cpu_pct_{idle['nodes']}_nodes": idle["cpu_percent"]["leader"],
+        "fleet_nodes": float(idle["nodes"]),
+        "fleet_idle_leader_cpu_pct": idle["cpu_percent"]["leader"],
         "fleet_offered_jobs_per_s": load["offered_jobs_per_s"],
         "fleet_placed_jobs_per_s": load["placed_jobs_per_s"],
         "fleet_load_leader_cpu_pct": load["cpu_percent_until_all_done"]["leader"],

@@ -185,6 +185,7 @@ async def profile(args: argparse.Namespace) -> dict[str, Any]:
                 ids = await client.submit_batches(["true"] * args.jobs)
             else:
                 ids = await client.submit_many(["true"] * args.jobs, in_flight=64)
+            submitted = time.time()
             last = await client.wait_final(ids)
             client_cpu = own_cpu() - client_before
             cpu_after = {k: cpu_of(p) for k, p in pids.items()}
@@ -204,6 +205,7 @@ async def profile(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "jobs": args.jobs,
         "jobs_per_s": args.jobs / (last - started),
+        "submit_s": submitted - started,
         "leader": leader,
         "worker": worker,
         "cpu": per_kind,
@@ -213,7 +215,10 @@ async def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"{result['jobs']} jobs, {result['jobs_per_s']:.0f} jobs/s"]
+    lines = [
+        f"{result['jobs']} jobs, {result['jobs_per_s']:.0f} jobs/s, "
+        f"all submitted after {result['submit_s']:.1f} s"
+    ]
     lines.append(f"leader {result['leader']}, profiled worker {result['worker']}")
     lines.append("CPU ms per job (own + reaped children):")
     total = 0.0
