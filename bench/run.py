@@ -22,6 +22,7 @@ import fleet
 import scaling
 from client import BenchClient
 from placement_bench import placement_figures
+from scheduler_bench import scheduler_figures
 
 from schedagent.dev.cluster import LocalCluster
 
@@ -169,6 +170,11 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
         "placement_per_s_500_nodes": results["placement"]["500"],
         "placement_per_s_5000_nodes": results["placement"]["5000"],
         "placement_per_s_50000_nodes": results["placement"]["50000"],
+        **{
+            f"sched_{kind}_ms_{queued}q": results["scheduler"][f"{queued}q_1000n"][f"{kind}_ms"]
+            for kind in ("node_refresh", "completion", "submit")
+            for queued in (500, 50000)
+        },
         **scaling.flat(results["scaling"]),
         **fleet.flat(results["fleet"]),
     }
@@ -217,6 +223,7 @@ def main() -> int:
     }
     results.update(asyncio.run(cluster_figures(args)))
     results["placement"] = placement_figures()
+    results["scheduler"] = scheduler_figures()
     results["scaling"] = asyncio.run(
         scaling.scaling_figures(args.scaling_sizes, args.scaling_budget)
     )

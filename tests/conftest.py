@@ -51,11 +51,10 @@ def _require(binary: str) -> None:
 
 def _running(server: S, request: pytest.FixtureRequest) -> Iterator[S]:
     """Start server, hand it to the test, then stop it (logs shown if the test failed)."""
-    server.start()
-    yield server
-    if _test_failed(request):
-        _dump_logs([server])
-    server.stop()
+    with server:
+        yield server
+        if _test_failed(request):
+            _dump_logs([server])
 
 
 @pytest.fixture

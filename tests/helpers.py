@@ -1,4 +1,4 @@
-"""Small helpers shared by the integration tests: waiting with deadlines, finding processes."""
+"""Small helpers shared by the tests: waiting with deadlines, finding processes."""
 
 from __future__ import annotations
 

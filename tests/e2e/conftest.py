@@ -12,29 +12,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from schedagent.deploy import PlaybookRun, Schedctl, playbook, write_inventory
-from schedagent.fleet import HOSTS, Fleet, QemuFleet, run
-from schedagent.root import cached_root
 
-REPO = Path(__file__).resolve().parents[2]
+from debs import Debs
+
+from .deploy import PlaybookRun, Schedctl, playbook, write_inventory
+from .fleet import HOSTS, Fleet, QemuFleet, run
+from .root import cached_root
+
 TOOLS = ("systemd-nspawn", "debootstrap", "ssh", "ssh-keygen", "ip", "dpkg-buildpackage")
 QEMU_TOOLS = ("qemu-system-x86_64", "mkfs.ext4")
 PHASES: dict[str, float] = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class Debs:
-    version: str
-    first: Path
-    upgrade_version: str
-    upgrade: Path
 
 
 @dataclasses.dataclass
@@ -66,23 +59,6 @@ def _need_tools() -> None:
         pytest.fail("/usr/bin/ansible-playbook is missing: run scripts/setup", pytrace=False)
 
 
-def _version() -> str:
-    changelog = REPO / "packaging" / "debian" / "changelog"
-    return run("dpkg-parsechangelog", "-l", changelog, "-S", "Version").stdout.strip()
-
-
-def _start_deb(version: str, out: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DISTDIR": str(out / "dist"), "BUILDDIR": str(out / f"build-{version}")}
-    log = (out / f"deb-{version}.log").open("wb")
-    return subprocess.Popen(
-        ["make", "-s", "-C", str(REPO), "deb", f"VERSION={version}"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.fixture(scope="session")
 def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e")
@@ -93,30 +69,21 @@ def artifacts(e2e_dir: Path) -> tuple[Debs, Path]:
     """`make deb`, a rebuild at a higher version, and the cached root: all at once."""
     _need_tools()
     started = time.monotonic()
-    version = _version()
-    upgrade_version = f"{version}+e2e1"
-    builds = {v: _start_deb(v, e2e_dir) for v in (version, upgrade_version)}
+    debs = Debs.in_dist(e2e_dir / "dist", "e2e1")
+    builds = {v: debs.start_build(v, e2e_dir) for v in debs.versions}
     try:
         root = cached_root()
         if HOSTS == "qemu":
-            from schedagent.vm import vm_root
+            from .vm import vm_root
 
             root = vm_root(root)
     finally:
         for proc in builds.values():
             proc.wait()
     for v, proc in builds.items():
-        log = (e2e_dir / f"deb-{v}.log").read_text()
-        assert proc.returncode == 0, f"make deb VERSION={v} failed:\n{log[-3000:]}"
+        debs.check_build(v, proc, e2e_dir)
     PHASES["make deb x2 + root" + (" + vm root" if HOSTS == "qemu" else "")] = (
         time.monotonic() - started
-    )
-    dist = e2e_dir / "dist"
-    debs = Debs(
-        version,
-        dist / f"schedagent_{version}_amd64.deb",
-        upgrade_version,
-        dist / f"schedagent_{upgrade_version}_amd64.deb",
     )
     return debs, root
 

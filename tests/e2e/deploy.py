@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from schedagent.fleet import Fleet
+
+from .fleet import Fleet
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"

@@ -458,7 +458,7 @@ class QemuFleet(Fleet):
 
     def __init__(self, root: Path, run_dir: Path, count: int = 3) -> None:
         super().__init__(root, run_dir, count)
-        from schedagent.vm import kernel
+        from .vm import kernel
 
         self.kernel, self.initrd = kernel(root)
 

@@ -20,9 +20,10 @@ import urllib.request
 from typing import Any
 
 import pytest
-from schedagent.conftest import Cluster
-from schedagent.deploy import PlaybookRun
-from schedagent.fleet import HOSTS, Host, wait_for
+
+from .conftest import Cluster
+from .deploy import PlaybookRun
+from .fleet import HOSTS, Host, wait_for
 
 # A test's limit includes the session's setup (builds, boot, first playbook), which
 # under qemu TCG takes several times as long.

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from schedagent.root import CACHE, ENV, _host_mirror, cached_root
+from .root import CACHE, ENV, _host_mirror, cached_root
 
 KERNEL_PACKAGES = ["linux-image-amd64"]
 

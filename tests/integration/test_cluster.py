@@ -33,13 +33,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         per_agent={"node3": {"labels": {"zone": "b", "disk": "ssd"}}},
         base_dir=tmp_path_factory.mktemp("cluster"),
     )
-    local.start()
-    try:
-        yield local
-    finally:
-        for agent in local.agents.values():
-            print(f"--- {agent.name} log tail ---\n{agent.log_tail(15)}")
-        local.stop()
+    with local:
+        try:
+            yield local
+        finally:
+            for agent in local.agents.values():
+                print(f"--- {agent.name} log tail ---\n{agent.log_tail(15)}")
 
 
 @pytest.fixture

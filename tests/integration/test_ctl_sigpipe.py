@@ -20,7 +20,7 @@ SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
 # A SIGPIPE delivered to schedctl's own handler, then a line on stdout if it survived.
 RAISE_SIGPIPE = (
     "import os, signal\n"
-    "from schedagent import ctl\n"
+    "from schedagent.ctl import main as ctl\n"
     "signal.signal(signal.SIGPIPE, ctl._on_sigpipe)\n"
     "os.kill(os.getpid(), signal.SIGPIPE)\n"
     "print('alive', flush=True)\n"
@@ -93,8 +93,6 @@ def tls_nats_with_password(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         f'tls {{ cert_file: "{cert}"\n key_file: "{key}"\n timeout: 2 }}\n'
         'authorization { users = [ {user: "schedctl", password: "right"} ] }\n'
     )
-    server = ManagedProcess("nats", [NATS_BIN, "-c", str(config)], tmp_path / "nats.log")
-    server.start()
 
     def listening() -> bool:
         try:
@@ -103,11 +101,9 @@ def tls_nats_with_password(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         except OSError:
             return False
 
-    try:
+    with ManagedProcess("nats", [NATS_BIN, "-c", str(config)], tmp_path / "nats.log"):
         wait_for(listening, 20, "nats-server with TLS")
         yield port, ca
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

@@ -172,16 +172,20 @@ def test_stop_leaves_no_child_running(tmp_path: Path) -> None:
 
 
 def test_server_start_failure_reports_log_and_kills_child(tmp_path: Path) -> None:
-    first = NatsServer(tmp_path / "a")
-    first.start()
-    try:
+    with NatsServer(tmp_path / "a") as first:
         clash = NatsServer(tmp_path / "b", port=first.port)
         with pytest.raises(HarnessError, match="nats exited with code") as info:
             clash.start()
         assert "address already in use" in str(info.value)
         assert not clash.running
-    finally:
-        first.stop()
+
+
+def test_with_stops_the_process_even_when_the_block_raises(tmp_path: Path) -> None:
+    proc = ManagedProcess("sleeper", ["sleep", "60"], tmp_path / "sleep.log")
+    with pytest.raises(RuntimeError, match="inside the block"), proc as entered:
+        assert entered is proc and proc.running
+        raise RuntimeError("inside the block")
+    assert proc.returncode == -signal.SIGTERM
 
 
 def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:

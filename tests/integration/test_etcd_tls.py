@@ -79,15 +79,13 @@ def certs(tmp_path: Path) -> Certs:
 def tls_etcd(tmp_path: Path, certs: Certs) -> Iterator[TlsEtcd]:
     if not os.access(ETCD_BIN, os.X_OK):
         pytest.fail(f"{ETCD_BIN} is not installed; run scripts/setup", pytrace=False)
-    server = TlsEtcd(tmp_path / "etcd", certs)
-    server.start()
-    try:
-        wait_for(server.healthy, 20, "etcd with TLS")
-        yield server
-    finally:
-        if server.exited_unexpectedly:
-            sys.stderr.write(server.log_tail())
-        server.stop()
+    with TlsEtcd(tmp_path / "etcd", certs) as server:
+        try:
+            wait_for(server.healthy, 20, "etcd with TLS")
+            yield server
+        finally:
+            if server.exited_unexpectedly:
+                sys.stderr.write(server.log_tail())
 
 
 def tls_settings(certs: Certs) -> dict[str, str]:
@@ -116,18 +114,17 @@ def test_an_agent_with_a_client_certificate_runs_jobs(
         nats_url=nats_server.url,
         overrides={"etcd": tls_settings(certs)},
     )
-    agent.start()
     try:
-        wait_for(
-            lambda: "etcdtls1" in schedctl(nats_server.url, "nodes").stdout,
-            30,
-            "the agent to register in etcd over TLS",
-            0.2,
-        )
-        result = schedctl(nats_server.url, "submit", "--cmd", "echo over etcd tls", "--wait")
-        assert (result.returncode, result.stdout) == (0, "over etcd tls\n"), result.stderr
+        with agent:
+            wait_for(
+                lambda: "etcdtls1" in schedctl(nats_server.url, "nodes").stdout,
+                30,
+                "the agent to register in etcd over TLS",
+                0.2,
+            )
+            result = schedctl(nats_server.url, "submit", "--cmd", "echo over etcd tls", "--wait")
+            assert (result.returncode, result.stdout) == (0, "over etcd tls\n"), result.stderr
     finally:
-        agent.stop()
         if agent.returncode not in (0, None):
             sys.stderr.write(agent.log_tail())
 

@@ -125,8 +125,7 @@ async def test_a_jobs_whole_story_is_in_the_journal_by_job_id(
         overrides={"log_target": "journal"},
         env={journal.SOCKET_ENV: journal_socket.address},
     )
-    agent.start()
-    try:
+    with agent:
         journal_socket.wait_for(lambda f: b"ready" in f.get("MESSAGE", b""), 30, "agent ready")
         async with ApiClient(nats_server.url) as api:
             # Two lines of shell: the "started" record's MESSAGE is multi-line.
@@ -134,8 +133,6 @@ async def test_a_jobs_whole_story_is_in_the_journal_by_job_id(
             job = await api.wait_for(job_id)
         assert job["state"] == "FAILED" and job["exit_code"] == 3
         story = _story(journal_socket, job_id)
-    finally:
-        agent.stop()
     ours = [f for f in story if f["SYSLOG_IDENTIFIER"] == b"schedagent"]
     messages = [f["MESSAGE"] for f in ours]
     assert any(b"submitted" in m for m in messages)

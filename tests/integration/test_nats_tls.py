@@ -48,15 +48,13 @@ def tls_nats(tmp_path: Path) -> Iterator[tuple[TlsNats, Path]]:
     certs.mkdir()
     ca = make_ca(certs, "ca")
     cert, key = make_cert(certs, ca, "server", ["IP:127.0.0.1"])
-    server = TlsNats(tmp_path / "nats", cert, key)
-    server.start()
-    try:
-        wait_for(server.started, 20, "nats-server with TLS")
-        yield server, ca
-    finally:
-        if server.exited_unexpectedly:
-            sys.stderr.write(server.log_tail())
-        server.stop()
+    with TlsNats(tmp_path / "nats", cert, key) as server:
+        try:
+            wait_for(server.started, 20, "nats-server with TLS")
+            yield server, ca
+        finally:
+            if server.exited_unexpectedly:
+                sys.stderr.write(server.log_tail())
 
 
 def schedctl(port: int, *args: str, ca: Path | None = None, scheme: str = "nats") -> str | int:
@@ -86,20 +84,19 @@ def test_agent_and_schedctl_talk_tls_with_the_ca(
         nats_url=f"nats://127.0.0.1:{server.port}",
         overrides={"nats": {"tls_ca": str(ca)}},
     )
-    agent.start()
     try:
-        wait_for(
-            lambda: "/schedagent/nodes/tls1" in etcd_server.keys("/schedagent/nodes/"),
-            30,
-            "the agent to register over TLS",
-            0.1,
-        )
-        out = schedctl(server.port, "submit", "--cmd", "echo over tls", "--wait", ca=ca)
-        assert out == "over tls\n"
-        # tls:// with the CA works the same.
-        assert "tls1" in str(schedctl(server.port, "nodes", ca=ca, scheme="tls"))
+        with agent:
+            wait_for(
+                lambda: "/schedagent/nodes/tls1" in etcd_server.keys("/schedagent/nodes/"),
+                30,
+                "the agent to register over TLS",
+                0.1,
+            )
+            out = schedctl(server.port, "submit", "--cmd", "echo over tls", "--wait", ca=ca)
+            assert out == "over tls\n"
+            # tls:// with the CA works the same.
+            assert "tls1" in str(schedctl(server.port, "nodes", ca=ca, scheme="tls"))
     finally:
-        agent.stop()
         if agent.returncode not in (0, None):
             sys.stderr.write(agent.log_tail())
 
@@ -131,13 +128,10 @@ def test_an_agent_with_a_missing_ca_says_so_while_it_waits(
         nats_url=f"nats://127.0.0.1:{server.port}",
         overrides={"nats": {"tls_ca": str(tmp_path / "missing.pem")}},
     )
-    agent.start()
-    try:
+    with agent:
         wait_for(
             lambda: "cannot load the NATS CA certificate" in agent.log_tail(),
             20,
             "the agent to report the missing CA",
         )
         assert agent.running
-    finally:
-        agent.stop()

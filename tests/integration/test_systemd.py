@@ -62,9 +62,7 @@ def test_ready_only_once_registered_and_stopping_on_sigterm(
     tmp_path: Path, etcd_server: EtcdServer, nats_server: NatsServer, notify: Notify
 ) -> None:
     etcd_server.stop()  # the agent starts while etcd is down
-    agent = make_agent(tmp_path, etcd_server, nats_server, notify)
-    agent.start()
-    try:
+    with make_agent(tmp_path, etcd_server, nats_server, notify) as agent:
         waiting = notify.wait_for(
             lambda m: m.get("STATUS", "").startswith(f"waiting for etcd at {etcd_server.url}: "),
             30,
@@ -83,8 +81,6 @@ def test_ready_only_once_registered_and_stopping_on_sigterm(
         assert stopping.body["STATUS"].startswith("stopping: draining 0 running job")
         assert agent.wait(20) == 0
         assert "stopped: 0 finished, 0 handed back" in agent.log_tail(5)
-    finally:
-        agent.stop()
 
 
 async def test_watchdog_cadence_pauses_without_nats_and_jobs_see_none_of_it(
@@ -99,8 +95,7 @@ async def test_watchdog_cadence_pauses_without_nats_and_jobs_see_none_of_it(
         JOURNAL_STREAM="1:2",
         CREDENTIALS_DIRECTORY="/run/credentials/schedagent.service",
     )
-    agent.start()
-    try:
+    with agent:
         ready = notify.wait_for(has("READY", "1"), 30, "READY=1")
         pings = _pings_after(notify, ready.at, count=6)
         gaps = [b - a for a, b in itertools.pairwise(pings)]
@@ -119,8 +114,6 @@ async def test_watchdog_cadence_pauses_without_nats_and_jobs_see_none_of_it(
         nats_server.start()
         back = time.monotonic()
         notify.wait_for(is_ping, 30, "pings once NATS is back", after=back)
-    finally:
-        agent.stop()
 
 
 def _pings_after(notify: Notify, since: float, count: int) -> list[float]:
@@ -202,9 +195,7 @@ def _stderr_pipe() -> Iterator[tuple[int, threading.Event]]:
 async def test_sighup_reloads_live_keys_and_keeps_the_old_config_when_invalid(
     tmp_path: Path, etcd_server: EtcdServer, nats_server: NatsServer, notify: Notify
 ) -> None:
-    agent = make_agent(tmp_path, etcd_server, nats_server, notify)
-    agent.start()
-    try:
+    with make_agent(tmp_path, etcd_server, nats_server, notify) as agent:
         first = notify.wait_for(has("READY", "1"), 30, "READY=1")
         agent.config["labels"] = {"zone": "b"}
         agent.config["nats"]["prefix"] = "other"  # baked into subscriptions: needs a restart
@@ -235,5 +226,3 @@ async def test_sighup_reloads_live_keys_and_keeps_the_old_config_when_invalid(
         fixed = notify.wait_for(has("RELOADING"), 10, "third RELOADING", after_bad.at)
         good = notify.wait_for(has("READY", "1"), 10, "READY=1 after the fix", fixed.at)
         assert "reload failed" not in good.body["STATUS"]
-    finally:
-        agent.stop()

@@ -526,6 +526,7 @@ def test_agents_trust_the_operator_key_the_admin_host_gets(rendered: Render) -> 
     assert verify(spec, key.sign(spec), {key_id(trusted): trusted}, 60) == key.key_id
 
 
+@pytest.mark.timeout(900)  # four playbook runs
 def test_more_trusted_keys_add_to_the_operator_key(tmp_path: Path) -> None:
     render = _render(PLAYBOOK_BINS["debian"], tmp_path)
     extra = public_text(SigningKey.generate().public)

@@ -26,6 +26,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from debs import Debs
 from schedagent.config import AgentConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,15 +38,8 @@ ENABLED = "etc/systemd/system/multi-user.target.wants/schedagent.service"
 # What runs in the root sees none of this process's environment (venvs, PIP_*, ...).
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
-pytestmark = pytest.mark.slow
-
-
-@dataclasses.dataclass(frozen=True)
-class Debs:
-    version: str
-    first: Path
-    upgrade_version: str
-    upgrade: Path
+# Two package builds (each a whole venv) in the module fixture: minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def _need_tools() -> None:
@@ -65,28 +59,14 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> subprocess.Comp
     return proc
 
 
-def _version() -> str:
-    changelog = REPO / "packaging" / "debian" / "changelog"
-    return _run("dpkg-parsechangelog", "-l", changelog, "-S", "Version").stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> Debs:
     """The package as `make deb` builds it, and a rebuild at a higher version."""
     _need_tools()
     out = tmp_path_factory.mktemp("debs")
-    version = _version()
-    upgrade_version = f"{version}+test1"
-    for v in (version, upgrade_version):
-        env = {**os.environ, "DISTDIR": str(out), "BUILDDIR": str(out / "build")}
-        _run("make", "-s", "-C", REPO, "deb", f"VERSION={v}", env=env)
-        shutil.rmtree(out / "build")
-    return Debs(
-        version,
-        out / f"schedagent_{version}_amd64.deb",
-        upgrade_version,
-        out / f"schedagent_{upgrade_version}_amd64.deb",
-    )
+    debs = Debs.in_dist(out, "test1")
+    debs.build(out)
+    return debs
 
 
 @pytest.fixture

@@ -93,3 +93,41 @@ def test_index_picks_what_the_scan_picks(seed: int) -> None:
         if expected is not None:
             free[expected] -= spec.cpus
             index.take(expected, spec.cpus)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_index_kept_through_node_changes_picks_what_the_scan_picks(seed: int) -> None:
+    rng = random.Random(seed)
+    index = PlacementIndex()
+    nodes: dict[str, NodeView] = {}
+    free: dict[str, float] = {}
+    specs = [
+        JobSpec(cmd="x", cpus=1),
+        JobSpec(cmd="x", cpus=2, labels={"zone": "a"}),
+        JobSpec(cmd="x", cpus=1, labels={"zone": "b", "disk": "ssd"}),
+        JobSpec(cmd="x", cpus=1, node="n3"),
+    ]
+    for _ in range(400):
+        name = f"n{rng.randrange(8)}"
+        action = rng.choice(["update", "update", "remove", "free", "take"])
+        if action == "update":
+            nodes[name] = NodeView(
+                name,
+                float(rng.choice([1, 2, 4])),
+                {"zone": rng.choice("ab"), "disk": rng.choice(["ssd", "hdd"])},
+                draining=rng.random() < 0.2,
+            )
+            free[name] = float(rng.randint(0, int(nodes[name].cpus)))
+            index.update(nodes[name], free[name])
+        elif action == "remove":
+            nodes.pop(name, None)
+            index.remove(name)
+        elif action == "free" and name in nodes:
+            free[name] = float(rng.randint(0, int(nodes[name].cpus)))
+            index.set_free(name, free[name])
+        spec = rng.choice(specs)
+        expected = choose_node(spec, nodes.values(), free)
+        assert index.choose(spec) == expected, (spec, expected)
+        if action == "take" and expected is not None:
+            free[expected] -= spec.cpus
+            index.take(expected, spec.cpus)

@@ -6,12 +6,12 @@ import asyncio
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
+from helpers import live_processes_with, marker
 from schedagent.core.model import Outcome
 from schedagent.host import child
 from schedagent.host.runner import Command, job_environment, run_command
@@ -45,24 +45,14 @@ async def run(
     return outcome, out
 
 
-def live_processes_with(marker: str) -> list[psutil.Process]:
-    """Processes whose command line holds marker, zombies (already dead) excluded."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if marker in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
-
-
-async def wait_until_gone(marker: str, deadline: float = 5.0) -> list[psutil.Process]:
+async def wait_until_gone(text: str, deadline: float = 5.0) -> list[psutil.Process]:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        left = live_processes_with(marker)
+        left = live_processes_with(text)
         if not left:
             return []
         await asyncio.sleep(0.05)
-    return live_processes_with(marker)
+    return live_processes_with(text)
 
 
 async def test_output_and_exit_code() -> None:
@@ -82,34 +72,34 @@ async def test_environment_is_the_spec_plus_a_safe_base(monkeypatch: pytest.Monk
 
 
 async def test_timeout_kills_the_whole_group() -> None:
-    marker = f"{uuid.uuid4().int % 10**6 + 300000}"
+    m = marker()
     started = time.monotonic()
-    outcome, _ = await run(command(f"sleep {marker} & sleep {marker}", timeout=0.5))
+    outcome, _ = await run(command(f"sleep {m} & sleep {m}", timeout=0.5))
     assert outcome.timed_out and not outcome.canceled
     assert time.monotonic() - started < 5
-    assert await wait_until_gone(f"sleep {marker}") == []
+    assert await wait_until_gone(f"sleep {m}") == []
 
 
 async def test_cancel_kills_group_even_if_it_ignores_sigterm() -> None:
-    marker = f"{uuid.uuid4().int % 10**6 + 300000}"
+    m = marker()
     cancel = asyncio.Event()
     task = asyncio.create_task(
-        run(command(f"trap '' TERM; sleep {marker} & sleep {marker}", grace=0.3), cancel)
+        run(command(f"trap '' TERM; sleep {m} & sleep {m}", grace=0.3), cancel)
     )
     end = time.monotonic() + 5
-    while not live_processes_with(f"sleep {marker}") and time.monotonic() < end:
+    while not live_processes_with(f"sleep {m}") and time.monotonic() < end:
         await asyncio.sleep(0.05)
     cancel.set()
     outcome, _ = await task
     assert outcome.canceled
-    assert await wait_until_gone(f"sleep {marker}") == []
+    assert await wait_until_gone(f"sleep {m}") == []
 
 
 async def test_background_children_do_not_outlive_the_job() -> None:
-    marker = f"{uuid.uuid4().int % 10**6 + 300000}"
-    outcome, _ = await run(command(f"sleep {marker} >/dev/null 2>&1 & echo started"))
+    m = marker()
+    outcome, _ = await run(command(f"sleep {m} >/dev/null 2>&1 & echo started"))
     assert outcome.exit_code == 0
-    assert await wait_until_gone(f"sleep {marker}") == []
+    assert await wait_until_gone(f"sleep {m}") == []
 
 
 async def test_missing_cwd_is_an_error_not_a_crash() -> None:
@@ -149,11 +139,14 @@ async def test_a_killed_shell_reports_its_signal() -> None:
 async def test_waiting_for_a_job_takes_no_thread(reaping: str) -> None:
     if reaping == "thread":
         pytest.skip("the fallback waits in a thread by design")
+    m = marker()
     cancel = asyncio.Event()
     before = threading.active_count()
-    task = asyncio.create_task(run(command("sleep 30"), cancel))
-    await asyncio.sleep(0.3)  # the job is running; a thread per child would exist now
-    during = threading.active_count()
+    task = asyncio.create_task(run(command(f"sleep {m}"), cancel))
+    end = time.monotonic() + 5
+    while not live_processes_with(f"sleep {m}") and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    during = threading.active_count()  # the job runs: a thread per child would exist now
     cancel.set()
     outcome, _ = await task
     assert outcome.canceled
@@ -161,12 +154,12 @@ async def test_waiting_for_a_job_takes_no_thread(reaping: str) -> None:
 
 
 async def test_cancelling_the_runner_itself_kills_the_whole_group() -> None:
-    marker = f"{uuid.uuid4().int % 10**6 + 300000}"
-    task = asyncio.create_task(run(command(f"sleep {marker} & sleep {marker}")))
+    m = marker()
+    task = asyncio.create_task(run(command(f"sleep {m} & sleep {m}")))
     end = time.monotonic() + 5
-    while len(live_processes_with(f"sleep {marker}")) < 2 and time.monotonic() < end:
+    while len(live_processes_with(f"sleep {m}")) < 2 and time.monotonic() < end:
         await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await wait_until_gone(f"sleep {marker}") == []
+    assert await wait_until_gone(f"sleep {m}") == []

@@ -14,6 +14,7 @@ class Keys:
         self.election = f"{prefix}/election/"
         self.jobs = f"{prefix}/jobs/"
         self.idem_dir = f"{prefix}/idem/"
+        self.nonces = f"{prefix}/nonces/"
 
     def node(self, name: str) -> str:
         return self.nodes + name
@@ -27,6 +28,9 @@ class Keys:
     def idem(self, idempotency_key: str) -> str:
         # Hashed so any client string becomes a safe, fixed-length key.
         return self.idem_dir + hashlib.sha256(idempotency_key.encode()).hexdigest()
+
+    def nonce(self, nonce: str) -> str:
+        return self.nonces + nonce
 
 
 class Subjects:

@@ -82,9 +82,15 @@ class PlacementIndex:
     One max-heap of all nodes and one per label pair; an entry is stale once its
     node's version moved on (lazy deletion), and heaps are rebuilt when mostly stale.
     Picks what choose_node picks: the most free CPUs, then the smallest name.
+
+    It lives as long as the leader leads: update, remove and set_free change one node
+    in O(log n) (times its labels), so a change is never a rebuild of the whole index.
     """
 
-    def __init__(self, nodes: Iterable[NodeView], free: Mapping[str, float]) -> None:
+    def __init__(
+        self, nodes: Iterable[NodeView] = (), free: Mapping[str, float] | None = None
+    ) -> None:
+        free = free or {}
         self.nodes = {n.name: n for n in nodes if not n.draining}
         self.free = {name: free.get(name, 0.0) for name in self.nodes}
         self.version = dict.fromkeys(self.nodes, 0)
@@ -92,6 +98,8 @@ class PlacementIndex:
         self._rebuild()
 
     def _rebuild(self) -> None:
+        # Versions of removed nodes are kept until here so their heap entries stay stale.
+        self.version = {name: self.version.get(name, 0) for name in self.nodes}
         self.heaps = {}
         for name, node in self.nodes.items():
             entry = (-self.free[name], name, self.version[name])
@@ -100,14 +108,34 @@ class PlacementIndex:
         for heap in self.heaps.values():
             heapq.heapify(heap)
 
+    def update(self, node: NodeView, free: float) -> None:
+        """Add the node, or change what it offers; a draining node is taken out."""
+        if node.draining:
+            self.remove(node.name)
+            return
+        self.nodes[node.name] = node
+        self._set(node.name, free)
+
+    def remove(self, name: str) -> None:
+        if self.nodes.pop(name, None) is not None:
+            del self.free[name]
+            self.version[name] += 1
+
+    def set_free(self, name: str, free: float) -> None:
+        """The node's free CPUs are now `free` (no-op for a node not in the index)."""
+        if name in self.nodes:
+            self._set(name, free)
+
     def take(self, name: str, cpus: float) -> None:
         """Count cpus as used on the node (a placement was made there)."""
-        node = self.nodes[name]
-        self.free[name] -= cpus
-        self.version[name] += 1
-        entry = (-self.free[name], name, self.version[name])
-        for key in _keys(node):
-            heapq.heappush(self.heaps[key], entry)
+        self._set(name, self.free[name] - cpus)
+
+    def _set(self, name: str, free: float) -> None:
+        self.free[name] = free
+        self.version[name] = self.version.get(name, 0) + 1
+        entry = (-free, name, self.version[name])
+        for key in _keys(self.nodes[name]):
+            heapq.heappush(self.heaps.setdefault(key, []), entry)
         if len(self.heaps[None]) > 4 * len(self.nodes) + 64:
             self._rebuild()
 
@@ -127,16 +155,19 @@ class PlacementIndex:
             return heap[0][1]
         return self._scan(heap, spec)
 
+    def _current(self, entry: HeapEntry) -> bool:
+        return entry[2] == self.version.get(entry[1], -1) and entry[1] in self.nodes
+
     def _drop_stale(self, heap: list[HeapEntry]) -> None:
-        while heap and heap[0][2] != self.version[heap[0][1]]:
+        while heap and not self._current(heap[0]):
             heapq.heappop(heap)
 
     def _scan(self, heap: list[HeapEntry], spec: JobSpec) -> str | None:
         """Several label constraints: the best current entry that matches them all."""
         best: HeapEntry | None = None
         for entry in heap:
-            neg_free, name, version = entry
-            if version != self.version[name] or -neg_free + EPSILON < spec.cpus:
+            neg_free, name, _ = entry
+            if not self._current(entry) or -neg_free + EPSILON < spec.cpus:
                 continue
             if matches(spec, self.nodes[name]) and (best is None or entry < best):
                 best = entry

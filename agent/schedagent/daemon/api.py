@@ -20,7 +20,7 @@ from schedagent.daemon.gate import Gate, Refused, audit
 from schedagent.daemon.submit import SubmitMany
 from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
 from schedagent.etcd.election import Election
-from schedagent.etcd.jobstore import JobStore
+from schedagent.etcd.jobstore import JobStore, decode_node
 from schedagent.etcd.store import Store
 from schedagent.nats.bus import Bus
 
@@ -210,13 +210,7 @@ class Api:
 
     async def _nodes(self) -> list[NodeRecord]:
         kvs, _ = await self.store.get_prefix(self.keys.nodes)
-        nodes = []
-        for kv in kvs:
-            try:
-                nodes.append(NodeRecord.from_json(kv.value))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring malformed node record at %s: %s", kv.key, exc)
-        return nodes
+        return [node for node in map(decode_node, kvs) if node is not None]
 
     async def leader(self, req: dict[str, Any]) -> dict[str, Any]:
         leader = self.election.leader()

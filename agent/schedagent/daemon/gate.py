@@ -118,7 +118,7 @@ class Gate:
 
     async def _claim(self, nonce: str, job_id: str) -> str:
         """'new' (now this job's), 'ours' (this job's already) or 'taken' (another's)."""
-        key = f"{self.keys.prefix}/nonces/{nonce}"
+        key = self.keys.nonce(nonce)
         lease = await self._nonce_lease()
         if await self.store.txn([Absent(key)], [Put(key, job_id.encode(), lease)]):
             return "new"

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from schedagent.core.model import Job, JobState
@@ -55,15 +55,25 @@ async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> in
     records, _ = await jobs.all()
     killed = 0
     for job in stale_attempts([j for j, _ in records], node, lease):
-        for pid in job_processes(job.id, job.attempt):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-        if killed:
+        # Per job: a running total would log every later job as killed too.
+        count = _kill(job_processes(job.id, job.attempt))
+        if count:
             log.warning(
-                "killed job %s attempt %d: left running by a previous incarnation",
+                "killed job %s attempt %d (%d processes): left running by a previous incarnation",
                 job.id,
                 job.attempt,
+                count,
                 extra={"job_id": job.id, "attempt": job.attempt},
             )
+        killed += count
+    return killed
+
+
+def _kill(pids: Iterable[int]) -> int:
+    """SIGKILL each PID; how many were still there to be killed."""
+    killed = 0
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
     return killed

@@ -1,4 +1,8 @@
-"""The leader's loop: place jobs by free CPU, re-dispatch stalled ones, recover lost nodes."""
+"""The leader's loop: place jobs by free CPU, re-dispatch stalled ones, recover lost nodes.
+
+The decisions come from core/leaderview.py, which the watch keeps up to date one
+changed record at a time; this module does the I/O: fenced writes, dispatches, events.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ from collections.abc import Callable, Sequence
 
 from schedagent.config import AgentConfig
 from schedagent.core import transitions
-from schedagent.core.model import Job, JobState, NodeRecord
+from schedagent.core.leaderview import Decision, LeaderView
+from schedagent.core.model import Job, NodeRecord
 from schedagent.core.names import Keys
-from schedagent.core.placement import NodeView, PlacementIndex, free_cpus
 from schedagent.errors import FencedError
-from schedagent.etcd.jobstore import JobStore, decode_job
+from schedagent.etcd.jobstore import JobStore, decode_job, decode_node
 from schedagent.etcd.mirror import Entry, Mirror
 from schedagent.etcd.store import KV, Compare, Store
 from schedagent.nats.bus import Bus
@@ -24,14 +28,7 @@ log = logging.getLogger(__name__)
 IDLE_WAKEUP = 5.0
 # etcd allows 128 operations per transaction by default (--max-txn-ops).
 PLACE_BATCH = 64
-
-
-def _decode_node(key: str, raw: bytes) -> NodeRecord | None:
-    try:
-        return NodeRecord.from_json(raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring malformed node record at %s: %s", key, exc)
-        return None
+MIN_WAKEUP = 0.01
 
 
 class Scheduler:
@@ -53,10 +50,16 @@ class Scheduler:
         self.jobs = jobs
         self.bus = bus
         self.fence = list(fence)
-        self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
+        backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
+        self.view = LeaderView(config.jobs.dispatch_timeout, backoff)
         self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
-        self.dispatched_at: dict[tuple[str, int], float] = {}
+        # Keys changed since the last pass; the view takes them in at the pass's start,
+        # in this task, so nothing changes under a pass while it awaits a write.
+        self.changed_jobs: dict[str, None] = {}
+        self.changed_nodes: dict[str, None] = {}
+        self.job_view.listen(self._job_changed, self._jobs_reread)
+        self.node_view.listen(self._node_changed, self._nodes_reread)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -81,117 +84,101 @@ class Scheduler:
             await cancel_and_wait(*waiters)
 
     async def reconcile(self) -> float:
-        """One pass over the view; returns how long until a timer needs another pass."""
+        """One pass over what changed; returns how long until a timer needs another pass."""
         self.job_view.changed.clear()
         self.node_view.changed.clear()
         now = time.time()
-        nodes = {e.value.name: e.value for e in self.node_view.items.values()}
-        entries = sorted(self.job_view.items.values(), key=lambda e: e.value.id)
-        active = [e for e in entries if not e.value.state.final]
-        self._forget_dispatches(active)
-        await self._recover_lost(active, nodes, now)
-        wake_in = await self._redispatch(active, now)
-        return min(wake_in, await self._place(active, nodes, now))
+        self._take_changes(now)
+        await self._recover_lost(now)
+        await self._redispatch(now)
+        await self._place(now)
+        next_timer = self.view.next_timer()
+        wake_at = now + IDLE_WAKEUP if next_timer is None else min(next_timer, now + IDLE_WAKEUP)
+        return max(wake_at - time.time(), MIN_WAKEUP)
 
-    def _forget_dispatches(self, active: list[Entry[Job]]) -> None:
-        live = {(e.value.id, e.value.attempt) for e in active if e.value.state == JobState.ASSIGNED}
-        for key in self.dispatched_at.keys() - live:
-            del self.dispatched_at[key]
+    def _job_changed(self, key: str, old: Entry[Job] | None, new: Entry[Job] | None) -> None:
+        self.changed_jobs[key] = None
 
-    async def _recover_lost(
-        self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
+    def _node_changed(
+        self, key: str, old: Entry[NodeRecord] | None, new: Entry[NodeRecord] | None
     ) -> None:
-        for entry in active:
-            job: Job = entry.value
-            node = nodes.get(job.node or "")
-            lease, started = (node.lease, node.started_at) if node is not None else (None, 0.0)
-            reason = transitions.lost_reason(job, lease, started)
-            if reason is None:
-                continue
-            new = transitions.lose(_clone(job), job.node or "", reason, self.backoff, now)
-            if new is not None and await self._write(new, entry.mod_revision):
-                log.warning("job %s attempt %d on %s: %s", job.id, job.attempt, job.node, reason)
+        self.changed_nodes[key] = None
 
-    async def _redispatch(self, active: list[Entry[Job]], now: float) -> float:
-        timeout = self.config.jobs.dispatch_timeout
-        wake_in = IDLE_WAKEUP
-        for entry in active:
-            job: Job = entry.value
-            if job.state != JobState.ASSIGNED or job.node is None:
-                continue
-            sent = self.dispatched_at.get((job.id, job.attempt))
-            if sent is None or now - sent >= timeout:
-                # Placed by a predecessor (its dispatch may be lost) or not taken up in time.
-                log.info("dispatching job %s attempt %d to %s again", job.id, job.attempt, job.node)
-                await self._dispatch(job, now)
-                sent = now
-            wake_in = min(wake_in, max(timeout - (now - sent), 0.1))
-        return wake_in
+    def _jobs_reread(self) -> None:
+        self.changed_jobs.update(dict.fromkeys([*self.view.jobs, *self.job_view.items]))
 
-    async def _place(
-        self, active: list[Entry[Job]], nodes: dict[str, NodeRecord], now: float
-    ) -> float:
-        # Suspect nodes (a leader that fell silent) take no new work, like draining ones.
-        suspect = self.suspects()
-        views = [
-            NodeView(n.name, n.cpus, n.labels, n.draining or n.name in suspect)
-            for n in nodes.values()
-        ]
-        index = PlacementIndex(views, free_cpus(views, (e.value for e in active)))
-        wake_in = IDLE_WAKEUP
-        batch: list[tuple[Job, int]] = []
-        for entry in active:
-            job: Job = entry.value
-            if job.state != JobState.PENDING:
-                continue
-            if job.not_before > now:
-                wake_in = min(wake_in, job.not_before - now)
-                continue
-            target = index.choose(job.spec)
-            new = None if target is None else transitions.assign(_clone(job), target, now)
-            if target is None or new is None:
-                continue
-            index.take(target, job.spec.cpus)
-            batch.append((new, entry.mod_revision))
-            if len(batch) == PLACE_BATCH:
-                await self._assign(batch, now)
-                batch = []
-        await self._assign(batch, now)
-        return wake_in
+    def _nodes_reread(self) -> None:
+        self.changed_nodes.update(dict.fromkeys([*self.view.node_names, *self.node_view.items]))
 
-    async def _assign(self, batch: list[tuple[Job, int]], now: float) -> None:
+    def _take_changes(self, now: float) -> None:
+        """Bring the view up to date with the records that changed since the last pass."""
+        nodes, self.changed_nodes = self.changed_nodes, {}
+        for key in nodes:
+            node = self.node_view.items.get(key)
+            self.view.set_node(key, None if node is None else node.value)
+        # Polled: a node's suspicion ends with time, not with an event.
+        self.view.set_suspects(self.suspects())
+        jobs, self.changed_jobs = self.changed_jobs, {}
+        for key in jobs:
+            entry = self.job_view.items.get(key)
+            if entry is None:
+                self.view.set_job(key, None, 0, now)
+            else:
+                self.view.set_job(key, entry.value, entry.mod_revision, now)
+
+    async def _recover_lost(self, now: float) -> None:
+        for decision in self.view.lost(now):
+            job = self.view.jobs[decision.key].job
+            if await self._write(decision):
+                log.warning(
+                    "job %s attempt %d on %s: %s", job.id, job.attempt, job.node, decision.reason
+                )
+
+    async def _redispatch(self, now: float) -> None:
+        for job in self.view.due_dispatches(now):
+            # Placed by a predecessor (its dispatch may be lost) or not taken up in time.
+            log.info("dispatching job %s attempt %d to %s again", job.id, job.attempt, job.node)
+            await self._dispatch(job)
+
+    async def _place(self, now: float) -> None:
+        self.view.release_due(now)
+        while batch := self.view.placements(now, PLACE_BATCH):
+            await self._assign(batch)
+
+    async def _assign(self, batch: list[Decision]) -> None:
         """Write a batch of placements in one transaction, then dispatch them together.
 
         If any job changed meanwhile the transaction fails as a whole; then each is
         written alone, so one conflict does not hold back the others.
         """
-        if not batch:
-            return
-        written = await self.jobs.write_many(batch, self.fence)
+        written = await self.jobs.write_many([(d.job, d.revision) for d in batch], self.fence)
         if written:
-            placed = [job for job, _ in batch]
-            for job in placed:
-                self.job_view.note_write(self.jobs.keys.job(job.id), written, job)
+            placed = batch
+            for decision in batch:
+                self.job_view.note_write(decision.key, written, decision.job)
         else:
             await self._check_fence()
-            placed = [job for job, revision in batch if await self._write(job, revision)]
-        await asyncio.gather(*(self.bus.publish_event(job) for job in placed if written))
-        await asyncio.gather(*(self._dispatch(job, now) for job in placed))
+            placed = [decision for decision in batch if await self._write(decision)]
+            taken = {decision.key for decision in placed}
+            for decision in batch:
+                if decision.key not in taken:
+                    self.view.forget(decision.key)
+        await asyncio.gather(*(self.bus.publish_event(d.job) for d in placed if written))
+        await asyncio.gather(*(self._dispatch(d.job) for d in placed))
 
-    async def _dispatch(self, job: Job, now: float) -> None:
+    async def _dispatch(self, job: Job) -> None:
         if job.node is None:
             return
-        self.dispatched_at[(job.id, job.attempt)] = now
         try:
             await self.bus.publish_dispatch(job.node, job.id, job.attempt)
         except Exception as exc:
             log.warning("dispatch of job %s to %s failed (%s); will retry", job.id, job.node, exc)
 
-    async def _write(self, job: Job, revision: int) -> bool:
-        written = await self.jobs.write(job, revision, self.fence)
+    async def _write(self, decision: Decision) -> bool:
+        written = await self.jobs.write(decision.job, decision.revision, self.fence)
         if written:
-            self.job_view.note_write(self.jobs.keys.job(job.id), written, job)
-            await self.bus.publish_event(job)
+            self.job_view.note_write(decision.key, written, decision.job)
+            await self.bus.publish_event(decision.job)
             return True
         await self._check_fence()
         return False  # the job changed under us; the watch brings the new version
@@ -201,11 +188,11 @@ class Scheduler:
             raise FencedError("the election key changed: another agent leads now")
 
 
+def _decode_node(key: str, raw: bytes) -> NodeRecord | None:
+    return decode_node(KV(key, raw, 0, 0, 0))
+
+
 def _decode_active(key: str, raw: bytes) -> Job | None:
     """Jobs the scheduler still has to act on; final ones are left out of its view."""
     job = decode_job(KV(key, raw, 0, 0, 0))
     return None if job is None or job.state.final else job
-
-
-def _clone(job: Job) -> Job:
-    return job.clone()

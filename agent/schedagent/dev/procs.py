@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -213,6 +214,14 @@ class ManagedProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_path, lines)
+
+    def __enter__(self) -> Self:
+        """start(); the with block's end stop()s it, also when the block raises."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc is None or self._proc.poll() is not None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from schedagent.core.batch import MAX_TXN_BYTES, MAX_TXN_OPS, plan_creates
-from schedagent.core.model import Job, JobSpec, JobState, new_job_id
+from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, new_job_id
 from schedagent.core.names import Keys
 from schedagent.errors import ConflictError, NotFoundError
 from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Put, Store, prefix_end
@@ -17,14 +18,25 @@ log = logging.getLogger(__name__)
 MAX_CAS_TRIES = 20
 
 Mutation = Callable[[Job], Job | None]
+T = TypeVar("T")
 
 
 def decode_job(kv: KV) -> Job | None:
     """The job in a KV, or None (logged) if the stored value is not a job record."""
+    return _decode(kv, Job.from_json, "job")
+
+
+def decode_node(kv: KV) -> NodeRecord | None:
+    """The node in a KV, or None (logged) if the stored value is not a node record."""
+    return _decode(kv, NodeRecord.from_json, "node")
+
+
+def _decode(kv: KV, parse: Callable[[bytes], T], kind: str) -> T | None:
+    # One place decides what counts as a malformed record, for jobs and nodes alike.
     try:
-        return Job.from_json(kv.value)
+        return parse(kv.value)
     except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring malformed job record at %s: %s", kv.key, exc)
+        log.warning("ignoring malformed %s record at %s: %s", kind, kv.key, exc)
         return None
 
 

@@ -24,6 +24,12 @@ class Entry(Generic[T]):
     value: T
 
 
+# Told of each key whose entry changed: (key, old entry or None, new entry or None).
+OnChange = Callable[[str, Entry[T] | None, Entry[T] | None], None]
+# Told that `items` was read afresh (at start, or after a compaction): anything may differ.
+OnReset = Callable[[], None]
+
+
 class Mirror(Generic[T]):
     """Keeps `items` (key -> Entry with the decoded value) equal to etcd under a prefix.
 
@@ -40,6 +46,14 @@ class Mirror(Generic[T]):
         self.changed = asyncio.Event()
         self.synced = asyncio.Event()
         self.broken = False
+        self._on_change: list[OnChange[T]] = []
+        self._on_reset: list[OnReset] = []
+
+    def listen(self, on_change: OnChange[T], on_reset: OnReset) -> None:
+        """Call on_change for every entry that changes and on_reset after a full read,
+        so a listener can keep its own structures in step without rescanning items."""
+        self._on_change.append(on_change)
+        self._on_reset.append(on_reset)
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -79,6 +93,8 @@ class Mirror(Generic[T]):
         self.items = items
         self.revision = revision
         self._recovered()
+        for on_reset in self._on_reset:
+            on_reset()
         self.synced.set()
         self.changed.set()
 
@@ -94,6 +110,7 @@ class Mirror(Generic[T]):
         if current is None or current.mod_revision < revision:
             create = current.create_revision if current is not None else revision
             self.items[key] = Entry(revision, create, value)
+            self._changed(key, current)
 
     def apply(self, event: WatchEvent) -> None:
         self._recovered()
@@ -109,4 +126,11 @@ class Mirror(Generic[T]):
                 self.items.pop(event.key, None)
             else:
                 self.items[event.key] = Entry(event.mod_revision, event.create_revision, value)
+        self._changed(event.key, current)
         self.changed.set()
+
+    def _changed(self, key: str, old: Entry[T] | None) -> None:
+        new = self.items.get(key)
+        if new is not old:
+            for on_change in self._on_change:
+                on_change(key, old, new)

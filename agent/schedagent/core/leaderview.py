@@ -1,0 +1,255 @@
+"""The leader's view, kept as records change: what to place, dispatch again or recover (pure).
+
+The scheduler feeds it every changed job and node record and asks it for decisions;
+each change costs O(log n) in the jobs and nodes it holds, so a node's load refresh
+or one job's end does not make it look at every job again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from schedagent.core import transitions
+from schedagent.core.model import Job, JobState, NodeRecord
+from schedagent.core.pending import PendingQueue, Shape
+from schedagent.core.placement import NodeView, PlacementIndex
+from schedagent.core.timers import Timers
+from schedagent.core.usage import NodeUsage
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracked:
+    job: Job
+    revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """A record to write: the job's next version, compared at the revision it was read."""
+
+    key: str
+    job: Job
+    revision: int
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+    """The leader's last dispatch of a job's current ASSIGNED attempt."""
+
+    sent: float
+    count: int = 1
+
+
+def node_view(record: NodeRecord, suspect: bool) -> NodeView:
+    """What placement reads of a node record (not its load, memory or usage figures)."""
+    return NodeView(record.name, record.cpus, record.labels, record.draining or suspect)
+
+
+def _pending(tracked: Tracked | None) -> tuple[str, Shape, float] | None:
+    if tracked is None or tracked.job.state != JobState.PENDING:
+        return None
+    job = tracked.job
+    return job.id, Shape.of(job.spec), job.not_before
+
+
+def _holding(tracked: Tracked | None) -> tuple[str, float] | None:
+    if tracked is None or not tracked.job.state.holds_cpus or tracked.job.node is None:
+        return None
+    return tracked.job.node, tracked.job.spec.cpus
+
+
+def _assigned(tracked: Tracked | None) -> tuple[int, str | None] | None:
+    if tracked is None or tracked.job.state != JobState.ASSIGNED:
+        return None
+    return tracked.job.attempt, tracked.job.node
+
+
+class LeaderView:
+    """Jobs that are not final and node records, by etcd key, with what follows from them:
+    the pending queue, CPUs held per node, the placement index and the timers."""
+
+    def __init__(self, dispatch_timeout: float, backoff: transitions.Backoff) -> None:
+        self.dispatch_timeout = dispatch_timeout
+        self.backoff = backoff
+        self.jobs: dict[str, Tracked] = {}
+        self.records: dict[str, NodeRecord] = {}  # node name -> its record
+        self.node_names: dict[str, str] = {}  # node record key -> node name
+        self.views: dict[str, NodeView] = {}  # node name -> what placement sees
+        self.suspect: frozenset[str] = frozenset()
+        self.usage = NodeUsage()
+        self.index = PlacementIndex()
+        self.queue = PendingQueue()
+        self.waiting: Timers[str] = Timers()  # PENDING jobs not due yet, by not_before
+        self.redispatch: Timers[str] = Timers()  # ASSIGNED jobs, by their dispatch deadline
+        self.dispatches: dict[str, Dispatch] = {}
+        self.unchecked: set[str] = set()  # jobs whose attempt may have lost its agent
+
+    # Changes in ---------------------------------------------------------------
+
+    def set_job(self, key: str, job: Job | None, revision: int, now: float) -> None:
+        """The job record at key is now `job` (None or final: gone from the view)."""
+        old = self.jobs.get(key)
+        new = None if job is None or job.state.final else Tracked(job, revision)
+        self._requeue(key, old, new, now)
+        self._rehold(key, old, new)
+        self._redispatch(key, old, new, now)
+        if new is None:
+            self.jobs.pop(key, None)
+            self.unchecked.discard(key)
+        else:
+            self.jobs[key] = new
+            if new.job.state.holds_cpus:
+                self.unchecked.add(key)
+
+    def forget(self, key: str) -> None:
+        """Our write of the job lost a race: leave it out until its record's next version."""
+        self.set_job(key, None, 0, 0.0)
+
+    def set_node(self, key: str, record: NodeRecord | None) -> None:
+        """The node record at key is now `record` (None: deleted)."""
+        name = self.node_names.get(key)
+        if name is not None and (record is None or record.name != name):
+            del self.node_names[key]
+            self.records.pop(name, None)
+            self._set_view(name, None)
+            self.unchecked |= self.usage.jobs_on(name)
+        if record is None:
+            return
+        old = self.records.get(record.name)
+        self.node_names[key] = record.name
+        self.records[record.name] = record
+        self._set_view(record.name, node_view(record, record.name in self.suspect))
+        if old is None or (old.lease, old.started_at) != (record.lease, record.started_at):
+            self.unchecked |= self.usage.jobs_on(record.name)
+
+    def set_suspects(self, names: Iterable[str]) -> None:
+        """Nodes that take no new work for now (their leadership fell silent)."""
+        suspect = frozenset(names)
+        changed, self.suspect = suspect ^ self.suspect, suspect
+        for name in changed:
+            record = self.records.get(name)
+            if record is not None:
+                self._set_view(name, node_view(record, name in suspect))
+
+    # Decisions out ------------------------------------------------------------
+
+    def lost(self, now: float) -> list[Decision]:
+        """Attempts whose agent is gone (its record deleted, or a new incarnation)."""
+        found = []
+        for key in sorted(self.unchecked):
+            job = self.jobs[key].job
+            record = self.records.get(job.node or "")
+            lease, started = (record.lease, record.started_at) if record else (None, 0.0)
+            reason = transitions.lost_reason(job, lease, started)
+            new = None
+            if reason is not None:
+                new = transitions.lose(job.clone(), job.node or "", reason, self.backoff, now)
+            if reason is not None and new is not None:
+                found.append(Decision(key, new, self.jobs[key].revision, reason))
+        self.unchecked.clear()
+        return found
+
+    def due_dispatches(self, now: float) -> list[Job]:
+        """ASSIGNED attempts to dispatch again: not taken up within the dispatch timeout,
+        or placed by a predecessor that may never have sent theirs. Counted as sent now."""
+        due = []
+        for key in self.redispatch.due(now):
+            last = self.dispatches.get(key)
+            self._sent(key, now, last.count + 1 if last else 1)
+            due.append(self.jobs[key].job)
+        return due
+
+    def release_due(self, now: float) -> None:
+        """PENDING jobs whose not_before has come join the queue."""
+        for key in self.waiting.due(now):
+            job = self.jobs[key].job
+            self.queue.add(key, job.id, Shape.of(job.spec))
+
+    def placements(self, now: float, limit: int) -> list[Decision]:
+        """Up to limit placements, oldest job first, each on the eligible node with the
+        most free CPUs; counted as made (CPUs taken, dispatch sent) at once."""
+        found: list[Decision] = []
+        while len(found) < limit and (oldest := self.queue.oldest()) is not None:
+            key, shape = oldest
+            tracked = self.jobs[key]
+            target = self.index.choose(tracked.job.spec)
+            if target is None:
+                self.queue.block(shape)
+                continue
+            new = transitions.assign(tracked.job.clone(), target, now)
+            if new is None:  # only PENDING jobs are queued; never loop on one that is not
+                self.queue.remove(key)
+                continue
+            found.append(Decision(key, new, tracked.revision))
+            self.set_job(key, new, tracked.revision, now)
+            self._sent(key, now, 1)
+        return found
+
+    def next_timer(self) -> float | None:
+        times = [t for t in (self.waiting.next_at(), self.redispatch.next_at()) if t is not None]
+        return min(times, default=None)
+
+    # Keeping the parts in step --------------------------------------------------
+
+    def _requeue(self, key: str, old: Tracked | None, new: Tracked | None, now: float) -> None:
+        was, pending = _pending(old), _pending(new)
+        if was == pending:
+            return
+        self.queue.remove(key)
+        self.waiting.cancel(key)
+        if pending is None:
+            return
+        job_id, shape, not_before = pending
+        if not_before > now:
+            self.waiting.schedule(key, not_before)
+        else:
+            self.queue.add(key, job_id, shape)
+
+    def _rehold(self, key: str, old: Tracked | None, new: Tracked | None) -> None:
+        was, holding = _holding(old), _holding(new)
+        if was == holding:
+            return
+        if was is not None:
+            self.usage.release(key)
+            self._room_changed(was[0], grew=True)
+        if holding is not None:
+            self.usage.hold(key, *holding)
+            self._room_changed(holding[0], grew=False)
+
+    def _redispatch(self, key: str, old: Tracked | None, new: Tracked | None, now: float) -> None:
+        was, assigned = _assigned(old), _assigned(new)
+        if was == assigned:
+            return
+        self.dispatches.pop(key, None)
+        self.redispatch.cancel(key)
+        if assigned is not None:
+            # Not placed by us (or by us before a restart of the view): send at once.
+            self.redispatch.schedule(key, now)
+
+    def _sent(self, key: str, now: float, count: int) -> None:
+        self.dispatches[key] = Dispatch(now, count)
+        self.redispatch.schedule(key, now + self.dispatch_timeout)
+
+    def _room_changed(self, name: str, grew: bool) -> None:
+        view = self.views.get(name)
+        if view is None or view.draining:
+            return
+        free = view.cpus - self.usage.used(name)
+        self.index.set_free(name, free)
+        if grew:
+            self.queue.unblock(view, free)
+
+    def _set_view(self, name: str, view: NodeView | None) -> None:
+        if view == self.views.get(name):
+            return  # e.g. a load refresh: nothing placement reads has changed
+        if view is None:
+            del self.views[name]
+            self.index.remove(name)
+            return
+        self.views[name] = view
+        free = view.cpus - self.usage.used(name)
+        self.index.update(view, free)
+        if not view.draining:
+            self.queue.unblock(view, free)
