@@ -87,7 +87,7 @@ OWNERS = (
 )
 PLUMBING = (
     ("selectors.py", "event loop wait (epoll)"),
-    ("threading.py", "threads (the child watcher's)"),
+    ("threading.py", "other threads"),
     ("asyncio/", "asyncio plumbing"),
 )
 
@@ -131,6 +131,10 @@ ROOT_FRAMES = (
 
 
 def category(frames: list[str]) -> str:
+    if frames[-1].startswith("Thread.run (threading.py"):
+        # A thread whose target is compiled code: grpc.aio's completion-queue poller
+        # (cygrpc's PollerCompletionQueue._poll_wrapper) is the only one in the agent.
+        return "etcd client: grpc's poller thread"
     files = [_file(f) for f in reversed(frames) if not _file(f).startswith(ROOT_FILES)]
     for file in files:
         for part, name in OWNERS:

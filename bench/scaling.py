@@ -9,10 +9,16 @@ is skipped and the reason recorded.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 from client import BenchClient
 from measure import cpu_by_kind
@@ -109,3 +115,17 @@ def flat(figures: dict[str, Any]) -> dict[str, float]:
             sizes[ran[-1]]["cpu_ms_per_job"] / sizes[ran[0]]["cpu_ms_per_job"]
         )
     return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default=",".join(str(n) for n in DEFAULT_SIZES))
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET)
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.sizes.split(",")]
+    print(json.dumps(asyncio.run(scaling_figures(sizes, args.budget)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

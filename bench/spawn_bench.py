@@ -51,7 +51,7 @@ async def child_spawn() -> None:
     for stream in STREAMS:
         while await child.read(stream, 65536):
             pass
-    await child.wait()
+    await asyncio.shield(child.exited)
     child.close_pipes()
 
 

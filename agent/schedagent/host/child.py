@@ -74,12 +74,9 @@ class Child:
 
     @property
     def exited(self) -> asyncio.Future[int]:
-        """Done with the exit status once the process has exited. Do not cancel it."""
+        """Done with the exit status once the process has exited (await it shielded:
+        cancelling it would lose the status)."""
         return self._exited
-
-    async def wait(self) -> int:
-        """The exit status, once the process has exited; cancelling the wait leaves it be."""
-        return await asyncio.shield(self._exited)
 
     async def read(self, stream: str, size: int) -> bytes:
         """Up to size bytes of stdout or stderr as they come; b"" at the end."""
