@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fleet
 import scaling
 from client import BenchClient
+from history_bench import HISTORY_TARGETS, history_figures, history_flat
 from placement_bench import placement_figures
 from scheduler_bench import scheduler_figures
 
@@ -37,6 +38,7 @@ TARGETS = {
     "idle_rss_mb": ("<=", 45.0),
     "idle_cpu_percent": ("<=", 0.5),
     "placement_per_s_5000_nodes": (">=", 5000),
+    **HISTORY_TARGETS,
     "scaling_cpu_growth": ("<=", 1.2),
     "fleet_failover_to_placement_s": ("<=", 3.0),
 }
@@ -175,6 +177,7 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
             for kind in ("node_refresh", "completion", "submit")
             for queued in (500, 50000)
         },
+        **history_flat(results.get("history")),
         **scaling.flat(results["scaling"]),
         **fleet.flat(results["fleet"]),
     }
@@ -202,6 +205,12 @@ def main() -> int:
     parser.add_argument("--latency-jobs", type=int, default=500)
     parser.add_argument("--idle", type=float, default=60.0, help="idle seconds for the footprint")
     parser.add_argument(
+        "--history-records",
+        type=int,
+        default=100000,
+        help="finished records (4 KiB binary output each) for the history figure; 0 skips it",
+    )
+    parser.add_argument(
         "--scaling-sizes",
         type=lambda text: [int(n) for n in text.split(",")],
         default=list(scaling.DEFAULT_SIZES),
@@ -224,6 +233,8 @@ def main() -> int:
     results.update(asyncio.run(cluster_figures(args)))
     results["placement"] = placement_figures()
     results["scheduler"] = scheduler_figures()
+    if args.history_records > 0:
+        results["history"] = asyncio.run(history_figures(args.history_records))
     results["scaling"] = asyncio.run(
         scaling.scaling_figures(args.scaling_sizes, args.scaling_budget)
     )

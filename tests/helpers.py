@@ -6,7 +6,9 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+import nats.errors
 import psutil
 
 
@@ -30,3 +32,17 @@ async def wait_until(predicate: Callable[[], bool], deadline: float, what: str) 
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {deadline}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def wait_until_served(nc: Any, deadline: float, prefix: str = "sched") -> None:
+    """Until some agent answers the API (after NATS or the agents restarted: each
+    subscribes again on its own time)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            await nc.request(f"{prefix}.api.leader", b'{"v": 1}', timeout=1)
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() > end:
+                raise AssertionError(f"no agent answers after {deadline}s") from None
+            await asyncio.sleep(0.1)

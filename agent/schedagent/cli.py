@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import os
 import sys
 from collections.abc import Sequence
 
@@ -72,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(config_path: str) -> None:
     """Run the agent in the foreground."""
+    # gRPC's fork handlers quiesce its threads around a fork, and when they lose that
+    # race the child aborts before it can exec: a run-as job (forked, not vforked, to
+    # switch users) died of SIGABRT at once. The agent forks only to exec a job, the
+    # case gRPC documents this switch for. Before the first import of grpc.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     from schedagent.daemon.app import run_agent
     from schedagent.etcd.tls import load_etcd_tls
     from schedagent.host.logs import setup_logging

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from schedagent.dev import marks
+
 from .conftest import Cluster
 from .deploy import PlaybookRun
 from .fleet import HOSTS, Host, wait_for
@@ -367,6 +369,57 @@ def test_upgrading_the_package_under_running_jobs_loses_none(cluster: Cluster) -
     assert all(n["started_at"] > began for n in nodes), [
         (n["name"], n["started_at"]) for n in nodes
     ]
+
+
+FROZEN_MARKS = "frozen-marks"  # in the jobs' working directory, /var/lib/schedagent
+
+
+def test_a_frozen_agents_jobs_die_before_they_run_elsewhere(cluster: Cluster) -> None:
+    """SIGSTOP the agent: systemd's watchdog (WatchdogSec=3s, SIGKILL) kills it and
+    its unit's jobs before the leader retries them (node_ttl 10 + grace 5 s). Overlap is
+    judged from the jobs' own marks on both hosts (nspawn hosts share this kernel's
+    clock)."""
+    # zone=b: node2 or node3, never node1 (the admin host).
+    command = marks.job_command(30, path=FROZEN_MARKS)
+    ids = [cluster.ctl.submit(command, "--label", "zone=b", "--retries", "1") for _ in range(2)]
+
+    def running() -> list[dict[str, Any]] | None:
+        jobs = [cluster.ctl.job(j) for j in ids]
+        return jobs if all(j["state"] == "RUNNING" for j in jobs) else None
+
+    jobs = wait_for("the jobs run", running, 60)
+    frozen = cluster.fleet.host(jobs[0]["node"])
+    victims = [j["id"] for j in jobs if j["node"] == frozen.name]
+    before = _unit(frozen, "MainPID", "NRestarts")
+    frozen.ssh(f"kill -STOP {before['MainPID']}")
+    for job_id in victims:
+        job = _wait_final(cluster, job_id, 120)
+        assert job["state"] == "SUCCEEDED" and len(job["attempts"]) == 2, job["attempts"]
+        first = job["attempts"][0]
+        assert first["node"] == frozen.name, job["attempts"]
+        assert first["reason"] in ("node lost", "agent restarted"), job["attempts"]
+    for job_id in set(ids) - set(victims):
+        assert _wait_final(cluster, job_id, 120)["state"] == "SUCCEEDED"
+
+    zone_b = [h for h in cluster.fleet.hosts if h.name in ("node2", "node3")]
+    seen = [
+        mark
+        for host in zone_b
+        for mark in marks.parse(
+            host.ssh(f"cat /var/lib/schedagent/{FROZEN_MARKS} 2>/dev/null || true"), host.name
+        )
+    ]
+    assert marks.overlaps(seen) == []
+    assert marks.ends(seen) == dict.fromkeys(ids, 1)
+    gaps = marks.gaps(seen)
+    assert set(gaps) == set(victims), gaps
+    # systemd's watchdog killed it, and restarted it: a new main process.
+    after = _unit(frozen, "MainPID", "NRestarts")
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, after
+    assert after["MainPID"] != before["MainPID"], after
+    watchdog = frozen.ssh("journalctl -u schedagent --no-pager -n 200 | grep -c 'Watchdog timeout'")
+    assert int(watchdog) >= 1, watchdog
+    print(f"frozen agent's jobs: next attempt {min(gaps.values()):.2f}s after they died")
 
 
 def test_a_job_on_a_host_that_loses_power_finishes_elsewhere(cluster: Cluster) -> None:

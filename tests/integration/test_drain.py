@@ -11,6 +11,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,9 @@ import pytest
 from apiclient import ApiClient
 from helpers import live_processes_with, marker, wait_until
 from schedagent.core.model import Job
+from schedagent.dev import marks
 from schedagent.dev.cluster import AgentProcess, LocalCluster
-from schedagent.dev.invariants import check_jobs
+from schedagent.dev.invariants import check_cancels, check_executions, check_jobs, check_placements
 from sdsockets import DatagramListener, parse_notify
 
 Notify = DatagramListener[dict[str, str]]
@@ -113,6 +115,30 @@ async def test_second_sigterm_stops_at_once(make: Any) -> None:
         await api.wait_for(job_id, deadline=30)
 
 
+async def test_a_cancel_during_the_drain_is_acted_on(make: Any, tmp_path: Path) -> None:
+    # Before: the worker stopped listening for cancels when it stopped taking
+    # dispatches, so the job ran on until the drain timed out, and then again elsewhere.
+    cluster, _ = await make(drain_timeout=60.0)
+    ran = tmp_path / "marks"
+    async with ApiClient(cluster.nats_url) as api:
+        job_id, victim = await running_on(api, cluster, marks.marked("sleep 600", ran, beat=True))
+        victim.terminate()
+        # Once the drain waits for its job, the worker takes no more dispatches.
+        await wait_until(
+            lambda: "draining: waiting up to 60s" in victim.log_tail(10), 10, "the drain to begin"
+        )
+        await api.call("cancel", id=job_id)
+        acknowledged = time.time()
+        job = await api.wait_for(job_id, deadline=15)
+        assert await exit_code(victim, 15) == 0
+        assert "stopped: 1 finished, 0 handed back" in victim.log_tail(10)
+    assert (job["state"], job["attempt"], job["reason"]) == ("CANCELED", 1, "canceled"), job
+    records = {job_id: Job.from_dict(job)}
+    runs = marks.read_file(ran)
+    assert check_executions(runs, records) == []
+    assert check_cancels(runs, {job_id: acknowledged}, records, grace=5.0) == []
+
+
 def _draining(cluster: LocalCluster, name: str) -> bool:
     return _node_record(cluster, name).get("draining") is True
 
@@ -120,6 +146,14 @@ def _draining(cluster: LocalCluster, name: str) -> bool:
 def _node_record(cluster: LocalCluster, name: str) -> dict[str, Any]:
     kvs = _etcd_range(cluster, f"{cluster.etcd_prefix}/nodes/{name}")
     return dict(json.loads(base64.b64decode(kvs[0]["value"]))) if kvs else {}
+
+
+def _placed(cluster: LocalCluster) -> list[tuple[str, str]]:
+    """(node, job id) of every key of the placement index."""
+    prefix = f"{cluster.etcd_prefix}/placed/"
+    kvs = _etcd_range(cluster, prefix, True)
+    names = (base64.b64decode(kv["key"]).decode()[len(prefix) :].split("/") for kv in kvs)
+    return [(node, job_id) for node, job_id in names]
 
 
 def _etcd_range(cluster: LocalCluster, key: str, prefix: bool = False) -> list[dict[str, Any]]:
@@ -175,6 +209,7 @@ async def test_rolling_restart_under_load_fails_no_job(cluster_factory: ClusterF
     ]
     assert not_succeeded == [], f"{len(not_succeeded)} of {len(records)}: {not_succeeded[:3]}"
     assert check_jobs(accepted, records) == []
+    assert check_placements(records, await asyncio.to_thread(_placed, cluster)) == []
 
 
 async def _pick(api: ApiClient, cluster: LocalCluster, leader: bool, restarted: set[str]) -> str:
@@ -223,7 +258,10 @@ async def _final_records(cluster: LocalCluster, ids: list[str], deadline: float)
     than one NATS message (the API's `list`) may carry."""
     wanted, end = set(ids), time.monotonic() + deadline
     while True:
-        kvs = await asyncio.to_thread(_etcd_range, cluster, f"{cluster.etcd_prefix}/jobs/", True)
+        kvs = []
+        for prefix in ("jobs", "done"):  # live records, and final ones
+            where = f"{cluster.etcd_prefix}/{prefix}/"
+            kvs += await asyncio.to_thread(_etcd_range, cluster, where, True)
         jobs = [Job.from_json(base64.b64decode(kv["value"])) for kv in kvs]
         records = {job.id: job for job in jobs if job.id in wanted}
         unfinished = [i for i in wanted if i not in records or not records[i].state.final]

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import pwd
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import etcdhttp
 from apiclient import ApiClient
+from helpers import marker, wait_until
 from schedagent.core.model import Attempt, Job, JobState, new_job_id
 from schedagent.core.names import Keys
 from schedagent.core.signing import SigningKey
 from schedagent.core.spec import parse_spec
+from schedagent.dev import marks
 from schedagent.dev.cluster import LocalCluster, harness_key
+from schedagent.dev.invariants import check_executions
 from schedagent.etcd.store import Put, Store
+from schedagent.host.jobprocs import job_attempts
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +159,91 @@ async def test_a_cancel_must_be_signed_by_a_trusted_key_for_that_job(
     logs = "".join(agent.log_tail(400) for agent in cluster.agents.values())
     assert f"audit cancel job {job_id} key {harness_key()[0].key_id}: requested while" in logs
     await api.call("cancel", id=other_id)
+
+
+async def test_a_signed_job_retried_after_its_nonce_expired_still_runs(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    # The freshness window guards the first start only. Once the nonce's lease expired
+    # (here: deleted, as its expiry would), a retry claimed it as new and was refused
+    # as "signed too long before its first start". Before: the second attempt failed so.
+    overrides = {"security": {"signature_max_age": 2}, "jobs": {"retry_backoff": 0.2}}
+    cluster: LocalCluster = cluster_factory(2, agent_overrides=overrides)
+    ran = tmp_path / "marks"
+    async with ApiClient(cluster.nats_url) as api:
+        job_id = await api.submit(marks.marked("sleep 3; exit 1", ran), retries=1)
+        job = await api.wait_for(job_id, {"RUNNING"})
+        nonce = job["spec"]["signature"]["nonce"]
+        nonce_key = f"{cluster.etcd_prefix}/nonces/{nonce}"
+        assert etcdhttp.get(cluster.etcd_endpoint, nonce_key) == job_id.encode()
+        etcdhttp.delete(cluster.etcd_endpoint, nonce_key)
+        job = await api.wait_for(job_id, deadline=30)
+    assert [a["reason"] for a in job["attempts"]] == ["exit code 1", "exit code 1"], job
+    records = {job_id: Job.from_dict(job)}
+    assert sorted(marks.by_attempt(marks.read_file(ran))) == [(job_id, 1), (job_id, 2)]
+    assert check_executions(marks.read_file(ran), records) == []
+
+
+async def test_a_second_signed_job_with_a_replayed_nonce_is_still_refused_after_expiry(
+    cluster_factory: Any,
+) -> None:
+    # What the freshness window is for: once the nonce is forgotten, a replay of an old
+    # signature (in a new record, with no attempt that ever started) is refused for age.
+    cluster: LocalCluster = cluster_factory(
+        1, agent_overrides={"security": {"signature_max_age": 1}}
+    )
+    async with ApiClient(cluster.nats_url) as api:
+        store = Store([cluster.etcd_endpoint])
+        await store.connect()
+        try:
+            spec = signed({"cmd": "echo once"})
+            first = await inject(store, api, spec)
+            assert (await api.wait_for(first, deadline=20))["state"] == "SUCCEEDED"
+            etcdhttp.delete(
+                cluster.etcd_endpoint, f"/schedagent/nonces/{spec['signature']['nonce']}"
+            )
+            await asyncio.sleep(1.5)
+            replay = await inject(store, api, spec)
+            await refused(api, replay, "signature rejected: signed too long before its first start")
+        finally:
+            await store.close()
+
+
+async def test_run_as_runs_the_job_as_that_user(cluster_factory: Any) -> None:
+    # The agents here run as root (the tests do), so they can switch users.
+    user = pwd.getpwnam("nobody")
+    cluster: LocalCluster = cluster_factory(
+        1, agent_overrides={"security": {"run_as_allowed": ["nobody"]}}
+    )
+    async with ApiClient(cluster.nats_url) as api:
+        job_id = await api.submit(f"id -un; id -u; sleep {marker()}", user="nobody")
+        await api.wait_for(job_id, {"RUNNING"})
+        await wait_until(lambda: (job_id, 1) in job_attempts(), 10, "the job's processes")
+        # From the process table, not from what the agent recorded.
+        uids = {p.uids().real for p in job_attempts()[(job_id, 1)]}
+        assert uids == {user.pw_uid}, uids
+        await api.call("cancel", id=job_id)
+        job = await api.wait_for(job_id, deadline=20)
+    assert job["output_tail"].startswith(f"nobody\n{user.pw_uid}\n"), job["output_tail"]
+
+
+async def test_the_api_refuses_requests_beyond_its_rate_and_recovers(
+    cluster_factory: Any,
+) -> None:
+    cluster: LocalCluster = cluster_factory(
+        1, agent_overrides={"security": {"max_requests_per_second": 5}}
+    )
+    async with ApiClient(cluster.nats_url) as api:
+        body = json.dumps({"v": 1}).encode()
+        replies = await asyncio.gather(
+            *(api.nc.request("sched.api.leader", body, timeout=10) for _ in range(40))
+        )
+        answers = [json.loads(r.data) for r in replies]
+        refused = [a for a in answers if not a.get("ok")]
+        # A burst of one second's worth (5), refilled at 5/s while the burst is served.
+        assert 25 <= len(refused) <= 35, answers
+        assert {(a["code"], a["error"]) for a in refused} == {
+            ("unavailable", "too many requests to this agent; try again")
+        }
+        await asyncio.sleep(1.0)
+        assert (await api.call("leader"))["ok"]

@@ -83,7 +83,7 @@ def test_ready_only_once_registered_and_stopping_on_sigterm(
         assert "stopped: 0 finished, 0 handed back" in agent.log_tail(5)
 
 
-async def test_watchdog_cadence_pauses_without_nats_and_jobs_see_none_of_it(
+async def test_watchdog_cadence_goes_on_without_nats_and_jobs_see_none_of_it(
     tmp_path: Path, etcd_server: EtcdServer, nats_server: NatsServer, notify: Notify
 ) -> None:
     agent = make_agent(
@@ -107,13 +107,29 @@ async def test_watchdog_cadence_pauses_without_nats_and_jobs_see_none_of_it(
         names = {line.split("=", 1)[0] for line in job["output_tail"].splitlines()}
         assert "PATH" in names and not names & leaked
 
+        # NATS away: the loop still runs, so systemd must not kill the agent (and with
+        # it every job of the unit); STATUS= says what is wrong.
         nats_server.stop()
-        notify.wait_for_silence(is_ping, quiet=2.5, timeout=15, what="pings without NATS")
+        gone = time.monotonic()
         said = notify.wait_for(lambda m: "problem: " in m.get("STATUS", ""), 10, "STATUS: why")
         assert "NATS" in said.body["STATUS"]
+        during = _pings_after(notify, gone, count=8)
+        assert max(b - a for a, b in itertools.pairwise([gone, *during])) < 0.9, during
         nats_server.start()
-        back = time.monotonic()
-        notify.wait_for(is_ping, 30, "pings once NATS is back", after=back)
+
+
+def test_a_watchdog_too_long_for_the_lease_ttl_is_refused_at_start(
+    tmp_path: Path, etcd_server: EtcdServer, nats_server: NatsServer, notify: Notify
+) -> None:
+    """systemd would kill a frozen agent's jobs only after they run elsewhere."""
+    agent = make_agent(tmp_path, etcd_server, nats_server, notify, WATCHDOG_USEC="30000000")
+    with agent:
+        assert agent.wait(20) == 2
+        last = agent.log_tail(1)
+        assert "WatchdogSec=30s" in last and "node_ttl: 10" in last, last
+        assert "at most 3.75s" in last and "node_ttl to at least 64" in last, last
+        assert NODE_KEY not in etcd_server.keys("/schedagent/nodes/")
+        assert not [m for m in notify.messages() if "READY" in m.body]
 
 
 def _pings_after(notify: Notify, since: float, count: int) -> list[float]:

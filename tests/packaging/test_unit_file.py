@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from schedagent.config import JobsConfig
+from schedagent.config import AgentConfig, JobsConfig
+from schedagent.host.service import watchdog_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "schedagent.service"
@@ -73,5 +74,16 @@ def test_stop_timeout_outlasts_the_drain_and_nothing_escapes() -> None:
     assert stop > jobs.drain_timeout + jobs.kill_grace + 10  # + hand-back writes, NATS drain
     # mixed: SIGTERM to the agent alone (it drains), SIGKILL to the whole cgroup at the end.
     assert settings["KillMode"] == ["mixed"]
-    watchdog = int(settings["WatchdogSec"][0].removesuffix("s"))
-    assert watchdog >= 2 * 10  # outlasts a lease TTL (node_ttl default 10 s) with margin
+
+
+def test_the_watchdog_kills_a_frozen_agent_before_its_jobs_run_elsewhere() -> None:
+    """docs/semantics.md, "Fenced execution": the watchdog and the default node_ttl fit, and a
+    frozen (SIGSTOPped) agent is killed by it at once, its jobs with it."""
+    settings = unit_settings()
+    watchdog = float(settings["WatchdogSec"][0].removesuffix("s"))
+    assert watchdog_problem(watchdog, AgentConfig().node_ttl) is None
+    # SIGABRT would wait for the stopped process (TimeoutAbortSec=) before SIGKILL.
+    assert settings["WatchdogSignal"] == ["SIGKILL"]
+    # The agent refuses a bad pair at start (exit 2): restarting it cannot help.
+    assert settings["RestartPreventExitStatus"] == ["2"]
+    assert settings["KillMode"] == ["mixed"]  # the final SIGKILL reaches every job

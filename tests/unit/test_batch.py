@@ -16,6 +16,13 @@ def test_keyed_jobs_go_64_to_a_transaction_unkeyed_128() -> None:
     assert [len(c) for c in unkeyed.chunks] == [128, 128, 44]
 
 
+def test_two_compares_a_job_take_42_keyed_or_64_unkeyed() -> None:
+    keyed = plan_creates([(f"k{n}", 100) for n in range(100)], ops_per_job=2)
+    assert [len(c) for c in keyed.chunks] == [42, 42, 16]
+    unkeyed = plan_creates([(None, 100)] * 130, ops_per_job=2)
+    assert [len(c) for c in unkeyed.chunks] == [64, 64, 2]
+
+
 def test_a_chunk_stays_under_the_byte_limit_and_a_huge_record_goes_alone() -> None:
     plan = plan_creates([(None, 400), (None, 400), (None, 400), (None, 5000), (None, 1)], 128, 1000)
     assert plan.chunks == [[0, 1], [2], [3], [4]]
@@ -28,17 +35,18 @@ def test_a_repeated_key_points_at_its_first_spec() -> None:
 
 @given(
     st.lists(st.tuples(st.none() | st.sampled_from("abcdefgh"), st.integers(1, 300)), max_size=400),
-    st.integers(2, 128),
+    st.integers(3, 128),
+    st.integers(1, 2),
 )
 def test_every_spec_is_planned_once_in_order_within_limits(
-    items: list[tuple[str | None, int]], max_ops: int
+    items: list[tuple[str | None, int]], max_ops: int, per_job: int
 ) -> None:
-    plan = plan_creates(items, max_ops, 2000)
+    plan = plan_creates(items, max_ops, 2000, per_job)
     created = [index for chunk in plan.chunks for index in chunk]
     assert created == sorted(created)
     assert sorted(created + list(plan.same_as)) == list(range(len(items)))
     for chunk in plan.chunks:
-        ops = sum(1 if items[i][0] is None else 2 for i in chunk)
+        ops = sum(per_job if items[i][0] is None else per_job + 1 for i in chunk)
         assert len(chunk) == 1 or (ops <= max_ops and sum(items[i][1] for i in chunk) <= 2000)
     keys = [items[i][0] for i in created if items[i][0] is not None]
     assert len(keys) == len(set(keys))

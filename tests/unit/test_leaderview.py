@@ -273,3 +273,65 @@ def test_lost_node_recovery_looks_only_at_that_nodes_jobs() -> None:
     assert [(d.key, d.reason, d.job.state) for d in lost] == [
         (placed[0].key, "node lost", JobState.PENDING)
     ]
+
+
+def placed_on(view: LeaderView, name: str, lease: int) -> Decision:
+    """One job placed (ASSIGNED) on node `name`, whose record is under `lease`."""
+    view.set_node(f"nodes/{name}", record(name, 1.0, {}, lease, 0.0))
+    job = pending(7, JobSpec(cmd="x", retries=1))
+    view.set_job(f"jobs/{job.id}", job, 1, 0.0)
+    (placed,) = view.placements(0.0, 64)
+    view.set_job(placed.key, placed.job, 2, 0.0)
+    assert view.lost(0.0) == []
+    return placed
+
+
+def running_on(view: LeaderView, name: str, lease: int) -> str:
+    """One job RUNNING on node `name` under `lease`; its key."""
+    placed = placed_on(view, name, lease)
+    started = transitions.start(placed.job.clone(), name, 1, 0.0, lease)
+    assert started is not None
+    view.set_job(placed.key, started, 3, 0.0)
+    assert view.lost(0.0) == []
+    return placed.key
+
+
+def test_a_running_attempt_of_a_lost_node_is_closed_only_after_the_grace() -> None:
+    view = LeaderView(TIMEOUT, BACKOFF, lost_grace=5.0)
+    key = running_on(view, "a", 1)
+    view.set_node("nodes/a", None)
+    assert view.lost(10.0, clock=100.0) == []  # seen lost now: its agent is killing it
+    assert view.next_timer() == 15.0  # the scheduler wakes for it
+    assert view.lost(14.0, clock=104.9) == []
+    (decision,) = view.lost(15.0, clock=105.0)
+    assert (decision.key, decision.reason, decision.job.attempt) == (key, "node lost", 2)
+
+
+def test_the_grace_counts_on_the_monotonic_clock_not_the_wall_clock() -> None:
+    view = LeaderView(TIMEOUT, BACKOFF, lost_grace=5.0)
+    running_on(view, "a", 1)
+    view.set_node("nodes/a", None)
+    assert view.lost(10.0, clock=100.0) == []
+    assert view.lost(1000.0, clock=101.0) == []  # the wall clock jumped ahead: not yet
+
+
+def test_a_node_back_before_the_grace_ends_closes_nothing_and_restarts_the_wait() -> None:
+    view = LeaderView(TIMEOUT, BACKOFF, lost_grace=5.0)
+    running_on(view, "a", 1)
+    view.set_node("nodes/a", None)
+    assert view.lost(10.0, clock=100.0) == []
+    view.set_node("nodes/a", record("a", 1.0, {}, 1, 0.0))  # the same lease: alive
+    assert view.lost(11.0, clock=101.0) == []
+    assert view.lost_since == {}
+    view.set_node("nodes/a", None)
+    assert view.lost(12.0, clock=102.0) == []
+    assert view.lost(16.0, clock=106.0) == []  # 4 s since it was lost again
+    assert len(view.lost(17.0, clock=107.0)) == 1
+
+
+def test_an_assigned_attempt_of_a_lost_node_goes_back_at_once() -> None:
+    view = LeaderView(TIMEOUT, BACKOFF, lost_grace=5.0)
+    placed = placed_on(view, "a", 1)
+    view.set_node("nodes/a", None)
+    lost = view.lost(1.0, clock=1.0)
+    assert [(d.key, d.job.state) for d in lost] == [(placed.key, JobState.PENDING)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from schedagent.config import AgentConfig, parse_config
 from schedagent.daemon.reload import merge_live
 from schedagent.host.notify import Notifier
 from schedagent.host.runner import job_environment
-from schedagent.host.service import Heartbeat, Snapshot, status_line
+from schedagent.host.service import Heartbeat, Snapshot, status_line, watchdog_problem
 from sdsockets import DatagramListener, parse_notify
 
 Listener = DatagramListener[dict[str, str]]
@@ -73,23 +75,57 @@ def test_without_a_socket_nothing_is_sent_and_nothing_fails(tmp_path: Path) -> N
     assert not gone.send("WATCHDOG=1")
 
 
-async def test_heartbeat_pings_only_while_healthy(listener: Listener) -> None:
+async def test_heartbeat_pings_while_the_loop_runs(
+    listener: Listener,
+) -> None:
     heartbeat = Heartbeat(Notifier(listener.address, watchdog_usec=100_000))
-    healthy = True
-    task = asyncio.create_task(heartbeat.watchdog(lambda: healthy))
+    task = asyncio.create_task(heartbeat.watchdog())
     try:
-        await asyncio.to_thread(listener.wait_for, lambda m: "WATCHDOG" in m, 5, "a ping")
-        healthy = False
+        first = await asyncio.to_thread(listener.wait_for, lambda m: "WATCHDOG" in m, 5, "a ping")
         await asyncio.to_thread(
-            listener.wait_for_silence, lambda m: "WATCHDOG" in m, 0.5, 5, "pings while unhealthy"
-        )
-        healthy = True
-        since = time.monotonic()
-        await asyncio.to_thread(
-            listener.wait_for, lambda m: "WATCHDOG" in m, 5, "pings again", since
+            listener.wait_for, lambda m: "WATCHDOG" in m, 5, "another ping", first.at + 1e-6
         )
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_stuck_loop_leaves_its_stacks_before_the_watchdog_kills_it(tmp_path: Path) -> None:
+    """A thread writes the loop's stack while the loop is stuck, unasked."""
+    script = (
+        "import asyncio, time\n"
+        "from schedagent.host.notify import Notifier\n"
+        "from schedagent.host.service import Heartbeat\n"
+        "async def main():\n"
+        "    beat = asyncio.create_task(Heartbeat(Notifier('@x', 200_000)).watchdog())\n"
+        "    await asyncio.sleep(0.05)\n"
+        "    time.sleep(1)  # the loop stuck in a blocking call\n"
+        "    beat.cancel()\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert "event loop stuck for 0." in done.stderr and "in main" in done.stderr, done.stderr
+    assert done.stderr.count("event loop stuck") == 1  # once per stall
+
+
+@pytest.mark.parametrize(
+    ("watchdog", "ttl", "fits"),
+    [(None, 3, True), (3.0, 10, True), (3.75, 10, True), (3.8, 10, False), (30.0, 10, False)],
+)
+def test_watchdog_must_kill_a_frozen_agent_before_its_jobs_are_retried(
+    watchdog: float | None, ttl: int, fits: bool
+) -> None:
+    problem = watchdog_problem(watchdog, ttl)
+    assert (problem is None) == fits
+    if problem is not None:
+        assert problem.startswith(f"WatchdogSec={watchdog:g}s ")
+        assert f"node_ttl: {ttl}" in problem and "at most 3.75s" in problem
+        # The remedy it names works.
+        wanted = int(problem.split("node_ttl to at least ")[1].split()[0])
+        assert watchdog_problem(watchdog, wanted) is None
+        assert watchdog_problem(watchdog, wanted - 1) is not None
 
 
 def test_status_line() -> None:

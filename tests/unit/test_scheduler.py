@@ -43,6 +43,9 @@ class Clock:
     def time(self) -> float:
         return self.now
 
+    def monotonic(self) -> float:
+        return self.now
+
 
 def node(name: str, cpus: float = 1.0, lease: int = 1) -> NodeRecord:
     return NodeRecord(name, name, cpus, 1, 1, (0.0, 0.0, 0.0), {}, "t", 1.0, lease)

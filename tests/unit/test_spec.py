@@ -31,6 +31,12 @@ def test_defaults() -> None:
         ({"cmd": "x", "labels": []}, "labels must be an object"),
         ({"cmd": "x", "colour": "red"}, "unknown spec field(s): colour"),
         ({"cmd": "x\0y"}, "no NUL byte"),
+        # What the OS would refuse only when the job starts is refused at the door.
+        ({"cmd": "echo \ud800"}, "cmd must be valid Unicode text"),
+        ({"cmd": "x", "env": {"A": "\udc80"}}, "env A must be valid Unicode text"),
+        ({"cmd": "x", "cwd": "/tmp/\ud800"}, "cwd must be valid Unicode text"),
+        ({"cmd": "x", "cwd": "/tmp/\0"}, "cwd must be an absolute path"),
+        ({"cmd": "x", "extra": {}}, "unknown spec field(s): extra"),
     ],
 )
 def test_bad_specs(raw: object, message: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 from schedagent.core import transitions as t
 from schedagent.core.model import Job, JobSpec, JobState, Outcome
 from schedagent.core.spec import parse_spec
@@ -115,3 +117,79 @@ def test_record_round_trips_through_json() -> None:
     again = Job.from_json(job.to_json())
     assert again == job
     assert isinstance(again.spec, JobSpec)
+
+
+def running_job(retries: int = 1) -> Job:
+    job = t.start(t.assign(new_job(retries=retries), "n1", 1.0) or new_job(), "n1", 1, 2.0, 7)
+    assert job is not None
+    return job
+
+
+def test_signals_without_a_python_name_are_named_by_number() -> None:
+    assert t.signal_name(15) == "SIGTERM"
+    assert t.signal_name(int(signal.SIGRTMIN) + 1) == "SIGRTMIN+1"
+    assert t.signal_name(int(signal.SIGRTMIN)) == "SIGRTMIN"
+    assert t.signal_name(200) == "signal 200"
+    job = run_to_end(new_job(), "n1", Outcome(0, 1, signal=int(signal.SIGRTMIN) + 1))
+    assert (job.state, job.reason) == (JobState.FAILED, "killed by SIGRTMIN+1")
+
+
+def test_a_cancel_holds_on_every_path_that_would_run_the_job_again() -> None:
+    failed = t.cancel(running_job(), 3.0)
+    assert failed is not None
+    failed = t.finish(failed, "n1", 1, Outcome(2.0, 4.0, exit_code=1), "", NO_WAIT)
+    assert failed is not None and (failed.state, failed.reason) == (JobState.CANCELED, "canceled")
+    assert failed.attempts[0].reason == "exit code 1" and failed.attempt == 1
+
+    lost = t.lose(t.cancel(running_job(), 3.0) or new_job(), "n1", "node lost", NO_WAIT, 5.0)
+    assert lost is not None and lost.state == JobState.CANCELED
+    assert lost.attempts[0].reason == "node lost"
+
+    back = t.hand_back(t.cancel(running_job(), 3.0) or new_job(), "n1", 1, "agent stopped", 5.0)
+    assert back is not None and back.state == JobState.CANCELED
+    assert back.attempts[0].state == t.HANDED_BACK
+
+    queued = new_job()
+    queued.cancel_requested = True  # as a record from before cancels held everywhere
+    assert t.assign(queued.clone(), "n1", 1.0) is None
+    settled = t.settle_cancel(queued)
+    assert settled is not None and settled.state == JobState.CANCELED
+    assert t.settle_cancel(new_job()) is None
+
+
+def test_an_attempt_not_taken_up_goes_back_after_enough_dispatches() -> None:
+    job = t.assign(new_job(), "n1", 1.0)
+    assert job is not None
+    assert t.stalled(job.clone(), t.DISPATCHES_BEFORE_HAND_BACK - 1, 5.0) is None
+    back = t.stalled(job, t.DISPATCHES_BEFORE_HAND_BACK, 5.0)
+    assert back is not None and (back.state, back.attempt, t.failures(back)) == (
+        JobState.PENDING,
+        2,
+        0,
+    )
+    assert back.attempts[0].reason == "not taken up by its node after 3 dispatches"
+    assert t.stalled(running_job(), 10, 5.0) is None
+
+
+def test_the_reconcilers_verdicts_on_a_running_record_it_does_not_run() -> None:
+    never = t.orphaned(running_job(), "n1", 7, False, NO_WAIT, 5.0)
+    assert never is not None and (never.state, t.failures(never)) == (JobState.PENDING, 0)
+    assert never.attempts[0].reason == t.NEVER_STARTED
+    lost = t.orphaned(running_job(), "n1", 7, True, NO_WAIT, 5.0)
+    assert lost is not None and lost.attempts[0].reason == t.LOST_TRACK and t.failures(lost) == 1
+    other = t.orphaned(running_job(), "n1", 8, False, NO_WAIT, 5.0)
+    assert other is not None and other.attempts[0].reason == t.AGENT_RESTARTED
+    assert t.orphaned(running_job(), "n2", 7, False, NO_WAIT, 5.0) is None
+
+
+def test_a_backoff_is_measured_on_the_clock_of_who_waits() -> None:
+    job = run_to_end(new_job(retries=1), "n1", Outcome(2.0, 3.0, exit_code=1))
+    job.updated_at = 3.0  # as JobStore.write stamps it, on the worker's clock
+    delay = job.not_before - 3.0
+    # A leader whose clock is an hour behind the worker's waits the backoff, not an hour.
+    assert t.eligible_at(job, 100.0 - 3600) == 100.0 - 3600 + delay
+    # A new leader seeing a retry whose backoff is over waits no second backoff.
+    assert t.eligible_at(job, 1000.0) == job.not_before
+    fresh = new_job()
+    fresh.updated_at = 50.0
+    assert t.eligible_at(fresh, 10.0) <= 10.0

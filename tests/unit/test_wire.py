@@ -38,6 +38,27 @@ def test_beat_round_trips() -> None:
     assert wire.parse_beat(wire.beat("n2", 41)) == wire.Beat("n2", 41)
 
 
+def test_reach_round_trips() -> None:
+    assert wire.parse_reach(wire.reach("n3", False, 4.25)) == wire.Reach("n3", False, 4.25)
+    assert wire.parse_reach(wire.reach("n3", True, None)) == wire.Reach("n3", True, None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"node": "", "reaching": true}',
+        b'{"node": 3, "reaching": true}',
+        b'{"node": "n1", "reaching": 1}',
+        b'{"node": "n1"}',
+        b'{"node": "n1", "reaching": false, "age": "3"}',
+        b'{"node": "n1", "reaching": false, "age": true}',
+    ],
+)
+def test_malformed_reach_is_a_wire_error(data: bytes) -> None:
+    with pytest.raises(WireError):
+        wire.parse_reach(data)
+
+
 def test_every_body_carries_the_version() -> None:
     bodies = [wire.dispatch(JOB, 1), wire.cancel(JOB, 1), wire.beat("n", 1), wire.request()]
     assert all(json.loads(b)["v"] == wire.VERSION for b in bodies)

@@ -27,10 +27,12 @@ def plan_creates(
     items: Sequence[tuple[str | None, int]],
     max_ops: int = MAX_TXN_OPS,
     max_bytes: int = MAX_TXN_BYTES,
+    ops_per_job: int = 1,
 ) -> CreatePlan:
     """items: (idempotency key or None, bytes written) per spec, in batch order.
 
-    A job costs one compare and one put, and one more of each with a key.
+    A job costs ops_per_job compares (or puts, whichever are more) without a key, one
+    more with one.
     """
     chunks: list[list[int]] = []
     same_as: dict[int, int] = {}
@@ -43,7 +45,7 @@ def plan_creates(
             continue
         if key is not None:
             owner[key] = index
-        cost = 1 if key is None else 2
+        cost = ops_per_job if key is None else ops_per_job + 1
         if chunk and (ops + cost > max_ops or size + nbytes > max_bytes):
             chunks.append(chunk)
             chunk, ops, size = [], 0, 0

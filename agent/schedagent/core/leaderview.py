@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from schedagent.core import transitions
+from schedagent.core import fencing, transitions
 from schedagent.core.model import Job, JobState, NodeRecord
 from schedagent.core.pending import PendingQueue, Shape
 from schedagent.core.placement import NodeView, PlacementIndex
@@ -47,11 +47,11 @@ def node_view(record: NodeRecord, suspect: bool) -> NodeView:
     return NodeView(record.name, record.cpus, record.labels, record.draining or suspect)
 
 
-def _pending(tracked: Tracked | None) -> tuple[str, Shape, float] | None:
+def _pending(tracked: Tracked | None) -> tuple[str, Shape, float, float] | None:
     if tracked is None or tracked.job.state != JobState.PENDING:
         return None
     job = tracked.job
-    return job.id, Shape.of(job.spec), job.not_before
+    return job.id, Shape.of(job.spec), job.not_before, job.updated_at
 
 
 def _holding(tracked: Tracked | None) -> tuple[str, float] | None:
@@ -70,9 +70,14 @@ class LeaderView:
     """Jobs that are not final and node records, by etcd key, with what follows from them:
     the pending queue, CPUs held per node, the placement index and the timers."""
 
-    def __init__(self, dispatch_timeout: float, backoff: transitions.Backoff) -> None:
+    def __init__(
+        self, dispatch_timeout: float, backoff: transitions.Backoff, lost_grace: float = 0.0
+    ) -> None:
         self.dispatch_timeout = dispatch_timeout
         self.backoff = backoff
+        # A RUNNING attempt whose node is lost is closed only once seen so this long
+        # (its agent has killed it by then: core/fencing.py, lost_grace).
+        self.lost_grace = lost_grace
         self.jobs: dict[str, Tracked] = {}
         self.records: dict[str, NodeRecord] = {}  # node name -> its record
         self.node_names: dict[str, str] = {}  # node record key -> node name
@@ -85,6 +90,10 @@ class LeaderView:
         self.redispatch: Timers[str] = Timers()  # ASSIGNED jobs, by their dispatch deadline
         self.dispatches: dict[str, Dispatch] = {}
         self.unchecked: set[str] = set()  # jobs whose attempt may have lost its agent
+        # Jobs whose current attempt was seen lost: since when (on lost()'s clock), and
+        # when to look again; forgotten when the job leaves the view or its attempt moves.
+        self.lost_since: dict[str, float] = {}
+        self.lost_wait: Timers[str] = Timers()
 
     # Changes in ---------------------------------------------------------------
 
@@ -95,6 +104,9 @@ class LeaderView:
         self._requeue(key, old, new, now)
         self._rehold(key, old, new)
         self._redispatch(key, old, new, now)
+        if new is None or (old is not None and old.job.attempt != new.job.attempt):
+            self.lost_since.pop(key, None)
+            self.lost_wait.cancel(key)
         if new is None:
             self.jobs.pop(key, None)
             self.unchecked.discard(key)
@@ -135,21 +147,38 @@ class LeaderView:
 
     # Decisions out ------------------------------------------------------------
 
-    def lost(self, now: float) -> list[Decision]:
-        """Attempts whose agent is gone (its record deleted, or a new incarnation)."""
+    def lost(self, now: float, clock: float | None = None) -> list[Decision]:
+        """Attempts whose agent is gone (its record deleted, or a new incarnation): an
+        ASSIGNED one at once, a RUNNING one once `lost_grace` has passed on `clock` (a
+        monotonic reading; `now` if None) since it was first seen so."""
         found = []
-        for key in sorted(self.unchecked):
-            job = self.jobs[key].job
-            record = self.records.get(job.node or "")
-            lease, started = (record.lease, record.started_at) if record else (None, 0.0)
-            reason = transitions.lost_reason(job, lease, started)
-            new = None
-            if reason is not None:
-                new = transitions.lose(job.clone(), job.node or "", reason, self.backoff, now)
-            if reason is not None and new is not None:
-                found.append(Decision(key, new, self.jobs[key].revision, reason))
+        since = now if clock is None else clock
+        for key in sorted(self.unchecked | set(self.lost_wait.due(now))):
+            decision = self._lost(key, now, since)
+            if decision is not None:
+                found.append(decision)
         self.unchecked.clear()
         return found
+
+    def _lost(self, key: str, now: float, clock: float) -> Decision | None:
+        tracked = self.jobs.get(key)
+        if tracked is None:
+            return None
+        job = tracked.job
+        record = self.records.get(job.node or "")
+        lease, started = (record.lease, record.started_at) if record else (None, 0.0)
+        reason = transitions.lost_reason(job, lease, started)
+        if reason is None:
+            self.lost_since.pop(key, None)
+            self.lost_wait.cancel(key)
+            return None
+        since = self.lost_since.setdefault(key, clock)
+        wait = fencing.retry_due(job.state, since, clock, self.lost_grace)
+        if wait > 0:
+            self.lost_wait.schedule(key, now + wait)
+            return None
+        new = transitions.lose(job.clone(), job.node or "", reason, self.backoff, now)
+        return None if new is None else Decision(key, new, tracked.revision, reason)
 
     def due_dispatches(self, now: float) -> list[Job]:
         """ASSIGNED attempts to dispatch again: not taken up within the dispatch timeout,
@@ -174,6 +203,11 @@ class LeaderView:
         while len(found) < limit and (oldest := self.queue.oldest()) is not None:
             key, shape = oldest
             tracked = self.jobs[key]
+            settled = transitions.settle_cancel(tracked.job.clone())
+            if settled is not None:  # its cancel was asked for (a record of an older version)
+                found.append(Decision(key, settled, tracked.revision, "canceled"))
+                self.set_job(key, settled, tracked.revision, now)
+                continue
             target = self.index.choose(tracked.job.spec)
             if target is None:
                 self.queue.block(shape)
@@ -188,7 +222,8 @@ class LeaderView:
         return found
 
     def next_timer(self) -> float | None:
-        times = [t for t in (self.waiting.next_at(), self.redispatch.next_at()) if t is not None]
+        timers = (self.waiting, self.redispatch, self.lost_wait)
+        times = [t for t in (timer.next_at() for timer in timers) if t is not None]
         return min(times, default=None)
 
     # Keeping the parts in step --------------------------------------------------
@@ -201,9 +236,11 @@ class LeaderView:
         self.waiting.cancel(key)
         if pending is None:
             return
-        job_id, shape, not_before = pending
-        if not_before > now:
-            self.waiting.schedule(key, not_before)
+        job_id, shape = pending[:2]
+        # On this view's clock: the writer's backoff counted from now (no later).
+        due = transitions.eligible_at(new.job, now) if new is not None else now
+        if due > now:
+            self.waiting.schedule(key, due)
         else:
             self.queue.add(key, job_id, shape)
 

@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from schedagent.core import decoding
+
 SCHEMA_VERSION = 1
 JOB_ID_RE = re.compile(r"^[0-9a-f]{20}$")
 
@@ -51,9 +53,12 @@ class JobSpec:
     idempotency_key: str | None = None
     user: str | None = None
     signature: Mapping[str, Any] | None = None
+    # Fields of a newer version this one does not know: kept, and written back.
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self.extra,
             "user": self.user,
             "signature": None if self.signature is None else dict(self.signature),
             "cmd": self.cmd,
@@ -82,6 +87,12 @@ class Attempt:
     signal: int | None = None
     reason: str | None = None
     lease: int | None = None  # the etcd lease of the agent incarnation that started it
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = vars(self).copy()
+        extra = data.pop("extra")
+        return {**extra, **data} if extra else data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +124,7 @@ class Job:
     output_tail: str = ""
     updated_at: float = 0.0
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def current_attempt(self) -> Attempt | None:
         for attempt in reversed(self.attempts):
@@ -125,9 +137,9 @@ class Job:
         data = {name: getattr(self, name) for name in _JOB_SCALARS}
         data["spec"] = self.spec.to_dict()
         data["state"] = str(self.state)
-        data["attempts"] = [vars(a).copy() for a in self.attempts]
+        data["attempts"] = [a.to_dict() for a in self.attempts]
         data["v"] = SCHEMA_VERSION
-        return data
+        return {**self.extra, **data} if self.extra else data
 
     def clone(self) -> Job:
         """A copy whose attempts can be changed without touching this record."""
@@ -137,20 +149,40 @@ class Job:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Job:
-        values = {k: v for k, v in data.items() if k in _JOB_FIELDS}
-        values["spec"] = JobSpec(**data["spec"])
-        values["state"] = JobState(data["state"])
-        values["attempts"] = [Attempt(**a) for a in data.get("attempts", [])]
-        return cls(**values)
+    def from_dict(cls, data: object) -> Job:
+        """The job in a decoded record; ValueError if it is not one.
+
+        Fields this version does not know are kept in `extra` (and written back), so a
+        record from a newer version is still placed, run and finished here.
+        """
+        values, extra = decoding.split(data, "job record", _JOB_CHECKS, _JOB_REQUIRED)
+        extra.pop("v", None)
+        spec, spec_extra = decoding.split(values["spec"], "job spec", _SPEC_CHECKS, _SPEC_REQUIRED)
+        values["spec"] = JobSpec(**spec, extra=spec_extra)
+        values["state"] = JobState(values["state"])
+        values["attempts"] = [_attempt_from(a) for a in values.get("attempts", ())]
+        return cls(**values, extra=extra)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Job:
+        """ValueError for anything but a job record (not JSON, not UTF-8, not an object)."""
         return cls.from_dict(json.loads(raw))
 
 
+def _attempt_from(data: object) -> Attempt:
+    values, extra = decoding.split(data, "attempt", _ATTEMPT_CHECKS, _ATTEMPT_REQUIRED)
+    return Attempt(**values, extra=extra)
+
+
+_NO_EXTRA = frozenset({"extra"})
 _JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
-_JOB_SCALARS = tuple(sorted(_JOB_FIELDS - {"spec", "state", "attempts"}))
+_JOB_SCALARS = tuple(sorted(_JOB_FIELDS - {"spec", "state", "attempts", "extra"}))
+_JOB_CHECKS = decoding.field_checks(Job, _NO_EXTRA)
+_JOB_REQUIRED = decoding.required_fields(Job)
+_SPEC_CHECKS = decoding.field_checks(JobSpec, _NO_EXTRA)
+_SPEC_REQUIRED = decoding.required_fields(JobSpec)
+_ATTEMPT_CHECKS = decoding.field_checks(Attempt, _NO_EXTRA)
+_ATTEMPT_REQUIRED = decoding.required_fields(Attempt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +211,22 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> NodeRecord:
-        data = json.loads(raw)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields}
-        values["load"] = tuple(values.get("load", (0.0, 0.0, 0.0)))
-        values["addresses"] = tuple(values.get("addresses", ()))
+        """ValueError for anything but a node record; fields it does not know are skipped
+        (only the node itself writes its record)."""
+        values, _ = decoding.split(json.loads(raw), "node record", _NODE_CHECKS, _NODE_REQUIRED)
+        load = tuple(values.get("load", (0.0, 0.0, 0.0)))
+        if len(load) != 3 or not all(decoding.is_number(x) for x in load):
+            raise ValueError("node record: load must be three numbers")
+        values["load"] = load
+        addresses = tuple(values.get("addresses", ()))
+        if not all(isinstance(a, str) for a in addresses):
+            raise ValueError("node record: addresses must be strings")
+        values["addresses"] = addresses
         return cls(**values)
+
+
+_NODE_CHECKS = decoding.field_checks(NodeRecord)
+_NODE_REQUIRED = decoding.required_fields(NodeRecord)
 
 
 def new_job_id(now: float | None = None) -> str:

@@ -18,14 +18,14 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
     """Validate a submitted spec (a JSON object) and return it; SpecError on any problem."""
     if not isinstance(raw, dict):
         raise SpecError("spec must be a JSON object")
-    known = {f.name for f in dataclasses.fields(JobSpec)}
+    known = {f.name for f in dataclasses.fields(JobSpec)} - {"extra"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
     cmd = raw.get("cmd")
     if not isinstance(cmd, str) or not cmd.strip():
         raise SpecError("cmd must be a non-empty string")
-    if len(cmd.encode()) > max_cmd_bytes or "\0" in cmd:
+    if len(_utf8(cmd, "cmd")) > max_cmd_bytes or "\0" in cmd:
         raise SpecError(f"cmd must be at most {max_cmd_bytes} bytes with no NUL byte")
     return JobSpec(
         cmd=cmd,
@@ -40,6 +40,15 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
         user=_user(raw.get("user")),
         signature=_signature(raw.get("signature")),
     )
+
+
+def _utf8(value: str, name: str) -> bytes:
+    """The UTF-8 bytes of a string the OS will be given: a lone surrogate (JSON can
+    carry one) cannot be encoded, and would fail only when the job is started."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        raise SpecError(f"{name} must be valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _user(value: object) -> str | None:
@@ -95,12 +104,14 @@ def _env(value: object) -> dict[str, str]:
     for k, v in env.items():
         if not ENV_NAME_RE.match(k) or "\0" in v:
             raise SpecError(f"env: {k!r} is not a valid variable name or holds a NUL byte")
+        _utf8(v, f"env {k}")
     return env
 
 
 def _cwd(value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value.startswith("/"):
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise SpecError(f"cwd must be an absolute path, got {value!r}")
+    _utf8(value, "cwd")
     return value

@@ -11,6 +11,13 @@ from schedagent.core.model import Attempt, Job, JobState, Outcome
 # Attempt end states that use up one of the job's retries.
 RETRYABLE = frozenset({str(JobState.FAILED), str(JobState.TIMED_OUT)})
 HANDED_BACK = "handed back"
+CANCELED = "canceled"
+# Re-sends of a dispatch a live node does not take up before the leader hands it back.
+DISPATCHES_BEFORE_HAND_BACK = 3
+# Why the reconciler closed a RUNNING attempt its own node does not run.
+AGENT_RESTARTED = "agent restarted"
+NEVER_STARTED = "recorded running, but its agent never started it"
+LOST_TRACK = "its agent lost track of it"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +36,7 @@ def failures(job: Job) -> int:
 
 
 def assign(job: Job, node: str, now: float) -> Job | None:
-    if job.state != JobState.PENDING:
+    if job.state != JobState.PENDING or job.cancel_requested:
         return None
     job.state = JobState.ASSIGNED
     job.node = node
@@ -79,10 +86,22 @@ def outcome_state(outcome: Outcome, timeout: float | None) -> tuple[JobState, st
     if outcome.timed_out:
         return JobState.TIMED_OUT, f"timed out after {timeout:g}s"
     if outcome.signal is not None:
-        return JobState.FAILED, f"killed by {signal.Signals(outcome.signal).name}"
+        return JobState.FAILED, f"killed by {signal_name(outcome.signal)}"
     if outcome.exit_code == 0:
         return JobState.SUCCEEDED, "exit code 0"
     return JobState.FAILED, f"exit code {outcome.exit_code}"
+
+
+def signal_name(number: int) -> str:
+    """SIGTERM, SIGRTMIN+1, or "signal 99": Python names no real-time signal but the first."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        pass
+    low, high = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
+    if low < number <= high:
+        return f"SIGRTMIN+{number - low}"
+    return f"signal {number}"
 
 
 def finish(
@@ -121,10 +140,12 @@ def hand_back(job: Job, node: str, attempt: int, reason: str, now: float) -> Job
     if job.node != node or job.attempt != attempt or not job.state.holds_cpus:
         return None
     _close_attempt(job, HANDED_BACK, reason, now)
+    job.pid = None
+    if job.cancel_requested:
+        return _end_canceled(job)
     job.state = JobState.PENDING
     job.attempt += 1
     job.node = None
-    job.pid = None
     job.reason = reason
     job.not_before = now
     return job
@@ -146,9 +167,43 @@ def lose(job: Job, node: str, reason: str, backoff: Backoff, now: float) -> Job 
     job.pid = None
     if failures(job) <= job.spec.retries:
         return _retry(job, f"attempt {job.attempt}: {reason}", backoff, now)
+    if job.cancel_requested:
+        return _end_canceled(job)
     job.state = JobState.FAILED
     job.reason = reason
     return job
+
+
+def stalled(job: Job, dispatches: int, now: float) -> Job | None:
+    """The leader's verdict on an attempt a live node has not taken up: after
+    DISPATCHES_BEFORE_HAND_BACK dispatches it goes back to the queue, no retry used."""
+    if job.state != JobState.ASSIGNED or job.node is None:
+        return None
+    if dispatches < DISPATCHES_BEFORE_HAND_BACK:
+        return None
+    reason = f"not taken up by its node after {dispatches} dispatches"
+    return hand_back(job, job.node, job.attempt, reason, now)
+
+
+def settle_cancel(job: Job) -> Job | None:
+    """A queued job whose cancel was asked for ends now instead of being placed.
+
+    Only records from before cancels were final on every path are in this state."""
+    if job.state != JobState.PENDING or not job.cancel_requested:
+        return None
+    return _end_canceled(job)
+
+
+def eligible_at(job: Job, seen_at: float) -> float:
+    """When a PENDING job may be placed, on the clock of whoever saw it at seen_at.
+
+    not_before and updated_at come from the clock of the agent that wrote the record;
+    their difference is the backoff it chose, which holds on any clock. Counted from
+    when it was seen, no later than not_before itself: a worker's clock ahead of the
+    leader's, or a new leader seeing an old retry, never stretches a backoff (a clock
+    behind can shorten it, by at most the skew).
+    """
+    return min(job.not_before, seen_at + max(0.0, job.not_before - job.updated_at))
 
 
 def lost_reason(job: Job, node_lease: int | None, node_started_at: float) -> str | None:
@@ -166,7 +221,26 @@ def lost_reason(job: Job, node_lease: int | None, node_started_at: float) -> str
     if current.lease == node_lease:
         return None
     started = current.started_at or 0.0
-    return "agent restarted" if node_started_at > started else "agent lost its etcd lease"
+    return AGENT_RESTARTED if node_started_at > started else "agent lost its etcd lease"
+
+
+def orphaned(
+    job: Job, node: str, lease: int, ran_here: bool, backoff: Backoff, now: float
+) -> Job | None:
+    """The reconciler's verdict on a RUNNING attempt of its node that it does not run.
+
+    Started by another incarnation of the agent: closed as the leader would. Started
+    under this lease but never run (the RUNNING write committed, its reply was lost):
+    handed back, no retry used. Run here but its end never recorded: lost, like a node.
+    """
+    if not owns(job, node, job.attempt, JobState.RUNNING):
+        return None
+    current = job.current_attempt()
+    if current is None or current.lease != lease:
+        return lose(job, node, AGENT_RESTARTED, backoff, now)
+    if ran_here:
+        return lose(job, node, LOST_TRACK, backoff, now)
+    return hand_back(job, node, job.attempt, NEVER_STARTED, now)
 
 
 def cancel(job: Job, now: float) -> Job | None:
@@ -178,12 +252,20 @@ def cancel(job: Job, now: float) -> Job | None:
         return job
     if job.state == JobState.ASSIGNED:
         _close_attempt(job, str(JobState.CANCELED), "canceled before it started", now)
+    return _end_canceled(job)
+
+
+def _end_canceled(job: Job) -> Job:
     job.state = JobState.CANCELED
-    job.reason = "canceled"
+    job.reason = CANCELED
+    job.pid = None
     return job
 
 
 def _retry(job: Job, reason: str, backoff: Backoff, now: float) -> Job:
+    """The next attempt, unless a cancel was asked for: then the job ends canceled."""
+    if job.cancel_requested:
+        return _end_canceled(job)
     job.state = JobState.PENDING
     job.attempt += 1
     job.node = None

@@ -202,6 +202,34 @@ def parse_beat(data: bytes) -> Beat:
     return Beat(str(body.get("node")), token)
 
 
+# {np}.reach: whether an agent reaches etcd. An agent cut off from etcd asks (the
+# message carries a reply inbox), every agent answers to that inbox, and an agent whose
+# answer changes says so unasked (docs/semantics.md, "Fenced execution").
+
+
+@dataclasses.dataclass(frozen=True)
+class Reach:
+    node: str
+    reaching: bool
+    age: float | None  # seconds since its last successful lease refresh; None: never
+
+
+def reach(node: str, reaching: bool, age: float | None) -> bytes:
+    return encode({"node": node, "reaching": reaching, "age": age})
+
+
+def parse_reach(data: bytes) -> Reach:
+    body = decode(data, "etcd reach message")
+    node, reaching, age = body.get("node"), body.get("reaching"), body.get("age")
+    if not isinstance(node, str) or not node:
+        raise WireError(f"etcd reach message: node must be a name, got {node!r}")
+    if not isinstance(reaching, bool):
+        raise WireError(f"etcd reach message: reaching must be true or false, got {reaching!r}")
+    if age is not None and (isinstance(age, bool) or not isinstance(age, int | float)):
+        raise WireError(f"etcd reach message: age must be a number or null, got {age!r}")
+    return Reach(node, reaching, None if age is None else float(age))
+
+
 # {np}.api.<verb>: a request from schedctl (or any client) and the agent's reply.
 
 

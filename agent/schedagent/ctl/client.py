@@ -28,7 +28,7 @@ EXIT_NOT_FOUND = 4
 # A timed-out submit may still have been applied; the idempotency key makes resending safe.
 SUBMIT_RETRY_WINDOW = 10.0
 SUBMIT_RETRY_PAUSE = 0.5
-# An agent checks each spec's signature and writes 64 jobs per etcd transaction: give a
+# An agent checks each spec's signature and writes 42 jobs per etcd transaction: give a
 # batch more time than one request gets, in proportion to its size.
 BATCH_SECONDS_PER_SPEC = 0.005
 # nats-py rebuilds an ordered consumer that missed two heartbeats; keep that short.

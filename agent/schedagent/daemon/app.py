@@ -12,7 +12,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from schedagent.config import AgentConfig
 from schedagent.core.names import Keys
 from schedagent.daemon.api import Api
+from schedagent.daemon.etcd_reach import EtcdReach
+from schedagent.daemon.fence import Fence
 from schedagent.daemon.leader_heartbeat import LeaderHeartbeat
+from schedagent.daemon.reconciler import Reconciler
 from schedagent.daemon.registry import Registry
 from schedagent.daemon.reload import Reloader
 from schedagent.daemon.retention import Retention
@@ -25,7 +28,7 @@ from schedagent.etcd.session import Session
 from schedagent.etcd.store import Compare, CreateRevisionIs, Store
 from schedagent.etcd.tls import EtcdTls
 from schedagent.host.notify import Notifier
-from schedagent.host.service import Heartbeat, Snapshot, status_line
+from schedagent.host.service import Heartbeat, Snapshot, status_line, watchdog_problem
 from schedagent.nats.bus import Bus
 from schedagent.nats.connect import without_secrets
 from schedagent.tasks import cancel_and_wait
@@ -33,6 +36,7 @@ from schedagent.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY_MAX = 5.0
+EXIT_CONFIG = 2  # as cli's: the configuration (here, with the unit's) cannot work
 
 
 class Signals:
@@ -98,13 +102,31 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
 async def run_agent(
     config: AgentConfig, config_path: str | None = None, etcd_tls: EtcdTls | None = None
 ) -> int:
+    heartbeat = Heartbeat(Notifier.from_environ())
+    if not _watchdog_fits(heartbeat.notifier, config.node_ttl):
+        heartbeat.notifier.close()
+        return EXIT_CONFIG
     signals = Signals()
     signals.install()
-    heartbeat = Heartbeat(Notifier.from_environ())
     try:
         return await _run(config, config_path, etcd_tls, signals, heartbeat)
     finally:
         heartbeat.notifier.close()
+
+
+def _watchdog_fits(notifier: Notifier, ttl: int) -> bool:
+    """False (said in one line) if systemd's watchdog cannot kill a frozen agent in time."""
+    interval = notifier.watchdog_interval
+    problem = watchdog_problem(None if interval is None else 2 * interval, ttl)
+    if problem is not None:
+        log.error("%s", problem)
+        return False
+    if notifier.enabled and interval is None:
+        log.warning(
+            "no systemd watchdog (WatchdogSec=): if this agent freezes, its jobs run on "
+            "while they are retried elsewhere"
+        )
+    return True
 
 
 async def _run(
@@ -147,6 +169,15 @@ async def _serve(
 ) -> int:
     jobs = JobStore(store, keys)
     worker = Worker(config, jobs, bus, lambda: session.lease_id)
+    election = Election(store, keys, session, config.node_name)
+    reach = EtcdReach(
+        bus,
+        session,
+        config.node_name,
+        lambda: {e.value for e in election.candidates.items.values()},
+    )
+    fence = Fence(session, worker, reach.stop_by)
+    worker.may_start = fence.may_start
     registry = Registry(store, keys, session, config, worker.usage)
     await worker.reap_leftovers()
     if not await until_ready(
@@ -154,7 +185,6 @@ async def _serve(
     ):
         heartbeat.stopping("stopped before the node was registered")
         return 0
-    election = Election(store, keys, session, config.node_name)
     api = Api(config, store, keys, jobs, bus, election)
     await api.start()
 
@@ -179,7 +209,7 @@ async def _serve(
     # Reloaded config goes to those who read it per use; the rest needs a restart.
     reloader = Reloader(config_path, config, [worker, registry, api], republish)
 
-    describe = _describer(election, worker, registry, session, bus, reloader)
+    describe = _describer(election, worker, registry, (session, bus, reloader, fence))
     log.info(
         "agent %s ready: %g CPUs, lease %x",
         config.node_name,
@@ -192,14 +222,14 @@ async def _serve(
             background = [
                 tg.create_task(session.keep_alive(), name="lease"),
                 tg.create_task(worker.follow_lease(session), name="lease-follower"),
+                tg.create_task(Reconciler(worker, session).run(), name="reconciler"),
                 tg.create_task(registry.run(), name="registry"),
                 tg.create_task(election.run(lead), name="election"),
                 tg.create_task(leader_beat.watch(), name="leader-watch"),
+                tg.create_task(fence.run(), name="fence"),
+                tg.create_task(reach.run(), name="etcd-reach"),
                 tg.create_task(heartbeat.keep_status(describe), name="status"),
-                # A lost etcd lease or NATS link withholds the pings: systemd restarts us.
-                tg.create_task(
-                    heartbeat.watchdog(lambda: session.healthy and bus.connected), name="watchdog"
-                ),
+                tg.create_task(heartbeat.watchdog(), name="watchdog"),
                 tg.create_task(_reloads(signals.reload, reloader, heartbeat, describe)),
             ]
             worker_task = tg.create_task(worker.run(), name="worker")
@@ -218,11 +248,10 @@ def _describer(
     election: Election,
     worker: Worker,
     registry: Registry,
-    session: Session,
-    bus: Bus,
-    reloader: Reloader,
+    parts: tuple[Session, Bus, Reloader, Fence],
 ) -> Callable[[], str]:
     """The STATUS= line, asked of the parts that know each fact."""
+    session, bus, reloader, fence = parts
 
     def describe() -> str:
         leader = election.leader()
@@ -232,7 +261,7 @@ def _describer(
                 leader.node if leader else None,
                 len(worker.running),
                 registry.draining,
-                (session.last_problem, bus.last_problem, reloader.problem),
+                (session.last_problem, bus.last_problem, reloader.problem, fence.problem),
             )
         )
 

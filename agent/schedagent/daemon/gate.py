@@ -49,6 +49,16 @@ def audit(
     )
 
 
+def started_fresh(job: Job, signed_at: float, max_age: float) -> bool:
+    """Whether an earlier attempt of this job started, within max_age of its signing
+    (as the gate let it): then this attempt is not the first start."""
+    current = job.attempt
+    return any(
+        a.started_at is not None and a.n < current and a.started_at - signed_at <= max_age
+        for a in job.attempts
+    )
+
+
 class Gate:
     """Checks a job against this agent's security settings before it starts."""
 
@@ -68,8 +78,8 @@ class Gate:
         config = self.security()
         if spec.signature is None and not config.require_signed_jobs:
             return None
-        signature = None if spec.signature is None else Signature.from_dict(dict(spec.signature))
         try:
+            signature = None if spec.signature is None else Signature.from_dict(spec.signature)
             return verify(spec.to_dict(), signature, self.trusted(), max_age, now)
         except SignatureRejected as exc:
             raise Refused(f"signature rejected: {exc}") from None
@@ -109,10 +119,12 @@ class Gate:
         claim = await self._claim(str(signature["nonce"]), job.id)
         if claim == "taken":
             raise Refused("signature rejected: replayed (its nonce belongs to another job)")
-        # Only a first use must be fresh: the nonce is remembered at least that long, so
-        # a replay after it is forgotten is stale; later attempts of this job may be old.
-        too_old = now - float(signature["signed_at"]) > self.security().signature_max_age
-        if claim == "new" and too_old:
+        # Only the first start must be fresh; a later attempt (a retry, a hand-back) may
+        # come long after, when the nonce's lease may have expired, so the record says
+        # which start this is, not the nonce claim.
+        max_age = self.security().signature_max_age
+        signed_at = float(signature["signed_at"])
+        if not started_fresh(job, signed_at, max_age) and now - signed_at > max_age:
             raise Refused("signature rejected: signed too long before its first start")
         return signer
 

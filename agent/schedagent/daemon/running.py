@@ -20,9 +20,11 @@ class RunningJob:
     # Set when the agent, not the job, ends the attempt (the worker's reason: stopped,
     # lease lost).
     interrupted: str | None = None
+    ended: bool = False  # the command has ended; its end may still be being written
     # The record as this worker last wrote it, and at which revision (0: unknown).
     record: Job | None = None
     revision: int = 0
+    seq: int = 0  # the worker's count of attempts started when this one started
 
 
 class OutputTail:

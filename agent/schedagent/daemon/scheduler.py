@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from schedagent.config import AgentConfig
-from schedagent.core import transitions
+from schedagent.core import fencing, transitions
 from schedagent.core.leaderview import Decision, LeaderView
 from schedagent.core.model import Job, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.errors import FencedError
 from schedagent.etcd.jobstore import JobStore, decode_job, decode_node
 from schedagent.etcd.mirror import Entry, Mirror
-from schedagent.etcd.store import KV, Compare, Store
+from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Store
 from schedagent.nats.bus import Bus
 from schedagent.tasks import cancel_and_wait
 
@@ -51,13 +51,18 @@ class Scheduler:
         self.bus = bus
         self.fence = list(fence)
         backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
-        self.view = LeaderView(config.jobs.dispatch_timeout, backoff)
+        grace = fencing.lost_grace(config.node_ttl)
+        self.view = LeaderView(config.jobs.dispatch_timeout, backoff, grace)
         self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
         # Keys changed since the last pass; the view takes them in at the pass's start,
         # in this task, so nothing changes under a pass while it awaits a write.
         self.changed_jobs: dict[str, None] = {}
         self.changed_nodes: dict[str, None] = {}
+        # The mod revision of each node record as the view took it in: a verdict on a
+        # node is written compared with the record it was decided from.
+        self.node_revisions: dict[str, int] = {}
+        self.shunned: dict[str, float] = {}  # node -> until when it gets no new work
         self.job_view.listen(self._job_changed, self._jobs_reread)
         self.node_view.listen(self._node_changed, self._nodes_reread)
 
@@ -116,8 +121,13 @@ class Scheduler:
         for key in nodes:
             node = self.node_view.items.get(key)
             self.view.set_node(key, None if node is None else node.value)
+            if node is None:
+                self.node_revisions.pop(key, None)
+            else:
+                self.node_revisions[key] = node.mod_revision
         # Polled: a node's suspicion ends with time, not with an event.
-        self.view.set_suspects(self.suspects())
+        shunned = {name for name, until in self.shunned.items() if until > now}
+        self.view.set_suspects(self.suspects() | shunned)
         jobs, self.changed_jobs = self.changed_jobs, {}
         for key in jobs:
             entry = self.job_view.items.get(key)
@@ -127,18 +137,40 @@ class Scheduler:
                 self.view.set_job(key, entry.value, entry.mod_revision, now)
 
     async def _recover_lost(self, now: float) -> None:
-        for decision in self.view.lost(now):
+        # The grace is timed on the monotonic clock: a step of the wall clock must not
+        # cut it short (docs/semantics.md, "Fenced execution").
+        for decision in self.view.lost(now, time.monotonic()):
             job = self.view.jobs[decision.key].job
-            if await self._write(decision):
+            # Decided on the node record as the view read it: compared with the job's,
+            # so a node that came back (or changed) meanwhile makes the verdict fail.
+            node_key = self.jobs.keys.node(job.node or "")
+            seen = self.node_revisions.get(node_key)
+            node = Absent(node_key) if seen is None else ModRevisionIs(node_key, seen)
+            if await self._write(decision, [node]):
                 log.warning(
                     "job %s attempt %d on %s: %s", job.id, job.attempt, job.node, decision.reason
                 )
 
     async def _redispatch(self, now: float) -> None:
         for job in self.view.due_dispatches(now):
+            if await self._hand_back_stalled(job, now):
+                continue
             # Placed by a predecessor (its dispatch may be lost) or not taken up in time.
             log.info("dispatching job %s attempt %d to %s again", job.id, job.attempt, job.node)
             await self._dispatch(job)
+
+    async def _hand_back_stalled(self, job: Job, now: float) -> bool:
+        """An attempt its live node has not taken up after several dispatches goes back
+        to the queue (its consumer may be gone, its agent wedged): whether it went."""
+        key = self.jobs.keys.job(job.id)
+        tracked, sent = self.view.jobs[key], self.view.dispatches[key].count - 1
+        new = transitions.stalled(job.clone(), sent, now)
+        if new is None or not await self._write(Decision(key, new, tracked.revision)):
+            return False
+        log.warning("job %s attempt %d on %s: %s", job.id, job.attempt, job.node, new.reason)
+        # Its next placement should not go back to the node that did not take it up.
+        self.shunned[job.node or ""] = now + sent * self.config.jobs.dispatch_timeout
+        return True
 
     async def _place(self, now: float) -> None:
         self.view.release_due(now)
@@ -174,8 +206,8 @@ class Scheduler:
         except Exception as exc:
             log.warning("dispatch of job %s to %s failed (%s); will retry", job.id, job.node, exc)
 
-    async def _write(self, decision: Decision) -> bool:
-        written = await self.jobs.write(decision.job, decision.revision, self.fence)
+    async def _write(self, decision: Decision, compares: Sequence[Compare] = ()) -> bool:
+        written = await self.jobs.write(decision.job, decision.revision, [*self.fence, *compares])
         if written:
             self.job_view.note_write(decision.key, written, decision.job)
             await self.bus.publish_event(decision.job)

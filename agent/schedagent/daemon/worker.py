@@ -6,12 +6,13 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 import nats.errors
-import nats.js.api as jsapi
 import nats.js.errors
 
 from schedagent.config import AgentConfig
@@ -26,15 +27,11 @@ from schedagent.etcd.session import Session
 from schedagent.host import journal
 from schedagent.host.runner import Command, job_environment, run_command
 from schedagent.nats.bus import Bus
-from schedagent.tasks import cancel_and_wait
+from schedagent.nats.dispatches import DispatchConsumer
 
 log = logging.getLogger(__name__)
 
-FETCH_BATCH = 16
-FETCH_TIMEOUT = 2.0
-ACK_WAIT = 30.0
 NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
-CANCEL_POLL_INTERVAL = 5.0
 WRITE_RETRY_DELAY = 1.0
 PID_RECORD_DELAY = 1.0
 AGENT_STOPPED = "agent stopped"
@@ -52,7 +49,17 @@ class Worker:
         self.jobs = jobs
         self.bus = bus
         self.running: dict[str, RunningJob] = {}
+        # Jobs whose RUNNING write is in flight: not running yet, but no orphan either.
+        self.starting: set[str] = set()
+        # Attempts started so far (RunningJob.seq): the reconciler judges only attempts
+        # started before it read the records, whose RUNNING write that read must show.
+        self.starts = 0
+        # Attempts that ran here but whose end could not be recorded (a bug): the
+        # reconciler closes them instead of handing them back as never started.
+        self.unrecorded: set[tuple[str, int]] = set()
         self.accepting = True
+        # The fence's say (daemon/fence.py): no job starts while the lease may be gone.
+        self.may_start: Callable[[], bool] = lambda: True
         self.finished = 0
         self.handed_back = 0
         self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
@@ -62,21 +69,15 @@ class Worker:
         return sum(r.cpus for r in self.running.values()), len(self.running)
 
     async def run(self) -> None:
-        """Take dispatches until `stop_accepting`; jobs already running are left to finish."""
-        sub = await self._subscribe()
-        control = await self.bus.nc.subscribe(
-            self.bus.subjects.control(self.node), cb=self._on_control
-        )
-        poller = asyncio.create_task(self._poll_cancels())
+        """Take dispatches until `accepting` is cleared; jobs already running are left to
+        finish (the reconciler keeps hearing their cancels meanwhile)."""
+        consumer = DispatchConsumer(self.bus, self.node)
         try:
             while self.accepting:
-                messages = await self._fetch(sub)
+                messages = await consumer.fetch()
                 await asyncio.gather(*(self._on_dispatch(msg) for msg in messages))
         finally:
-            await cancel_and_wait(poller)
-            for subscription in (control, sub):
-                with contextlib.suppress(nats.errors.Error):
-                    await subscription.unsubscribe()
+            await consumer.close()
 
     async def reap_leftovers(self) -> None:
         """Kill what a previous incarnation left running. Call before registering: once
@@ -85,25 +86,6 @@ class Worker:
             await reap_previous_incarnation(self.jobs, self.node, self.lease())
         except StoreUnavailableError as exc:
             log.warning("could not look for a previous incarnation's jobs: %s", exc)
-
-    async def _subscribe(self) -> Any:
-        subjects = self.bus.subjects
-        return await self.bus.js.pull_subscribe(
-            subjects.dispatch(self.node),
-            durable=f"node-{self.node}",
-            stream=subjects.dispatch_stream,
-            config=jsapi.ConsumerConfig(ack_wait=ACK_WAIT, max_ack_pending=1000),
-        )
-
-    async def _fetch(self, sub: Any) -> list[Any]:
-        try:
-            return list(await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT))
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("fetching dispatches failed: %s", exc)
-            await asyncio.sleep(WRITE_RETRY_DELAY)
-            return []
 
     async def _on_dispatch(self, msg: Any) -> None:
         try:
@@ -121,7 +103,7 @@ class Worker:
             await msg.term()
             return
         job_id, attempt = dispatch.job, dispatch.attempt
-        if not self.accepting:
+        if not self.accepting or not self.may_start():
             await msg.nak(delay=1)
             return
         try:
@@ -131,23 +113,33 @@ class Worker:
                 "cannot start job %s now (%s); will retry", job_id, exc, extra={"job_id": job_id}
             )
             await msg.nak(delay=1)
+        except NATS_ERRORS:
+            raise
+        except Exception as exc:
+            # A bug, or a record this version cannot handle: the job ends saying so
+            # instead of coming back forever, and the worker goes on.
+            log.exception("job %s: starting attempt %d failed", job_id, attempt)
+            await self._refuse(msg, job_id, attempt, f"the worker could not start it: {exc!r}")
 
     async def _admit(self, msg: Any, job: Job, attempt: int) -> bool:
         """Whether the job passes the gate; a refused one is recorded FAILED and audited."""
         try:
             signer = await self.gate.admit(job)
         except Refused as exc:
-            reason = str(exc)
-            audit("refused", job.id, _signer_of(job), reason, logging.WARNING)
-            stored, changed = await self._write_until_done(
-                job.id, lambda j: transitions.refuse(j, self.node, attempt, reason, time.time())
-            )
-            await msg.ack()
-            if stored is not None and changed:
-                await self.bus.publish_event(stored)
+            audit("refused", job.id, _signer_of(job), str(exc), logging.WARNING)
+            await self._refuse(msg, job.id, attempt, str(exc))
             return False
         audit("start", job.id, signer, f"attempt {attempt} on {self.node}")
         return True
+
+    async def _refuse(self, msg: Any, job_id: str, attempt: int, reason: str) -> None:
+        """End an attempt this worker will not run: the job fails with the reason."""
+        stored, changed = await self._write_until_done(
+            job_id, lambda j: transitions.refuse(j, self.node, attempt, reason, time.time())
+        )
+        await msg.ack()
+        if stored is not None and changed:
+            await self.bus.publish_event(stored)
 
     async def _start(self, msg: Any, job_id: str, attempt: int) -> None:
         try:
@@ -156,9 +148,8 @@ class Worker:
             log.warning("dropping dispatch of job %s: %s", job_id, exc, extra={"job_id": job_id})
             await msg.ack()
             return
-        if job_id in self.running or not transitions.owns(
-            job, self.node, attempt, JobState.ASSIGNED
-        ):
+        busy = job_id in self.running or job_id in self.starting
+        if busy or not transitions.owns(job, self.node, attempt, JobState.ASSIGNED):
             log.info(
                 "dropping stale dispatch of job %s attempt %d (now %s on %s, attempt %d)",
                 job_id,
@@ -174,13 +165,19 @@ class Worker:
             return
         # Start exactly the record the gate checked: compared at the revision it was read.
         started = transitions.start(job.clone(), self.node, attempt, time.time(), self.lease())
-        written = 0 if started is None else await self.jobs.write(started, revision)
+        self.starting.add(job_id)
+        try:
+            written = 0 if started is None else await self.jobs.write(started, revision)
+        finally:
+            self.starting.discard(job_id)
         if started is None or not written:
             await msg.nak(delay=0.2)  # it changed meanwhile: look again
             return
         # Recorded RUNNING: start it before anything else can fail. A lost ack only means
         # a redelivery, which finds the job RUNNING here and is dropped as stale.
+        self.starts += 1
         running = RunningJob(job_id, attempt, started.spec.cpus, record=started, revision=written)
+        running.seq = self.starts
         self.running[job_id] = running
         task = asyncio.create_task(self._run(started, running), name=f"job-{job_id}")
         self._tasks.add(task)
@@ -189,24 +186,26 @@ class Worker:
         await self.bus.publish_event(started)
 
     async def _run(self, job: Job, running: RunningJob) -> None:
+        """Run the attempt and record its end, whatever fails on the way."""
+        ids = {"job_id": job.id, "attempt": running.attempt}
+        log.info(
+            "job %s attempt %d started: %s", job.id, running.attempt, job.spec.cmd[:200], extra=ids
+        )
+        started_at = time.time()
+        tail = OutputTail(self.config.output.tail_bytes)
         try:
-            log.info(
-                "job %s attempt %d started: %s",
-                job.id,
-                running.attempt,
-                job.spec.cmd[:200],
-                extra={"job_id": job.id, "attempt": running.attempt},
-            )
-            tail = OutputTail(self.config.output.tail_bytes)
             outcome = await self._execute(job, running, tail)
+        except Exception as exc:
+            log.exception("job %s attempt %d: running it failed", job.id, ids["attempt"], extra=ids)
+            _kill_group(running.pid)
+            what = "cannot start" if running.pid is None else "the worker failed running it"
+            outcome = Outcome(started_at, time.time(), error=f"{what}: {exc!r}")
+        running.ended = True
+        try:
             await self._record_end(job, running, outcome, tail)
         except Exception:
-            log.exception(
-                "job %s attempt %d: unexpected failure in the worker",
-                job.id,
-                running.attempt,
-                extra={"job_id": job.id, "attempt": running.attempt},
-            )
+            log.exception("job %s attempt %d: recording its end failed", job.id, running.attempt)
+            self.unrecorded.add((job.id, running.attempt))
         finally:
             self.running.pop(job.id, None)
 
@@ -242,12 +241,20 @@ class Worker:
             running.pid = pid
 
         run = asyncio.create_task(run_command(command, on_output, running.cancel, on_start))
-        # Only a job that lives a while gets its PID recorded: for the many short ones
-        # the extra etcd write would cost more than the job.
-        done, _ = await asyncio.wait({run}, timeout=PID_RECORD_DELAY)
-        if not done and running.pid is not None:
-            await self._record_pid(job.id, running)
-        outcome = await run
+        # Once the command has ended, its outcome is its own, whatever interrupt comes
+        # while its end is being written (a lost lease, a stop, the fence).
+        run.add_done_callback(lambda _: setattr(running, "ended", True))
+        try:
+            # Only a job that lives a while gets its PID recorded: for the many short ones
+            # the extra etcd write would cost more than the job.
+            done, _ = await asyncio.wait({run}, timeout=PID_RECORD_DELAY)
+            if not done and running.pid is not None:
+                await self._record_pid(job.id, running)
+            outcome = await run
+        finally:
+            if not run.done():  # something here failed: the command must not outlive it
+                running.cancel.set()
+                await asyncio.wait({run})
         echo.close()
         await self.bus.publish(subject, wire.output_end(job.id, running.attempt))
         return outcome
@@ -330,32 +337,22 @@ class Worker:
                 )
                 await asyncio.sleep(WRITE_RETRY_DELAY)
 
-    async def _on_control(self, msg: Any) -> None:
-        try:
-            control = wire.parse_control(msg.data)
-        except WireError as exc:
-            log.warning("dropping malformed control message (%s): %r", exc, msg.data[:200])
-            return
-        job_id = control.job
+    def stop_attempt(self, job_id: str, attempt: int | None, why: str) -> bool:
+        """Kill a running attempt (any, if attempt is None) for a cancel or because it is
+        no longer ours; its end is recorded as usual, if it still can be. Whether it ran."""
         running = self.running.get(job_id)
-        if control.action == "cancel" and running is not None:
+        if running is None or running.ended or attempt not in (None, running.attempt):
+            return False
+        if not running.cancel.is_set():
             log.info(
-                "job %s: cancel requested",
+                "job %s attempt %d: stopping it: %s",
                 job_id,
+                running.attempt,
+                why,
                 extra={"job_id": job_id, "attempt": running.attempt},
             )
             running.cancel.set()
-
-    async def _poll_cancels(self) -> None:
-        """Catch cancels whose control message was lost, and attempts taken from us."""
-        while True:
-            await asyncio.sleep(CANCEL_POLL_INTERVAL)
-            for running in list(self.running.values()):
-                with contextlib.suppress(StoreUnavailableError, NotFoundError):
-                    job, _ = await self.jobs.get(running.job_id)
-                    mine = transitions.owns(job, self.node, running.attempt, JobState.RUNNING)
-                    if job.cancel_requested or not mine:
-                        running.cancel.set()
+        return True
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a deadline
         """Stop taking jobs, give running ones `timeout` seconds, then hand the rest back."""
@@ -368,9 +365,10 @@ class Worker:
             await asyncio.wait(set(self._tasks))
 
     def interrupt_all(self, reason: str) -> None:
-        """Kill every running job; its attempt is recorded with this reason."""
+        """Kill every running job; its attempt is recorded with this reason. One whose
+        command has ended already (its end not yet written) keeps its own outcome."""
         for running in self.running.values():
-            if running.interrupted is None:
+            if running.interrupted is None and not running.ended:
                 log.warning(
                     "job %s attempt %d: killing it: %s",
                     running.job_id,
@@ -387,6 +385,13 @@ class Worker:
         while True:
             await session.renewed.wait()
             self.interrupt_all(LEASE_LOST)
+
+
+def _kill_group(pgid: int | None) -> None:
+    """SIGKILL a job's process group (it has its own, led by the shell)."""
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 def _signer_of(job: Job) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import psutil
 import yaml
 
 from schedagent.config import parse_config
@@ -65,6 +67,9 @@ class AgentProcess(ManagedProcess):
         child_env["NO_PROXY"] = child_env["no_proxy"] = _no_proxy(child_env)
         argv = [*command, "run", "--config", str(self.config_path)]
         super().__init__(name, argv, self.dir / "agent.log", env=child_env, cwd=self.dir)
+        # The job processes of an incarnation that was SIGKILLed: outside systemd they
+        # outlive it, and the cluster ends those still running when it stops.
+        self.orphans: list[psutil.Process] = []
 
     def write_config(self) -> Path:
         """Validate the config with the agent's own parser, then write it."""
@@ -76,6 +81,25 @@ class AgentProcess(ManagedProcess):
     def start(self) -> None:
         self.write_config()
         super().start()
+
+    def kill(self) -> int | None:
+        if self.running and self.pid is not None:
+            with contextlib.suppress(psutil.Error):  # gone already: it took its jobs along
+                self.orphans.extend(psutil.Process(self.pid).children(recursive=True))
+        return super().kill()
+
+    def kill_orphans(self) -> int:
+        """SIGKILL what killed incarnations left running (psutil checks each is still
+        the process found, not a reused PID); how many were still alive."""
+        alive = 0
+        for proc in self.orphans:
+            try:
+                proc.kill()
+                alive += 1
+            except psutil.Error:
+                continue
+        self.orphans.clear()
+        return alive
 
 
 def _etcd_members(
@@ -262,6 +286,8 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         for agent in agents:
             _attempt(errors, agent.wait, deadline - time.monotonic())
+        for agent in agents:
+            agent.kill_orphans()
         _attempt(errors, self.nats.stop)
         for member in self.etcd_members:
             _attempt(errors, member.stop)

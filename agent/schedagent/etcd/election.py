@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from schedagent.config import NAME_RE
 from schedagent.core.names import Keys
 from schedagent.errors import FencedError, StoreUnavailableError
+from schedagent.etcd import malformed
 from schedagent.etcd.mirror import Mirror
 from schedagent.etcd.session import Session
 from schedagent.etcd.store import Absent, Compare, CreateRevisionIs, Put, Store
@@ -18,6 +21,24 @@ from schedagent.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
+CANDIDATE_KEY_RE = re.compile(r"/[0-9a-f]{16}$")  # Keys.candidate: the lease in hex
+
+
+def decode_candidate(key: str, raw: bytes) -> str | None:
+    """The node name a candidate key holds, or None (logged once) for anything else.
+
+    Only what an agent writes counts: a stray key under the prefix must neither stop
+    the election nor pass for the oldest candidate (and so for a leader nobody is).
+    """
+    try:
+        name = raw.decode()
+    except UnicodeDecodeError as exc:
+        malformed.note("election candidate", key, raw, exc)
+        return None
+    if not CANDIDATE_KEY_RE.search(key) or not NAME_RE.match(name):
+        malformed.note("election candidate", key, raw, "not a lease key holding a node name")
+        return None
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +63,7 @@ class Election:
         self.keys = keys
         self.session = session
         self.node_name = node_name
-        self.candidates: Mirror[str] = Mirror(store, keys.election, lambda _k, v: v.decode())
+        self.candidates: Mirror[str] = Mirror(store, keys.election, decode_candidate)
         self.is_leader = False
 
     def leader(self) -> Leader | None:

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
+from schedagent.core import fencing
 from schedagent.errors import StoreUnavailableError
 from schedagent.etcd.store import Store
 
 log = logging.getLogger(__name__)
+
+# While refreshes fail, try this often: etcd coming back is noticed within it (and
+# within the channel's reconnect backoff, store.GRPC_OPTIONS).
+RETRY_INTERVAL = 0.25
+
+
+def fence_clock() -> float:
+    """Seconds on CLOCK_BOOTTIME: monotonic, and counting time the host was suspended,
+    during which the lease ran out at etcd as well."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class Session:
@@ -17,36 +30,66 @@ class Session:
 
     Keys attached to the lease (node record, election candidacy) vanish when it
     expires; whoever owns such a key waits on `renewed` and writes it again.
+
+    `deadline` (on `clock`) is when the lease may be gone at etcd for all this agent
+    knows: etcd keeps a lease at least its TTL after it received the last refresh,
+    which was after this agent sent it (docs/semantics.md, "Fenced execution").
     """
 
-    def __init__(self, store: Store, ttl: int) -> None:
+    def __init__(self, store: Store, ttl: int, clock: Callable[[], float] = fence_clock) -> None:
         self.store = store
         self.ttl = ttl
+        self.clock = clock
         self.lease_id = 0
         self.generation = 0
         self.renewed = asyncio.Event()
-        self.healthy = False
         self.last_problem: str | None = None
-        self._last_ok = 0.0
+        self.refreshed_at: float | None = None  # when the last good refresh was sent
+        self.expiry = 0.0  # before this, the lease is alive at etcd
+        self.deadline = 0.0  # this agent's jobs are stopped from here (daemon/fence.py)
+        self._failing = False
+        self._poked = asyncio.Event()
+
+    @property
+    def reaching(self) -> bool:
+        """Whether etcd answers: the last refresh worked and was recent."""
+        if self._failing or self.refreshed_at is None:
+            return False
+        return self.clock() - self.refreshed_at < self.ttl * 2 / 3
+
+    def age(self) -> float | None:
+        """Seconds since the last good refresh was sent (None: never)."""
+        return None if self.refreshed_at is None else self.clock() - self.refreshed_at
+
+    def poke(self) -> None:
+        """Try a refresh now (a peer reaches etcd again: so may we)."""
+        self._poked.set()
 
     async def start(self) -> None:
+        sent = self.clock()
         self.lease_id = await self.store.grant_lease(self.ttl)
         self.generation += 1
-        self.healthy = True
-        self._last_ok = time.monotonic()
+        self._confirmed(sent, self.ttl)
         log.info("etcd lease %x granted (ttl %ds)", self.lease_id, self.ttl)
 
     async def keep_alive(self) -> None:
         """Refresh until cancelled; replace the lease once it is known to be gone."""
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            with contextlib.suppress(TimeoutError):
+                wait = RETRY_INTERVAL if self._failing else self.ttl / 3
+                await asyncio.wait_for(self._poked.wait(), wait)
+            self._poked.clear()
+            sent = self.clock()
             try:
-                remaining = await self.store.refresh_lease(self.lease_id)
-            except StoreUnavailableError as exc:
-                self._note_problem(str(exc))
+                # Bounded: a refresh lost in a partition must not hold up the next one.
+                remaining = await asyncio.wait_for(
+                    self.store.refresh_lease(self.lease_id), self.ttl / 3
+                )
+            except (StoreUnavailableError, TimeoutError) as exc:
+                self._note_problem(str(exc) or f"no answer within {self.ttl / 3:g}s")
                 continue
             if remaining > 0:
-                self._note_ok()
+                self._note_ok(sent, remaining)
                 continue
             log.warning("etcd lease %x expired; taking a new one", self.lease_id)
             await self._replace()
@@ -60,19 +103,24 @@ class Session:
         self.renewed.set()
         self.renewed = asyncio.Event()
 
+    def _confirmed(self, sent: float, remaining: int) -> None:
+        self._failing = False
+        self.refreshed_at = sent
+        ttl = min(self.ttl, remaining)
+        self.expiry = sent + fencing.expiry_after(ttl)
+        self.deadline = sent + fencing.deadline_after(ttl)
+
     def _note_problem(self, problem: str) -> None:
-        if time.monotonic() - self._last_ok > self.ttl:
-            self.healthy = False
+        self._failing = True
         if problem != self.last_problem:
             log.warning("cannot refresh etcd lease: %s", problem)
         self.last_problem = problem
 
-    def _note_ok(self) -> None:
+    def _note_ok(self, sent: float, remaining: int) -> None:
         if self.last_problem is not None:
             log.info("etcd lease refreshed again after: %s", self.last_problem)
         self.last_problem = None
-        self.healthy = True
-        self._last_ok = time.monotonic()
+        self._confirmed(sent, remaining)
 
     async def revoke(self) -> None:
         """Give the lease back so our keys vanish now rather than after the TTL."""

@@ -37,6 +37,10 @@ class Bus:
         self.nc: Any = None
         self.js: Any = None
         self.last_problem: str | None = None
+        # Counts reconnects; whoever must redo something after one (the worker's
+        # consumer check, the reconciler) compares it or waits on `reconnected`.
+        self.reconnects = 0
+        self.reconnected = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -85,6 +89,8 @@ class Bus:
         url = self.nc.connected_url
         log.info("reconnected to NATS at %s:%s", url.hostname, url.port)
         self.last_problem = None
+        self.reconnects += 1
+        self.reconnected.set()
 
     async def ensure_streams(self) -> None:
         s = self.subjects
@@ -128,7 +134,14 @@ class Bus:
 
     async def publish_dispatch(self, node: str, job_id: str, attempt: int) -> None:
         body = wire.dispatch(job_id, attempt)
-        await self.js.publish(self.subjects.dispatch(node), body, timeout=5)
+        subject = self.subjects.dispatch(node)
+        try:
+            await self.js.publish(subject, body, timeout=5)
+        except nats.js.errors.NoStreamResponseError:
+            # No stream answers: NATS lost its storage (or someone deleted it).
+            log.warning("no stream takes dispatches; making the streams again")
+            await self.ensure_streams()
+            await self.js.publish(subject, body, timeout=5)
 
     def max_payload(self) -> int:
         """The largest message the server takes (1 MiB unless configured otherwise)."""

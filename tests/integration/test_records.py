@@ -1,0 +1,114 @@
+"""Records no agent would write (not JSON objects, not UTF-8, from a newer version) under
+every prefix: the cluster keeps scheduling, agents start, and nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import etcdhttp
+from apiclient import ApiClient
+from helpers import wait_until_served
+from schedagent.core.model import Attempt, Job, JobState, new_job_id
+from schedagent.core.spec import parse_spec
+from schedagent.dev.cluster import LocalCluster
+
+FAST = {"node_ttl": 3, "jobs": {"retry_backoff": 0.2, "dispatch_timeout": 2.0}}
+BAD_VALUES = [b"null", b"[]", b'"text"', b"5", b"\xff\xfe\xfa", b"{", b'{"id": 5}']
+
+
+def write_bad_records(cluster: LocalCluster) -> list[str]:
+    """Bad values under jobs/, nodes/ and election/; the keys written."""
+    p, endpoint = cluster.etcd_prefix, cluster.etcd_endpoint
+    keys = []
+    for i, value in enumerate(BAD_VALUES):
+        keys += [
+            f"{p}/jobs/{new_job_id()}",
+            f"{p}/nodes/bad{i}",
+            f"{p}/election/{i:016x}",  # where a candidate key would be
+            f"{p}/election/stray{i}",
+        ]
+        for key in keys[-4:]:
+            etcdhttp.put(endpoint, key, value)
+    return keys
+
+
+async def test_the_cluster_schedules_and_agents_start_past_bad_records(
+    cluster_factory: Any,
+) -> None:
+    # Before: `null` under jobs/ stopped the scheduler and the worker, under nodes/ the
+    # scheduler, bytes that are not UTF-8 under election/ every agent at start.
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    bad = write_bad_records(cluster)
+    async with ApiClient(cluster.nats_url) as api:
+        assert await _all_succeed(api, 6)
+        # Every agent restarted: each campaigns anew, so the bad election keys are now
+        # the oldest under the prefix, where the leader is read from (a value that
+        # passes for a node name is deposed as a silent leader).
+        for name, agent in cluster.agents.items():
+            agent.kill()
+            await asyncio.to_thread(agent.start)
+            await asyncio.to_thread(cluster.wait_for_nodes, [name])
+        await wait_until_served(api.nc, deadline=15)
+        assert await _all_succeed(api, 6)
+        leader = (await api.call("leader"))["leader"]
+        assert leader is not None and leader["node"] in cluster.agents
+        nodes = {n["name"] for n in (await api.call("nodes"))["nodes"]}
+        assert nodes == set(cluster.agents)
+        listed = {j["id"] for j in await api.list_all()}
+        assert not listed & {k.rsplit("/", 1)[-1] for k in bad}
+    assert all(agent.running for agent in cluster.agents.values())
+    for agent in cluster.agents.values():
+        log = agent.log_path.read_text()
+        # Logged once per key (and incarnation), not on every read or watch event.
+        for key in bad:
+            assert log.count(f"record at {key}:") <= agent.starts, (agent.name, key)
+
+
+async def test_a_record_from_a_newer_version_runs_and_keeps_its_fields(
+    cluster_factory: Any,
+) -> None:
+    # Before: a field this version did not know made the record "malformed", so the
+    # job was never placed (and an older worker would have dropped it).
+    cluster: LocalCluster = cluster_factory(2, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        now = time.time()
+        job = Job(
+            id=new_job_id(now),
+            spec=parse_spec(api.signed({"cmd": "echo newer"})),
+            state=JobState.PENDING,
+            submitted_at=now,
+            attempt=2,
+            updated_at=now,
+            attempts=[
+                Attempt(
+                    n=1,
+                    node="gone",
+                    assigned_at=now,
+                    ended_at=now,
+                    state="handed back",
+                    reason="agent stopped",
+                )
+            ],
+        )
+        record = job.to_dict()
+        record["priority"] = 7
+        record["spec"]["deadline"] = {"at": "tomorrow"}
+        record["attempts"][0]["zone"] = "b"
+        key = f"{cluster.etcd_prefix}/jobs/{job.id}"
+        etcdhttp.put(cluster.etcd_endpoint, key, json.dumps(record).encode())
+        done = await api.wait_for(job.id, deadline=20)
+    assert (done["state"], done["output_tail"]) == ("SUCCEEDED", "newer\n"), done
+    stored = json.loads(etcdhttp.get(cluster.etcd_endpoint, key) or b"{}")
+    assert stored["priority"] == 7
+    assert stored["spec"]["deadline"] == {"at": "tomorrow"}
+    assert stored["attempts"][0]["zone"] == "b"
+    assert [a["state"] for a in stored["attempts"]] == ["handed back", "SUCCEEDED"]
+
+
+async def _all_succeed(api: ApiClient, count: int) -> bool:
+    ids = [await api.submit(f"echo ok-{i}") for i in range(count)]
+    jobs = await api.wait_all(ids, deadline=40)
+    return all(j["state"] == "SUCCEEDED" for j in jobs.values())

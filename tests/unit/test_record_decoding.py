@@ -1,0 +1,83 @@
+"""Job and node records from etcd: anything else is a ValueError, newer fields are kept."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from schedagent.core.model import Attempt, Job, JobSpec, JobState, NodeRecord
+
+
+def record() -> dict[str, Any]:
+    job = Job(
+        id="a" * 20,
+        spec=JobSpec(cmd="true"),
+        state=JobState.PENDING,
+        submitted_at=1.0,
+        attempts=[Attempt(n=1, node="n1", assigned_at=1.0)],
+    )
+    return job.to_dict()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"null", b"[]", b"5", b'"x"', b"\xff\xfe\xfa", b"{", b"{}", b'{"id": 5}'],
+    ids=["null", "list", "number", "string", "not-utf8", "cut", "empty", "partial"],
+)
+def test_anything_but_a_job_record_is_a_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        Job.from_json(raw)
+    with pytest.raises(ValueError):
+        NodeRecord.from_json(raw)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("attempt",), "2"),
+        (("attempt",), True),
+        (("state",), "LATER"),
+        (("cancel_requested",), 1),
+        (("not_before",), float("nan")),
+        (("spec",), "true"),
+        (("spec", "env"), {"A": 1}),
+        (("spec", "cpus"), None),
+        (("spec", "signature"), "sig"),
+        (("attempts",), {"n": 1}),
+        (("attempts", 0), 5),
+        (("attempts", 0, "n"), 1.5),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_a_value_error(
+    path: tuple[object, ...], value: object
+) -> None:
+    data = record()
+    target: Any = data
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    with pytest.raises(ValueError):
+        Job.from_json(json.dumps(data).encode())
+
+
+def test_fields_of_a_newer_version_are_kept_on_rewrite() -> None:
+    data = record()
+    data["priority"] = 3
+    data["spec"]["deadline"] = {"at": 5}
+    data["attempts"][0]["zone"] = "b"
+    data["extra"] = "a field named extra is just another field"
+    job = Job.from_json(json.dumps(data).encode())
+    assert job.extra == {"priority": 3, "extra": "a field named extra is just another field"}
+    assert job.spec.extra == {"deadline": {"at": 5}}
+    assert job.attempts[0].extra == {"zone": "b"}
+    again = json.loads(job.clone().to_json())
+    assert again["priority"] == 3 and again["extra"] == data["extra"]
+    assert again["spec"]["deadline"] == {"at": 5} and again["attempts"][0]["zone"] == "b"
+    assert Job.from_json(job.to_json()) == job
+
+
+def test_a_known_field_wins_over_an_unknown_one_of_the_same_name() -> None:
+    job = Job.from_json(json.dumps(record()).encode())
+    assert "v" not in job.extra and job.to_dict()["v"] == 1
