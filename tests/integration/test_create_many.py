@@ -71,3 +71,26 @@ async def test_a_key_already_in_etcd_returns_its_job_and_the_rest_are_created(
     assert [created for _, created in made] == [True] * 5 + [False] + [True] * 4 + [False]
     stored, _ = await jobs.all()
     assert len(stored) == 10  # the old one and nine new: no job twice for a key
+
+
+def reads_and_txns(etcd: EtcdServer) -> int:
+    with _HTTP.open(f"{etcd.url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    pattern = r'^grpc_server_handled_total\{.*grpc_method="(?:Txn|Range)".*\} (\S+)$'
+    return sum(int(float(n)) for n in re.findall(pattern, text, re.M))
+
+
+async def test_a_batch_sent_again_finds_its_jobs_in_bulk(
+    jobs: JobStore, etcd_server: EtcdServer
+) -> None:
+    specs = [parse_spec({"cmd": f"echo {n}", "idempotency_key": f"r{n}"}) for n in range(1000)]
+    first = await jobs.create_many(specs)
+    before = reads_and_txns(etcd_server)
+    again = await jobs.create_many(specs)  # a client that timed out and resent it
+    calls = reads_and_txns(etcd_server) - before
+    assert [(job.id, created) for job, created in again] == [(j.id, False) for j, _ in first]
+    # Three calls a chunk of 42 (the failed transaction, its keys, their jobs): 72, where
+    # creating them one by one took three a spec.
+    assert calls <= 3 * 24, calls
+    stored, _ = await jobs.all()
+    assert len(stored) == 1000

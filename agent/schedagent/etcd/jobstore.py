@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TypeVar
 
-from schedagent.core.batch import MAX_TXN_BYTES, MAX_TXN_OPS, plan_creates
+from schedagent.core.batch import MAX_TXN_BYTES, MAX_TXN_OPS
 from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, new_job_id
 from schedagent.core.names import Keys
 from schedagent.errors import ConflictError, NotFoundError
@@ -276,38 +276,13 @@ class JobStore:
         """Create PENDING jobs in as few transactions as etcd's limits allow: (job,
         created) per spec, in order. Their ids sort in the order of the specs.
 
-        A spec repeating an earlier spec's idempotency key gets that job. A chunk that
-        meets a key (or id) already in etcd is created spec by spec, as `create` does.
+        A spec repeating an earlier spec's idempotency key gets that job; so does one
+        whose key etcd already has (read in bulk, as when a batch is sent again).
         """
-        now = time.time()
-        ids = sorted(new_job_id(now) for _ in specs)
-        jobs = [
-            Job(id=job_id, spec=spec, state=JobState.PENDING, submitted_at=now, updated_at=now)
-            for job_id, spec in zip(ids, specs, strict=True)
-        ]
-        records = [job.to_json() for job in jobs]
-        sizes = [(job.spec.idempotency_key, len(records[n])) for n, job in enumerate(jobs)]
-        # As in `create`: compared absent as live and as finished, and the key absent.
-        plan = plan_creates(sizes, max_ops, max_bytes, ops_per_job=2)
-        made: dict[int, tuple[Job, bool]] = {}
-        for chunk in plan.chunks:
-            compares: list[Compare] = []
-            ops: list[Put] = []
-            for index in chunk:
-                key, idem = self.keys.job(ids[index]), specs[index].idempotency_key
-                compares += [Absent(key), Absent(self.keys.done_job(ids[index]))]
-                ops.append(Put(key, records[index]))
-                if idem is not None:
-                    compares.append(Absent(self.keys.idem(idem)))
-                    ops.append(Put(self.keys.idem(idem), ids[index].encode()))
-            if await self.store.txn(compares, ops):
-                made.update((index, (jobs[index], True)) for index in chunk)
-                continue
-            for index in chunk:
-                made[index] = await self.create(specs[index])
-        for index, owner in plan.same_as.items():
-            made[index] = (made[owner][0], False)
-        return [made[index] for index in range(len(specs))]
+        # Imported here, not above: etcd/creates.py builds on this module.
+        from schedagent.etcd.creates import BatchCreate
+
+        return await BatchCreate(self, specs).run(max_ops, max_bytes)
 
 
 def _ops(keys: Keys, job: Job) -> list[Op]:
