@@ -24,6 +24,7 @@ class BenchClient:
         self.prefix = prefix
         self.nc: Any = None
         self.seen: dict[str, dict[str, float]] = {}  # job -> state -> first time seen
+        self.final_at: dict[str, float] = {}  # job -> when a final state was first seen
         self.changed = asyncio.Event()
 
     async def __aenter__(self) -> BenchClient:
@@ -36,7 +37,10 @@ class BenchClient:
 
     async def _on_event(self, msg: Any) -> None:
         body = json.loads(msg.data)
-        self.seen.setdefault(body["job"], {}).setdefault(body["state"], time.time())
+        now = time.time()
+        self.seen.setdefault(body["job"], {}).setdefault(body["state"], now)
+        if body["state"] in FINAL:
+            self.final_at.setdefault(body["job"], now)
         self.changed.set()
 
     async def call(self, verb: str, **body: Any) -> dict[str, Any]:
@@ -48,11 +52,27 @@ class BenchClient:
             raise RuntimeError(f"{verb}: {reply}")
         return dict(reply)
 
-    async def submit(self, cmd: str) -> str:
-        spec: dict[str, Any] = {"cmd": cmd, "idempotency_key": str(uuid.uuid4())}
+    @staticmethod
+    def spec(cmd: str, **fields: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {"cmd": cmd, "idempotency_key": str(uuid.uuid4()), **fields}
         # Signed, as schedctl signs: the agents run nothing else.
         spec["signature"] = harness_key()[0].sign(spec).to_dict()
-        return str((await self.call("submit", spec=spec))["job"]["id"])
+        return spec
+
+    async def submit(self, cmd: str) -> str:
+        return str((await self.call("submit", spec=self.spec(cmd)))["job"]["id"])
+
+    async def submit_batches(self, cmds: list[str], batch: int = 1000) -> list[str]:
+        """Every command through `submit_many`, a batch after the other: the job ids."""
+        ids: list[str] = []
+        for start in range(0, len(cmds), batch):
+            specs = [self.spec(cmd) for cmd in cmds[start : start + batch]]
+            jobs = (await self.call("submit_many", specs=specs))["jobs"]
+            refused = [job for job in jobs if "error" in job]
+            if refused:
+                raise RuntimeError(f"submit_many refused {len(refused)} specs: {refused[0]}")
+            ids += [job["id"] for job in jobs]
+        return ids
 
     async def submit_many(self, cmds: list[str], in_flight: int) -> list[str]:
         limit = asyncio.Semaphore(in_flight)

@@ -18,6 +18,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import fleet
+import scaling
 from client import BenchClient
 from history_bench import HISTORY_TARGETS, history_figures, history_flat
 from placement_bench import placement_figures
@@ -37,6 +39,8 @@ TARGETS = {
     "idle_cpu_percent": ("<=", 0.5),
     "placement_per_s_5000_nodes": (">=", 5000),
     **HISTORY_TARGETS,
+    "scaling_cpu_growth": ("<=", 1.2),
+    "fleet_failover_to_placement_s": ("<=", 3.0),
 }
 
 
@@ -174,6 +178,8 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
             for queued in (500, 50000)
         },
         **history_flat(results.get("history")),
+        **scaling.flat(results["scaling"]),
+        **fleet.flat(results["fleet"]),
     }
 
 
@@ -204,6 +210,14 @@ def main() -> int:
         default=100000,
         help="finished records (4 KiB binary output each) for the history figure; 0 skips it",
     )
+    parser.add_argument(
+        "--scaling-sizes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=list(scaling.DEFAULT_SIZES),
+        help="jobs queued at once, comma-separated (default 500,5000,50000)",
+    )
+    parser.add_argument("--scaling-budget", type=float, default=scaling.DEFAULT_BUDGET)
+    fleet.add_arguments(parser)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%SZ")
@@ -221,9 +235,15 @@ def main() -> int:
     results["scheduler"] = scheduler_figures()
     if args.history_records > 0:
         results["history"] = asyncio.run(history_figures(args.history_records))
+    results["scaling"] = asyncio.run(
+        scaling.scaling_figures(args.scaling_sizes, args.scaling_budget)
+    )
+    results["fleet"] = asyncio.run(fleet.fleet_figures(args))
     results["figures"] = flatten(results)
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     print(summary(results["figures"], results["baseline_spawns_per_s"]))
+    for size, why in results["scaling"]["skipped"].items():
+        print(f"scaling: {size} jobs skipped: {why}")
     print(f"written: bench/results/{stamp}.json")
     return 0
 

@@ -2,34 +2,75 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import faulthandler
 import os
 import sys
-
-import click
+from collections.abc import Sequence
 
 from schedagent import __version__
 from schedagent.config import DEFAULT_PATH, load_config
 from schedagent.errors import ConfigError
 
 EXIT_CONFIG = 2
+MAX_DEV_AGENTS = 32
+
+# argparse, not click (which schedctl uses): the agent process is this command, and
+# click stays resident in every agent for nothing (docs/performance.md, footprint).
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="schedagent")
-def main() -> None:
-    """schedagent: runs shell jobs across a fleet of hosts (etcd + NATS)."""
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="schedagent",
+        description="schedagent: runs shell jobs across a fleet of hosts (etcd + NATS).",
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s, version {__version__}")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run_cmd = commands.add_parser("run", help="Run the agent in the foreground.")
+    run_cmd.add_argument(
+        "--config",
+        dest="config_path",
+        default=DEFAULT_PATH,
+        help=f"Agent configuration file (YAML). [default: {DEFAULT_PATH}]",
+    )
+    check = commands.add_parser(
+        "check-config", help="Validate a configuration file and exit (status 2 if it is invalid)."
+    )
+    check.add_argument("path")
+    dev_cmd = commands.add_parser(
+        "dev",
+        help="Start etcd, NATS and N agents on loopback, in the foreground (Ctrl-C stops all).",
+    )
+    dev_cmd.add_argument(
+        "--agents",
+        type=_dev_agents,
+        default=3,
+        help=f"How many agents to start (1 to {MAX_DEV_AGENTS}). [default: 3]",
+    )
+    return top
 
 
-@main.command()
-@click.option(
-    "--config",
-    "config_path",
-    default=DEFAULT_PATH,
-    show_default=True,
-    help="Agent configuration file (YAML).",
-)
+def _dev_agents(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= count <= MAX_DEV_AGENTS:
+        raise argparse.ArgumentTypeError(f"{count} is not in the range 1 to {MAX_DEV_AGENTS}")
+    return count
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.command == "run":
+        run(args.config_path)
+    elif args.command == "check-config":
+        check_config(args.path)
+    else:
+        dev(args.agents)
+
+
 def run(config_path: str) -> None:
     """Run the agent in the foreground."""
     # gRPC's fork handlers quiesce its threads around a fork, and when they lose that
@@ -45,7 +86,7 @@ def run(config_path: str) -> None:
         config = load_config(config_path)
         etcd_tls = load_etcd_tls(config.etcd, config_path)
     except ConfigError as exc:
-        click.echo(f"schedagent: invalid configuration: {exc}", err=True)
+        print(f"schedagent: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     setup_logging(config.log_level, config.node_name, config.log_target)
     # systemd's watchdog ends a stuck agent with SIGABRT: leave every thread's stack
@@ -54,26 +95,16 @@ def run(config_path: str) -> None:
     sys.exit(asyncio.run(run_agent(config, config_path, etcd_tls)))
 
 
-@main.command("check-config")
-@click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
     """Validate a configuration file and exit (status 2 if it is invalid)."""
     try:
         config = load_config(path)
     except ConfigError as exc:
-        click.echo(f"schedagent: invalid configuration: {exc}", err=True)
+        print(f"schedagent: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    click.echo(f"{path}: OK (node {config.node_name})")
+    print(f"{path}: OK (node {config.node_name})")
 
 
-@main.command()
-@click.option(
-    "--agents",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1, 32),
-    help="How many agents to start.",
-)
 def dev(agents: int) -> None:
     """Start etcd, NATS and N agents on loopback, in the foreground (Ctrl-C stops all)."""
     from schedagent.dev.command import run_dev

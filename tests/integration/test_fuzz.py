@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from apiclient import ApiClient
 from schedagent.dev.cluster import LocalCluster
 
-VERBS = ["submit", "get", "list", "cancel", "nodes", "leader"]
+VERBS = ["submit", "submit_many", "get", "list", "cancel", "nodes", "leader"]
 EXAMPLES = 10_000
 
 json_values = st.recursive(
@@ -36,6 +36,9 @@ bodies = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
     near_specs.map(lambda s: json.dumps({"v": 1, "spec": s}).encode()),
+    st.lists(near_specs | json_values, max_size=5).map(
+        lambda specs: json.dumps({"v": 1, "specs": specs}).encode()
+    ),
     st.dictionaries(st.sampled_from(["id", "state", "limit", "v"]), json_values, max_size=3).map(
         lambda b: json.dumps(b).encode()
     ),
@@ -102,6 +105,9 @@ def test_malformed_requests_all_get_an_error_reply(sender: Sender, verb: str, bo
     if reply.get("ok"):
         assert verb != "submit", f"a malformed submit was accepted: {body!r}"
         assert verb != "cancel", f"an unsigned cancel was accepted: {body!r}"
+        if verb == "submit_many":  # refused spec by spec: not one job from any of them
+            assert reply["jobs"] and all("error" in job for job in reply["jobs"]), reply
+            return
         assert is_valid_read(verb, body) or verb == "get", (verb, body, reply)
         return
     assert reply["code"] in ("bad_request", "not_found", "unavailable"), reply

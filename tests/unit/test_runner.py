@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
 
 from helpers import live_processes_with, marker
 from schedagent.core.model import Outcome
+from schedagent.host import child
 from schedagent.host.runner import Command, job_environment, run_command
+
+
+@pytest.fixture(autouse=True, params=["pidfd", "thread"])
+def reaping(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test twice: exits seen through a pidfd, and through the fallback thread
+    used where the kernel gives no pidfds."""
+    if request.param == "thread":
+        monkeypatch.setattr(child, "_pidfd_open", lambda pid: None)
+    yield request.param
 
 
 def command(cmd: str, timeout: float | None = None, grace: float = 1.0, **env: str) -> Command:
@@ -21,14 +33,15 @@ def command(cmd: str, timeout: float | None = None, grace: float = 1.0, **env: s
 
 
 async def run(
-    cmd: Command, cancel: asyncio.Event | None = None
+    cmd: Command, cancel: asyncio.Event | None = None, pids: list[int] | None = None
 ) -> tuple[Outcome, dict[str, bytes]]:
     out: dict[str, bytes] = {"stdout": b"", "stderr": b""}
 
     async def on_output(stream: str, data: bytes) -> None:
         out[stream] += data
 
-    outcome = await run_command(cmd, on_output, cancel or asyncio.Event())
+    seen: list[int] = [] if pids is None else pids
+    outcome = await run_command(cmd, on_output, cancel or asyncio.Event(), seen.append)
     return outcome, out
 
 
@@ -100,3 +113,53 @@ async def test_missing_cwd_is_an_error_not_a_crash() -> None:
 async def test_job_runs_in_its_own_session() -> None:
     _, out = await run(command("ps -o sid= -p $$"))
     assert int(out["stdout"].decode().strip()) != os.getsid(0)
+
+
+async def test_output_larger_than_a_pipe_arrives_whole_on_both_streams() -> None:
+    cmd = "head -c 300000 /dev/zero; head -c 200000 /dev/zero >&2; echo end"
+    outcome, out = await run(command(cmd))
+    assert outcome.exit_code == 0
+    assert out["stdout"] == b"\0" * 300000 + b"end\n"
+    assert out["stderr"] == b"\0" * 200000
+
+
+async def test_the_shell_is_reaped_not_left_a_zombie() -> None:
+    pids: list[int] = []
+    outcome, _ = await run(command("exit 4"), pids=pids)
+    assert outcome.exit_code == 4
+    with pytest.raises(psutil.NoSuchProcess):
+        psutil.Process(pids[0]).status()
+
+
+async def test_a_killed_shell_reports_its_signal() -> None:
+    outcome, _ = await run(command("kill -KILL $$"))
+    assert outcome.signal == 9 and outcome.exit_code is None
+
+
+async def test_waiting_for_a_job_takes_no_thread(reaping: str) -> None:
+    if reaping == "thread":
+        pytest.skip("the fallback waits in a thread by design")
+    m = marker()
+    cancel = asyncio.Event()
+    before = threading.active_count()
+    task = asyncio.create_task(run(command(f"sleep {m}"), cancel))
+    end = time.monotonic() + 5
+    while not live_processes_with(f"sleep {m}") and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    during = threading.active_count()  # the job runs: a thread per child would exist now
+    cancel.set()
+    outcome, _ = await task
+    assert outcome.canceled
+    assert during == before
+
+
+async def test_cancelling_the_runner_itself_kills_the_whole_group() -> None:
+    m = marker()
+    task = asyncio.create_task(run(command(f"sleep {m} & sleep {m}")))
+    end = time.monotonic() + 5
+    while len(live_processes_with(f"sleep {m}")) < 2 and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await wait_until_gone(f"sleep {m}") == []

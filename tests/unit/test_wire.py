@@ -117,3 +117,51 @@ def test_replies() -> None:
     assert wire.parse_reply(wire.reply(wire.ok({"x": 1}))) == {"v": 1, "ok": True, "x": 1}
     error = wire.parse_reply(wire.reply(wire.error("not_found", "no job")))
     assert (error["ok"], error["code"], error["error"]) == (False, "not_found", "no job")
+
+
+def test_submit_many_request_round_trips() -> None:
+    specs = [{"cmd": "true"}, {"cmd": "echo 2", "cpus": 2}]
+    body = wire.parse_request(wire.submit_many(specs))
+    assert body["v"] == wire.VERSION
+    assert wire.parse_submit_many(body) == specs
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({}, "non-empty list"),
+        ({"specs": []}, "non-empty list"),
+        ({"specs": {"cmd": "true"}}, "non-empty list"),
+        ({"specs": [{}] * (wire.MAX_SUBMIT_BATCH + 1)}, "at most 1000"),
+    ],
+)
+def test_a_malformed_submit_many_request_is_refused_whole(body: wire.Body, why: str) -> None:
+    with pytest.raises(SpecError, match=why):
+        wire.parse_submit_many(body)
+
+
+def test_submit_many_reply_round_trips_in_order() -> None:
+    results = [
+        wire.Submitted(0, JOB, True),
+        wire.Submitted(1, error="cpus must be a number > 0"),
+        wire.Submitted(2, "018f0000000000000002", False),
+    ]
+    reply = wire.parse_reply(wire.reply(wire.ok(wire.submitted(results))))
+    assert reply["jobs"][1] == {"error": "cpus must be a number > 0", "index": 1}
+    assert wire.parse_submitted(reply, 3) == results
+
+
+@pytest.mark.parametrize(
+    "jobs",
+    [
+        None,
+        [{"id": JOB, "created": True}],  # one result for two specs
+        [{"id": JOB, "created": True}, {"id": "nope", "created": True}],
+        [{"id": JOB, "created": True}, {"id": JOB, "created": "yes"}],
+        [{"id": JOB, "created": True}, {"error": "bad", "index": 0}],
+        [{"id": JOB, "created": True}, "x"],
+    ],
+)
+def test_a_malformed_submit_many_reply_is_a_wire_error(jobs: object) -> None:
+    with pytest.raises(WireError):
+        wire.parse_submitted({"ok": True, "jobs": jobs}, 2)

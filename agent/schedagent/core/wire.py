@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schedagent.core.model import JOB_ID_RE, SCHEMA_VERSION, Job
@@ -262,3 +262,67 @@ def reply(body: Body) -> bytes:
 def parse_reply(data: bytes) -> Body:
     """The reply object, ok or not; WireError if it is not a JSON object."""
     return decode(data, "reply")
+
+
+# {np}.api.submit_many: many specs in one request; one result per spec, in order.
+
+MAX_SUBMIT_BATCH = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """One spec's fate: its job (and whether this request created it), or why not."""
+
+    index: int
+    job: str | None = None
+    created: bool = False
+    error: str | None = None
+
+
+def submit_many(specs: Sequence[Mapping[str, Any]]) -> bytes:
+    return request({"specs": list(specs)})
+
+
+def parse_submit_many(body: Body) -> list[object]:
+    """The raw specs of a submit_many request (each is checked on its own later)."""
+    specs = body.get("specs")
+    if not isinstance(specs, list) or not specs:
+        raise WireError("specs must be a non-empty list of job specs")
+    if len(specs) > MAX_SUBMIT_BATCH:
+        raise WireError(f"at most {MAX_SUBMIT_BATCH} specs per request, got {len(specs)}")
+    return specs
+
+
+def submitted(results: Sequence[Submitted]) -> Body:
+    """The reply fields: {"id", "created"} or {"error", "index"} per spec, in order."""
+    jobs: list[Body] = []
+    for result in results:
+        if result.error is None:
+            jobs.append({"id": result.job, "created": result.created})
+        else:
+            jobs.append({"error": result.error, "index": result.index})
+    return {"jobs": jobs}
+
+
+def parse_submitted(reply: Body, count: int) -> list[Submitted]:
+    """The results of a submit_many reply for count specs; WireError if malformed."""
+    jobs = reply.get("jobs")
+    if not isinstance(jobs, list) or len(jobs) != count:
+        raise WireError(f"submit_many reply: jobs must be a list of {count} results")
+    return [_submitted(index, item) for index, item in enumerate(jobs)]
+
+
+def _submitted(index: int, item: object) -> Submitted:
+    what = f"submit_many reply, result {index}"
+    if not isinstance(item, dict):
+        raise WireError(f"{what}: must be an object")
+    if "error" in item:
+        if item.get("index") != index:
+            raise WireError(f"{what}: index must be {index}, got {item.get('index')!r}")
+        return Submitted(index, error=str(item["error"]))
+    job_id, created = item.get("id"), item.get("created")
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise WireError(f"{what}: id must be a job id, got {job_id!r}")
+    if not isinstance(created, bool):
+        raise WireError(f"{what}: created must be true or false, got {created!r}")
+    return Submitted(index, job_id, created)

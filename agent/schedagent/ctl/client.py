@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -28,6 +28,9 @@ EXIT_NOT_FOUND = 4
 # A timed-out submit may still have been applied; the idempotency key makes resending safe.
 SUBMIT_RETRY_WINDOW = 10.0
 SUBMIT_RETRY_PAUSE = 0.5
+# An agent checks each spec's signature and writes 42 jobs per etcd transaction: give a
+# batch more time than one request gets, in proportion to its size.
+BATCH_SECONDS_PER_SPEC = 0.005
 # nats-py rebuilds an ordered consumer that missed two heartbeats; keep that short.
 IDLE_HEARTBEAT = 2.0
 
@@ -165,11 +168,14 @@ class Client:
         return jobs
 
     async def call(self, verb: str, body: Record | None = None) -> Record:
-        payload = wire.request(body)
+        return await self._request(verb, wire.request(body), self.timeout)
+
+    async def _request(self, verb: str, payload: bytes, within: float) -> Record:
+        """One request and its reply, waiting `within` seconds for an agent to answer."""
         try:
-            msg = await self.nc.request(f"{self.prefix}.api.{verb}", payload, timeout=self.timeout)
+            msg = await self.nc.request(f"{self.prefix}.api.{verb}", payload, timeout=within)
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            raise NoAgentError(self.shown_url, self.timeout) from None
+            raise NoAgentError(self.shown_url, within) from None
         except nats.errors.Error as exc:
             raise CtlError(
                 f"request to {self.shown_url} failed: {reason_of(exc)}", EXIT_NO_CLUSTER
@@ -178,10 +184,25 @@ class Client:
 
     async def submit(self, spec: Record) -> Record:
         """Submit, resending with the same idempotency key while no agent answers."""
+        return await self._resending(lambda: self.call("submit", {"spec": spec}))
+
+    async def submit_many(self, specs: list[Record]) -> list[wire.Submitted]:
+        """Submit a batch (at most wire.MAX_SUBMIT_BATCH), resent like `submit`; a
+        result per spec, in order."""
+        within = self.timeout + len(specs) * BATCH_SECONDS_PER_SPEC
+        payload = wire.submit_many(specs)
+        reply = await self._resending(lambda: self._request("submit_many", payload, within))
+        try:
+            return wire.parse_submitted(reply, len(specs))
+        except WireError as exc:
+            raise CtlError(f"malformed reply from agent: {exc}") from None
+
+    async def _resending(self, send: Callable[[], Awaitable[Record]]) -> Record:
+        # A timed-out submit may have been applied: only idempotency keys make this safe.
         started = time.monotonic()
         while True:
             try:
-                return await self.call("submit", {"spec": spec})
+                return await send()
             except NoAgentError:
                 waited = time.monotonic() - started
                 if waited + SUBMIT_RETRY_PAUSE >= SUBMIT_RETRY_WINDOW:

@@ -11,7 +11,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import click
 
@@ -19,6 +19,7 @@ from schedagent import __version__
 from schedagent.core.model import JobState
 from schedagent.core.spec import ENV_NAME_RE
 from schedagent.ctl import format as fmt
+from schedagent.ctl.batch import read_lines, refuse_options_beside_file, report, submit_lines
 from schedagent.ctl.client import (
     EXIT_ERROR,
     Client,
@@ -168,7 +169,14 @@ cli.add_command(keygen)
 
 
 @cli.command()
-@click.option("--cmd", required=True, callback=check_cmd, help="Shell command to run.")
+@click.option("--cmd", callback=check_cmd, help="Shell command to run.")
+@click.option(
+    "--file",
+    "spec_file",
+    type=click.File("r", encoding="utf-8"),
+    help="Submit many jobs: one JSON object per line with the fields of these options "
+    '({"cmd": "...", "cpus": 2, "labels": {"zone": "a"}, ...}); - reads stdin.',
+)
 @click.option("--cpus", type=PositiveNumber(), default=1.0, show_default=True)
 @click.option(
     "--timeout", "job_timeout", type=PositiveNumber(), help="Seconds before the job is killed."
@@ -183,7 +191,8 @@ cli.add_command(keygen)
 @click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
 @json_option
 def submit(
-    cmd: str,
+    cmd: str | None,
+    spec_file: TextIO | None,
     cpus: float,
     job_timeout: float | None,
     retries: int,
@@ -199,8 +208,13 @@ def submit(
     """Submit a job and print its id.
 
     With --wait, stdout and stderr carry only the job's own output, so the id
-    (or the --json record) is printed on stderr instead.
+    (or the --json record) is printed on stderr instead. With --file, one id per
+    line of the file, in order; a line that fails is named on stderr (exit 1).
     """
+    if spec_file is not None:
+        submit_file(spec_file, as_json)
+    if cmd is None:
+        raise click.UsageError("give --cmd, or --file with one job per line")
     spec = {
         "cmd": cmd,
         "cpus": cpus,
@@ -226,6 +240,20 @@ def submit(
         if not wait:
             return 0
         return job_exit_code(await JobFollower(client, str(job.get("id")), write_chunk).run())
+
+    run(work)
+
+
+def submit_file(spec_file: TextIO, as_json: bool) -> NoReturn:
+    ctx = click.get_current_context()
+    refuse_options_beside_file(ctx)
+    lines = read_lines(spec_file, find_key(ctx.meta.get("schedctl.key_path")))
+
+    async def work(client: Client) -> int:
+        results, status = await submit_lines(client, lines)
+        if as_json:
+            print_json({"jobs": [result.to_dict() for result in results]})
+        return status or report(results, print_ids=not as_json)
 
     run(work)
 

@@ -68,8 +68,8 @@ class JobId(StrParam):
         return job
 
 
-def check_cmd(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value.strip() or "\0" in value:
+def check_cmd(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and (not value.strip() or "\0" in value):
         raise click.BadParameter("must be a non-empty command with no NUL byte")
     return value
 

@@ -1,4 +1,4 @@
-"""The request/reply API that schedctl calls: submit, get, list, cancel, nodes, leader."""
+"""The request/reply API that schedctl calls: submit(_many), get, list, cancel, nodes, leader."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from schedagent.core.names import Keys
 from schedagent.core.placement import NodeView, unplaceable_reason
 from schedagent.core.spec import parse_spec
 from schedagent.daemon.gate import Gate, Refused, audit
+from schedagent.daemon.submit import SubmitMany
 from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
 from schedagent.etcd.election import Election
 from schedagent.etcd.jobstore import JobStore, decode_node
@@ -49,6 +50,7 @@ class Api:
         self.election = election
         self.handlers: dict[str, Handler] = {
             "submit": self.submit,
+            "submit_many": SubmitMany(self._checked_spec, jobs, bus),
             "get": self.get,
             "list": self.list_jobs,
             "cancel": self.cancel,
@@ -108,16 +110,20 @@ class Api:
             return wire.error("internal", f"internal error: {type(exc).__name__}")
 
     async def submit(self, req: dict[str, Any]) -> dict[str, Any]:
-        spec = parse_spec(req.get("spec"), self.config.jobs.max_cmd_bytes)
-        if len(json.dumps(dict(spec.env))) > self.config.security.max_env_bytes:
-            raise SpecError(f"env larger than {self.config.security.max_env_bytes} bytes")
-        signer = self._check_signature(spec)
+        spec, signer = self._checked_spec(req.get("spec"))
         job, created = await self.jobs.create(spec)
         if created:
             log.info("job %s submitted: %s", job.id, spec.cmd[:200], extra={"job_id": job.id})
             await self.bus.publish_event(job)
         audit("submit", job.id, signer, "accepted" if created else "same idempotency key")
         return {"job": job.to_dict(), "created": created}
+
+    def _checked_spec(self, raw: object) -> tuple[JobSpec, str | None]:
+        """A valid spec and the key that signed it, or SpecError: for one spec or many."""
+        spec = parse_spec(raw, self.config.jobs.max_cmd_bytes)
+        if len(json.dumps(dict(spec.env))) > self.config.security.max_env_bytes:
+            raise SpecError(f"env larger than {self.config.security.max_env_bytes} bytes")
+        return spec, self._check_signature(spec)
 
     def _check_signature(self, spec: JobSpec) -> str | None:
         """Refuse a bad signature at the door; the running agent checks again."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TypeVar
 
+from schedagent.core.batch import MAX_TXN_BYTES, MAX_TXN_OPS
 from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, new_job_id
 from schedagent.core.names import Keys
 from schedagent.errors import ConflictError, NotFoundError
@@ -268,6 +269,20 @@ class JobStore:
 
     async def fence_holds(self, fence: Sequence[Compare]) -> bool:
         return await self.store.txn(list(fence), [])
+
+    async def create_many(
+        self, specs: Sequence[JobSpec], max_ops: int = MAX_TXN_OPS, max_bytes: int = MAX_TXN_BYTES
+    ) -> list[tuple[Job, bool]]:
+        """Create PENDING jobs in as few transactions as etcd's limits allow: (job,
+        created) per spec, in order. Their ids sort in the order of the specs.
+
+        A spec repeating an earlier spec's idempotency key gets that job; so does one
+        whose key etcd already has (read in bulk, as when a batch is sent again).
+        """
+        # Imported here, not above: etcd/creates.py builds on this module.
+        from schedagent.etcd.creates import BatchCreate
+
+        return await BatchCreate(self, specs).run(max_ops, max_bytes)
 
 
 def _ops(keys: Keys, job: Job) -> list[Op]:

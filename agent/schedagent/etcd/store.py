@@ -201,6 +201,14 @@ class Store:
                 return _kv(found[0][1])
         return None
 
+    async def get_many(self, keys: Sequence[str]) -> list[KV | None]:
+        """Each key's KV (None where it is absent), all read in one transaction: at
+        most etcd's --max-txn-ops (128) keys."""
+        tx = self._client.transactions
+        gets = [tx.get(key.encode()) for key in keys]
+        _, responses = await self._call(self._client.transaction([], gets, []))
+        return [_kv(found[0][1]) if found else None for found in responses]
+
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         """Every key under prefix, read a page at a time at one revision, and that revision.
 

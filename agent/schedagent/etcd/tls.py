@@ -6,17 +6,19 @@ import dataclasses
 import datetime
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aetcd
 import grpc
 from aetcd import rpc, watcher
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from schedagent.config import EtcdConfig
 from schedagent.errors import ConfigError
+
+if TYPE_CHECKING:
+    # Imported where certificates are read: an agent on plain http never needs x509.
+    from cryptography import x509
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,8 @@ def _read(where: str, key: str, path: str | None) -> bytes | None:
 
 
 def _certificate(where: str, key: str, pem: bytes) -> x509.Certificate:
+    from cryptography import x509
+
     try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
@@ -74,6 +78,8 @@ def _certificate(where: str, key: str, pem: bytes) -> x509.Certificate:
 
 
 def _check_pair(where: str, config: EtcdConfig, cert_pem: bytes, key_pem: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     cert = _certificate(where, "etcd.tls_cert", cert_pem)
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)

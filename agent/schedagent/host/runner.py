@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from schedagent.core.model import Outcome
+from schedagent.host.child import STREAMS, Child
 
 log = logging.getLogger(__name__)
 
@@ -52,32 +53,19 @@ async def run_command(
 ) -> Outcome:
     started = time.time()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            command.cmd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=command.cwd,
-            start_new_session=True,  # its own session and process group: killable as one
-            **_identity(command),
-        )
+        child = Child.spawn(["/bin/sh", "-c", command.cmd], cwd=command.cwd, **_identity(command))
     except OSError as exc:
         return Outcome(started, time.time(), error=f"cannot start: {exc.strerror or exc}")
     except KeyError as exc:  # the run-as user vanished since the gate checked it
         return Outcome(started, time.time(), error=f"cannot start: no user {exc}")
-    on_start(proc.pid)
-    async with asyncio.TaskGroup() as tg:
-        readers = [
-            tg.create_task(_pump(proc.stdout, "stdout", on_output, command.chunk_bytes)),
-            tg.create_task(_pump(proc.stderr, "stderr", on_output, command.chunk_bytes)),
-        ]
-        timed_out, canceled = await _wait(proc, command, cancel)
-        # The shell is gone; anything it left behind in its group goes with it.
-        _signal_group(proc.pid, signal.SIGKILL)
-        await _finish_readers(readers)
-    code = proc.returncode
+    on_start(child.pid)
+    try:
+        timed_out, canceled = await _supervise(child, command, on_output, cancel)
+    finally:
+        if child.returncode is None:  # cancelled, or failed: nothing of the job stays
+            _signal_group(child.pid, signal.SIGKILL)
+        child.close_pipes()
+    code = child.returncode
     return Outcome(
         started_at=started,
         ended_at=time.time(),
@@ -86,6 +74,22 @@ async def run_command(
         timed_out=timed_out,
         canceled=canceled,
     )
+
+
+async def _supervise(
+    child: Child, command: Command, on_output: OnOutput, cancel: asyncio.Event
+) -> tuple[bool, bool]:
+    """Pump the output until the end, the timeout or a cancel: (timed_out, canceled)."""
+    async with asyncio.TaskGroup() as tg:
+        readers = [
+            tg.create_task(_pump(child, stream, on_output, command.chunk_bytes))
+            for stream in STREAMS
+        ]
+        timed_out, canceled = await _wait(child, command, cancel)
+        # The shell is gone; anything it left behind in its group goes with it.
+        _signal_group(child.pid, signal.SIGKILL)
+        await _finish_readers(readers)
+    return timed_out, canceled
 
 
 def _identity(command: Command) -> dict[str, Any]:
@@ -103,33 +107,30 @@ def _identity(command: Command) -> dict[str, Any]:
     }
 
 
-async def _wait(
-    proc: asyncio.subprocess.Process, command: Command, cancel: asyncio.Event
-) -> tuple[bool, bool]:
+async def _wait(child: Child, command: Command, cancel: asyncio.Event) -> tuple[bool, bool]:
     """Wait for exit, timeout or cancel; returns (timed_out, canceled)."""
-    exited = asyncio.create_task(proc.wait())
+    exited = child.exited
     canceled = asyncio.create_task(cancel.wait())
+    waiting: set[asyncio.Future[Any]] = {exited, canceled}
     try:
         done, _ = await asyncio.wait(
-            {exited, canceled}, timeout=command.timeout, return_when=asyncio.FIRST_COMPLETED
+            waiting, timeout=command.timeout, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
         canceled.cancel()
     if exited in done:
         return False, False
-    await _kill_group(proc, exited, command.kill_grace)
+    await _kill_group(child, exited, command.kill_grace)
     return canceled not in done, canceled in done
 
 
-async def _kill_group(
-    proc: asyncio.subprocess.Process, exited: asyncio.Task[int], grace: float
-) -> None:
-    _signal_group(proc.pid, signal.SIGTERM)
+async def _kill_group(child: Child, exited: asyncio.Future[int], grace: float) -> None:
+    _signal_group(child.pid, signal.SIGTERM)
     try:
         await asyncio.wait_for(asyncio.shield(exited), grace)
     except TimeoutError:
-        _signal_group(proc.pid, signal.SIGKILL)
-        await exited
+        _signal_group(child.pid, signal.SIGKILL)
+        await asyncio.shield(exited)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -137,16 +138,14 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def _pump(
-    stream: asyncio.StreamReader | None, name: str, on_output: OnOutput, chunk: int
-) -> None:
-    if stream is None:
-        return
-    while data := await stream.read(chunk):
-        await on_output(name, data)
+async def _pump(child: Child, stream: str, on_output: OnOutput, chunk: int) -> None:
+    while data := await child.read(stream, chunk):
+        await on_output(stream, data)
 
 
 async def _finish_readers(readers: list[asyncio.Task[None]]) -> None:
+    if all(reader.done() for reader in readers):
+        return  # the usual case: the output ended with the process
     # A process that left the group (setsid) may still hold the pipes: stop waiting.
     _, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_TIMEOUT)
     for task in pending:
