@@ -34,6 +34,7 @@ from schedagent.dev.invariants import (
 )
 from schedagent.host.jobprocs import job_attempts
 
+LEASE_LOSSES = frozenset({"agent lost its etcd lease", "agent cut off from etcd"})
 JOBS = 1000
 TTL = 3
 OVERRIDES = {
@@ -165,7 +166,10 @@ def check_outcomes(run: Run, records: Mapping[str, Job]) -> list[str]:
     for job_id in run.accepted:
         job = records[job_id]
         for attempt in job.attempts:
-            if attempt.state != HANDED_BACK and attempt.reason in INTERRUPTED:
+            # A lost lease needs no kill: on a starved machine an agent may miss its
+            # refreshes and fence itself; the marks still prove nothing ran twice.
+            lease_lost = attempt.reason in LEASE_LOSSES
+            if attempt.state != HANDED_BACK and attempt.reason in INTERRUPTED and not lease_lost:
                 began = attempt.started_at or attempt.assigned_at
                 ended = attempt.ended_at or float("inf")
                 if not any(began <= k <= ended for k in run.kills.get(attempt.node, [])):
