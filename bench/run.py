@@ -19,6 +19,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 
 from client import BenchClient
+from history_bench import HISTORY_TARGETS, history_figures, history_flat
 from placement_bench import placement_figures
 from scheduler_bench import scheduler_figures
 
@@ -35,6 +36,7 @@ TARGETS = {
     "idle_rss_mb": ("<=", 45.0),
     "idle_cpu_percent": ("<=", 0.5),
     "placement_per_s_5000_nodes": (">=", 5000),
+    **HISTORY_TARGETS,
 }
 
 
@@ -171,6 +173,7 @@ def flatten(results: dict[str, Any]) -> dict[str, float]:
             for kind in ("node_refresh", "completion", "submit")
             for queued in (500, 50000)
         },
+        **history_flat(results.get("history")),
     }
 
 
@@ -195,6 +198,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--latency-jobs", type=int, default=500)
     parser.add_argument("--idle", type=float, default=60.0, help="idle seconds for the footprint")
+    parser.add_argument(
+        "--history-records",
+        type=int,
+        default=100000,
+        help="finished records (4 KiB binary output each) for the history figure; 0 skips it",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%SZ")
@@ -210,6 +219,8 @@ def main() -> int:
     results.update(asyncio.run(cluster_figures(args)))
     results["placement"] = placement_figures()
     results["scheduler"] = scheduler_figures()
+    if args.history_records > 0:
+        results["history"] = asyncio.run(history_figures(args.history_records))
     results["figures"] = flatten(results)
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     print(summary(results["figures"], results["baseline_spawns_per_s"]))

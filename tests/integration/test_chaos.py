@@ -28,6 +28,7 @@ from schedagent.dev.invariants import (
     check_cancels,
     check_executions,
     check_jobs,
+    check_placements,
     check_running_have_processes,
     summarize,
 )
@@ -214,5 +215,8 @@ async def test_chaos_every_job_accounted_for(cluster_factory: Any, tmp_path: Pat
     assert check_cancels(runs, run.cancels, records, CANCEL_GRACE) == []
     assert check_running_have_processes(run.snapshots, PHANTOM_GRACE) == []
     assert check_outcomes(run, records) == []
+    prefix = f"{cluster.etcd_prefix}/placed/"
+    placed = [k[len(prefix) :].split("/") for k in cluster.live_etcd().keys(prefix)]
+    assert check_placements(records, [(node, job_id) for node, job_id in placed]) == []
     assert sum(len(k) for k in run.kills.values()) >= 3, run.events
     assert any("SIGKILL leader" in e for e in run.events), run.events

@@ -21,7 +21,7 @@ from helpers import live_processes_with, marker, wait_until
 from schedagent.core.model import Job
 from schedagent.dev import marks
 from schedagent.dev.cluster import AgentProcess, LocalCluster
-from schedagent.dev.invariants import check_cancels, check_executions, check_jobs
+from schedagent.dev.invariants import check_cancels, check_executions, check_jobs, check_placements
 from sdsockets import DatagramListener, parse_notify
 
 Notify = DatagramListener[dict[str, str]]
@@ -148,6 +148,14 @@ def _node_record(cluster: LocalCluster, name: str) -> dict[str, Any]:
     return dict(json.loads(base64.b64decode(kvs[0]["value"]))) if kvs else {}
 
 
+def _placed(cluster: LocalCluster) -> list[tuple[str, str]]:
+    """(node, job id) of every key of the placement index."""
+    prefix = f"{cluster.etcd_prefix}/placed/"
+    kvs = _etcd_range(cluster, prefix, True)
+    names = (base64.b64decode(kv["key"]).decode()[len(prefix) :].split("/") for kv in kvs)
+    return [(node, job_id) for node, job_id in names]
+
+
 def _etcd_range(cluster: LocalCluster, key: str, prefix: bool = False) -> list[dict[str, Any]]:
     """The key (or every key under it) as etcd's JSON gateway returns them."""
     body = {"key": base64.b64encode(key.encode()).decode()}
@@ -201,6 +209,7 @@ async def test_rolling_restart_under_load_fails_no_job(cluster_factory: ClusterF
     ]
     assert not_succeeded == [], f"{len(not_succeeded)} of {len(records)}: {not_succeeded[:3]}"
     assert check_jobs(accepted, records) == []
+    assert check_placements(records, await asyncio.to_thread(_placed, cluster)) == []
 
 
 async def _pick(api: ApiClient, cluster: LocalCluster, leader: bool, restarted: set[str]) -> str:
@@ -249,7 +258,10 @@ async def _final_records(cluster: LocalCluster, ids: list[str], deadline: float)
     than one NATS message (the API's `list`) may carry."""
     wanted, end = set(ids), time.monotonic() + deadline
     while True:
-        kvs = await asyncio.to_thread(_etcd_range, cluster, f"{cluster.etcd_prefix}/jobs/", True)
+        kvs = []
+        for prefix in ("jobs", "done"):  # live records, and final ones
+            where = f"{cluster.etcd_prefix}/{prefix}/"
+            kvs += await asyncio.to_thread(_etcd_range, cluster, where, True)
         jobs = [Job.from_json(base64.b64decode(kv["value"])) for kv in kvs]
         records = {job.id: job for job in jobs if job.id in wanted}
         unfinished = [i for i in wanted if i not in records or not records[i].state.final]

@@ -1,12 +1,13 @@
 """Retention on a real etcd: old finished jobs go (with their idempotency keys), active and
-recent ones stay, long histories are swept page by page, and a deposed leader deletes nothing."""
+recent ones stay, long histories are swept page by page, an older version's final records
+under jobs/ are swept or moved to done/, and a deposed leader deletes nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -40,9 +41,14 @@ def record(submitted: float, state: JobState, updated: float, idem: str | None =
     return job
 
 
-async def put(store: Store, jobs: list[Job]) -> None:
+def where(job: Job) -> str:
+    """Where this version keeps the record: final ones under done/."""
+    return KEYS.done_job(job.id) if job.state.final else KEYS.job(job.id)
+
+
+async def put(store: Store, jobs: list[Job], key: Callable[[Job], str] = where) -> None:
     for job in jobs:
-        ops = [Put(KEYS.job(job.id), job.to_json())]
+        ops = [Put(key(job), job.to_json())]
         if job.spec.idempotency_key is not None:
             ops.append(Put(KEYS.idem(job.spec.idempotency_key), job.id.encode()))
         assert await store.txn([], ops)
@@ -66,20 +72,43 @@ async def test_a_sweep_deletes_old_finished_jobs_page_by_page(store: Store) -> N
     await put(store, old + keep)
     retention = Retention(lambda: JobsConfig(retention=600), JobStore(store, KEYS), [])
     assert await retention.sweep(now - 600) == len(old)
-    assert await remaining(store, KEYS.jobs) == {KEYS.job(j.id) for j in keep}
+    assert await remaining(store, KEYS.jobs) | await remaining(store, KEYS.done) == {
+        where(j) for j in keep
+    }
     assert await remaining(store, KEYS.idem_dir) == set()
     assert await retention.sweep(now - 600) == 0
+
+
+async def test_an_older_versions_final_records_under_jobs_are_swept_or_moved(store: Store) -> None:
+    now = time.time()
+    expired = [record(now - 3600 + i, JobState.SUCCEEDED, now - 3000) for i in range(300)]
+    recent = [record(now - 3600 + i, JobState.FAILED, now - 10) for i in range(300)]
+    live = [record(now - 3600, JobState.RUNNING, now - 3000)]
+    await put(store, expired + recent + live, key=lambda j: KEYS.job(j.id))
+    retention = Retention(lambda: JobsConfig(retention=600), JobStore(store, KEYS), [])
+    assert await retention.sweep(now - 600) == len(expired)
+    assert await retention.move_old_final_records() == len(recent)
+    assert await remaining(store, KEYS.jobs) == {KEYS.job(j.id) for j in live}
+    assert await remaining(store, KEYS.done) == {KEYS.done_job(j.id) for j in recent}
+    moved, _ = await JobStore(store, KEYS).get(recent[0].id)
+    assert moved.updated_at == recent[0].updated_at  # retention still counts from the end
+    assert await retention.move_old_final_records() == 0
 
 
 async def test_a_deposed_leader_deletes_nothing(store: Store) -> None:
     now = time.time()
     jobs = [record(now - 3600, JobState.SUCCEEDED, now - 3000) for _ in range(3)]
     await put(store, jobs)
+    older = [record(now - 3600, JobState.SUCCEEDED, now - 10) for _ in range(3)]
+    await put(store, older, key=lambda j: KEYS.job(j.id))
     assert await store.txn([], [Put("/schedagent/leader/x", b"x")])
     lost_fence = [CreateRevisionIs("/schedagent/leader/x", 1)]  # not its create revision
     retention = Retention(lambda: JobsConfig(retention=600), JobStore(store, KEYS), lost_fence)
     with pytest.raises(FencedError):
         await retention.sweep(now - 600)
+    with pytest.raises(FencedError):
+        await retention.move_old_final_records()
+    assert len(await remaining(store, KEYS.done)) == 3
     assert len(await remaining(store, KEYS.jobs)) == 3
 
 

@@ -18,13 +18,13 @@ NODE, OLD_LEASE, LEASE = "n1", 1, 2
 
 
 class Records:
-    """The one JobStore read the reaper makes, without etcd."""
+    """The one JobStore read the reaper makes (the node's placed jobs), without etcd."""
 
     def __init__(self, jobs: list[Job]) -> None:
         self.jobs = jobs
 
-    async def all(self) -> tuple[list[tuple[Job, int]], int]:
-        return [(job, 1) for job in self.jobs], 1
+    async def placed_records(self, node: str) -> list[Job]:
+        return [job for job in self.jobs if job.node == node]
 
 
 def stale_job(job_id: str) -> Job:

@@ -12,7 +12,9 @@ class Keys:
         self.prefix = prefix
         self.nodes = f"{prefix}/nodes/"
         self.election = f"{prefix}/election/"
-        self.jobs = f"{prefix}/jobs/"
+        self.jobs = f"{prefix}/jobs/"  # live records: not final yet
+        self.done = f"{prefix}/done/"  # final records, until retention deletes them
+        self.placed = f"{prefix}/placed/"  # {node}/{job}: attempts holding CPUs there
         self.idem_dir = f"{prefix}/idem/"
         self.nonces = f"{prefix}/nonces/"
 
@@ -21,6 +23,15 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         return self.jobs + job_id
+
+    def done_job(self, job_id: str) -> str:
+        return self.done + job_id
+
+    def placed_on(self, node: str) -> str:
+        return f"{self.placed}{node}/"
+
+    def placement(self, node: str, job_id: str) -> str:
+        return self.placed_on(node) + job_id
 
     def candidate(self, lease: int) -> str:
         return f"{self.election}{lease:016x}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -156,26 +157,22 @@ class Api:
         return "waiting for free CPUs on a matching node"
 
     async def list_jobs(self, req: dict[str, Any]) -> dict[str, Any]:
-        state = req.get("state")
-        if state is not None and (not isinstance(state, str) or state not in JobState.__members__):
-            raise SpecError(f"state must be one of {', '.join(JobState.__members__)}")
-        limit = req.get("limit", 50)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
-            raise SpecError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
-        before = req.get("before")
-        if before is not None and (not isinstance(before, str) or not JOB_ID_RE.match(before)):
-            raise SpecError("before must be a job id")
-        wanted = None if state is None else JobState(state)
-        picked = await self.jobs.newest(limit, wanted, before)
-        # Stop before the reply outgrows one NATS message; `next` continues from there.
+        state, limit, before = _list_request(req)
+        # Read only as far as the reply goes: records with long output tails fill a
+        # NATS message after a few dozen, and `next` continues from there.
+        page_size = min(max(limit, 16), 256)
+        picked = self.jobs.iter_newest(state, before, page_size)
         budget = self.bus.max_payload() // 2
         out: list[dict[str, Any]] = []
-        for job in picked:
-            record = job.to_dict()
-            budget -= len(json.dumps(record))
-            if budget < 0 and out:
-                return {"jobs": out, "next": out[-1]["id"]}
-            out.append(record)
+        async with contextlib.aclosing(picked) as jobs:
+            async for job in jobs:
+                record = job.to_dict()
+                budget -= len(json.dumps(record))
+                if budget < 0 and out:
+                    return {"jobs": out, "next": out[-1]["id"]}
+                out.append(record)
+                if len(out) == limit:
+                    break
         return {"jobs": out, "next": None}
 
     async def cancel(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +223,20 @@ class RateLimiter:
             return False
         self.tokens -= 1
         return True
+
+
+def _list_request(req: dict[str, Any]) -> tuple[JobState | None, int, str | None]:
+    """A list request's state filter, limit and `before` id, checked."""
+    state = req.get("state")
+    if state is not None and (not isinstance(state, str) or state not in JobState.__members__):
+        raise SpecError(f"state must be one of {', '.join(JobState.__members__)}")
+    limit = req.get("limit", 50)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIST_LIMIT:
+        raise SpecError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+    before = req.get("before")
+    if before is not None and (not isinstance(before, str) or not JOB_ID_RE.match(before)):
+        raise SpecError("before must be a job id")
+    return (None if state is None else JobState(state)), limit, before
 
 
 def _job_id(req: dict[str, Any]) -> str:

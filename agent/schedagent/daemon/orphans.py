@@ -52,9 +52,9 @@ async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> in
     it (dev clusters, tests) the job processes outlive a killed agent. Their
     records are closed by the leader ("agent restarted").
     """
-    records, _ = await jobs.all()
     killed = 0
-    for job in stale_attempts([j for j, _ in records], node, lease):
+    # This node's own work only, from the placement index, however long the history.
+    for job in stale_attempts(await jobs.placed_records(node), node, lease):
         # Per job: a running total would log every later job as killed too.
         count = _kill(job_processes(job.id, job.attempt))
         if count:

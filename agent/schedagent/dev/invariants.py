@@ -66,6 +66,25 @@ def _overlaps(job: Job) -> list[str]:
     return problems
 
 
+def check_placements(records: Mapping[str, Job], placed: Iterable[tuple[str, str]]) -> list[str]:
+    """Violations of the placement index, one line each: `placed/{node}/{job}` exists for
+    exactly the jobs of records that hold CPUs (ASSIGNED, RUNNING) on node.
+
+    records holds both live and final jobs (read from jobs/ and done/); placed holds
+    (node, job id) for every key under placed/, keys of other jobs are ignored.
+    """
+    wanted = {(j.node, j.id) for j in records.values() if j.state.holds_cpus and j.node}
+    found = {(node, job_id) for node, job_id in placed if job_id in records}
+    problems = [
+        f"{job_id}: placed on {node} but is {records[job_id].state} on {records[job_id].node}"
+        for node, job_id in sorted(found - wanted)
+    ]
+    problems += [
+        f"{j}: holds CPUs on {n} but has no placement key" for n, j in sorted(wanted - found)
+    ]
+    return problems
+
+
 def summarize(records: Mapping[str, Job]) -> dict[str, Any]:
     """Counts by final state and attempts, for a run's closing line."""
     states: dict[str, int] = {}

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Sequence
 
 from schedagent.etcd.store import (
     KV,
+    PAGE,
     Absent,
     Compare,
     CreateRevisionIs,
     ModRevisionIs,
     Op,
+    Page,
     Put,
     WatchEvent,
 )
@@ -54,11 +56,25 @@ class MemStore:
         kvs = [kv for key, kv in sorted(self.data.items()) if key.startswith(prefix)]
         return kvs, self.revision
 
-    async def get_range(
-        self, start: str, end: str, limit: int, descending: bool = False
-    ) -> list[KV]:
+    async def get_first(self, keys: Sequence[str]) -> KV | None:
+        return next((self.data[key] for key in keys if key in self.data), None)
+
+    async def scan(self, prefix: str, page_size: int = PAGE) -> AsyncIterator[Page]:
+        # One snapshot, as etcd reads every page at the first page's revision.
+        kvs, revision = await self.get_prefix(prefix)
+        for first in range(0, max(len(kvs), 1), page_size):
+            more = first + page_size < len(kvs)
+            yield Page(kvs[first : first + page_size], revision, more)
+
+    async def range_page(
+        self, start: str, end: str, limit: int, *, descending: bool = False, revision: int = 0
+    ) -> Page:
+        """Like Store.range_page, but at the latest revision: no history is kept."""
         keys = sorted((k for k in self.data if start <= k < end), reverse=descending)
-        return [self.data[k] for k in keys[: limit or None]]
+        return Page([self.data[k] for k in keys[:limit]], self.revision, len(keys) > limit)
+
+    async def count(self, start: str, end: str, revision: int = 0) -> tuple[int, int]:
+        return sum(1 for k in self.data if start <= k < end), self.revision
 
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()

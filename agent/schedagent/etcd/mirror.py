@@ -1,4 +1,4 @@
-"""A live, decoded copy of one etcd prefix: a range read, then a watch that resumes."""
+"""A live, decoded copy of one etcd prefix: a paged range read, then a watch that resumes."""
 
 from __future__ import annotations
 
@@ -84,12 +84,16 @@ class Mirror(Generic[T]):
             self.broken = False
 
     async def _read(self) -> None:
-        kvs, revision = await self.store.get_prefix(self.prefix)
+        # Page by page at one revision: only what decodes is kept, so the read costs
+        # memory for the view, not for the prefix (an older version's history, say).
         items: dict[str, Entry[T]] = {}
-        for kv in kvs:
-            value = self.decode(kv.key, kv.value)
-            if value is not None:
-                items[kv.key] = Entry(kv.mod_revision, kv.create_revision, value)
+        revision = 0
+        async for page in self.store.scan(self.prefix):
+            revision = page.revision
+            for kv in page.kvs:
+                value = self.decode(kv.key, kv.value)
+                if value is not None:
+                    items[kv.key] = Entry(kv.mod_revision, kv.create_revision, value)
         self.items = items
         self.revision = revision
         self._recovered()
@@ -107,6 +111,10 @@ class Mirror(Generic[T]):
     def note_write(self, key: str, revision: int, value: T) -> None:
         """Record our own write now, so a view read before its watch event is not stale."""
         current = self.items.get(key)
+        if current is None and revision <= self.revision:
+            # The watch has passed this write and the key is gone: deleted since (a job
+            # moved to history), and must not come back as an entry nobody removes.
+            return
         if current is None or current.mod_revision < revision:
             create = current.create_revision if current is not None else revision
             self.items[key] = Entry(revision, create, value)

@@ -73,6 +73,23 @@ class Delete:
 Compare = ModRevisionIs | CreateRevisionIs | Absent
 Op = Put | Delete
 
+# Keys per range request: a long prefix is read in pages, never in one reply (gRPC
+# refuses replies over 4 MiB; a page that is still too large is halved).
+PAGE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """One range reply: its keys, the revision it was read at, and whether more follow."""
+
+    kvs: list[KV]
+    revision: int
+    more: bool
+
+
+class _ReplyTooLarge(Exception):
+    """A range reply over gRPC's message limit: ask for fewer keys."""
+
 
 class WatchCompacted(Exception):
     """The revision a watch asked for is gone; the watcher must resync with a read."""
@@ -174,31 +191,86 @@ class Store:
         item = await self._call(self._client.get(key.encode()))
         return None if item is None else _kv(item)
 
-    async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
-        """Every key under prefix, and the revision the read was served at."""
-        resp = await self._call(self._client.get_prefix(prefix.encode()))
-        return [_kv(item) for item in resp], int(resp.header.revision)
+    async def get_first(self, keys: Sequence[str]) -> KV | None:
+        """The first of keys that exists, all read in one transaction (one revision)."""
+        tx = self._client.transactions
+        gets = [tx.get(key.encode()) for key in keys]
+        _, responses = await self._call(self._client.transaction([], gets, []))
+        for found in responses:
+            if found:
+                return _kv(found[0][1])
+        return None
 
-    async def get_range(
-        self, start: str, end: str, limit: int, descending: bool = False
-    ) -> list[KV]:
-        """Up to limit keys in [start, end), in key order (or its reverse): one page."""
-        # aetcd's get_range drops the limit; the stub takes the request as etcd defines it.
+    async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        """Every key under prefix, read a page at a time at one revision, and that revision.
+
+        For prefixes that stay small (nodes); a long one is better read with scan().
+        """
+        kvs: list[KV] = []
+        revision = 0
+        async for page in self.scan(prefix):
+            kvs.extend(page.kvs)
+            revision = page.revision
+        return kvs, revision
+
+    async def scan(self, prefix: str, page_size: int = PAGE) -> AsyncIterator[Page]:
+        """The keys under prefix in key order, a page at a time, every page read at the
+        revision of the first (which each page carries): a consistent snapshot, however
+        long, that a watch can resume from. Ends after the page that says no more."""
+        start, end = prefix, prefix_end(prefix)
+        snapshot = 0
+        while True:
+            page = await self.range_page(start, end, page_size, revision=snapshot)
+            # A reply's header holds the store's current revision, not the one read at.
+            snapshot = snapshot or page.revision
+            yield dataclasses.replace(page, revision=snapshot)
+            if not page.more or not page.kvs:
+                return
+            start = page.kvs[-1].key + "\0"
+            page_size = len(page.kvs)  # shorter than asked only if the keys are large
+
+    async def range_page(
+        self, start: str, end: str, limit: int, *, descending: bool = False, revision: int = 0
+    ) -> Page:
+        """Up to limit keys in [start, end), in key order (or its reverse), at revision
+        (0: the latest). Fewer than limit while `more` is set: a page that would not
+        fit in one gRPC message is asked for again, halved, until it fits."""
+        while True:
+            # aetcd's get_range drops the limit; the stub takes the request as etcd defines it.
+            request = aetcd.rpc.RangeRequest(
+                key=start.encode(),
+                range_end=end.encode(),
+                limit=limit,
+                revision=revision,
+                sort_order=aetcd.rpc.RangeRequest.DESCEND if descending else 0,
+                sort_target=aetcd.rpc.RangeRequest.KEY,
+            )
+            try:
+                reply = await self._call(self._range(request))
+            except _ReplyTooLarge as exc:
+                if limit <= 1:
+                    raise StoreUnavailableError(f"etcd: one key is too large: {exc}") from exc
+                limit //= 2
+                continue
+            kvs = [_kv(item) for item in reply.kvs]
+            return Page(kvs, int(reply.header.revision), bool(reply.more))
+
+    async def count(self, start: str, end: str, revision: int = 0) -> tuple[int, int]:
+        """How many keys [start, end) holds at revision (0: the latest), from etcd's
+        index alone (no values are read), and the revision of the reply's header."""
         request = aetcd.rpc.RangeRequest(
-            key=start.encode(),
-            range_end=end.encode(),
-            limit=limit,
-            sort_order=aetcd.rpc.RangeRequest.DESCEND if descending else 0,
-            sort_target=aetcd.rpc.RangeRequest.KEY,
+            key=start.encode(), range_end=end.encode(), count_only=True, revision=revision
         )
         reply = await self._call(self._range(request))
-        return [_kv(item) for item in reply.kvs]
+        return int(reply.count), int(reply.header.revision)
 
     async def _range(self, request: Any) -> Any:
         await self._client.connect()
         try:
             return await self._client.kvstub.Range(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise _ReplyTooLarge(exc.details() or str(exc)) from exc
             raise aetcd.exceptions.ConnectionFailedError(exc.details() or str(exc)) from exc
 
     async def txn(
