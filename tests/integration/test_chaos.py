@@ -57,6 +57,7 @@ PHANTOM_GRACE = TTL + 5.0
 # A canceled job's process is killed at once, or when its killed agent is back (a
 # restart, the reap before it registers, a reconciler pass): longer is a breach.
 CANCEL_GRACE = TTL + 10.0
+KILL_SLACK = 1.0
 
 
 class Run:
@@ -172,10 +173,13 @@ def check_outcomes(run: Run, records: Mapping[str, Job]) -> list[str]:
             if attempt.state != HANDED_BACK and attempt.reason in INTERRUPTED and not lease_lost:
                 began = attempt.started_at or attempt.assigned_at
                 ended = attempt.ended_at or float("inf")
-                if not any(began <= k <= ended for k in run.kills.get(attempt.node, [])):
+                kills = run.kills.get(attempt.node, [])
+                # A kill is noted just before its SIGKILL is sent (from a thread).
+                if not any(began <= k + KILL_SLACK and k <= ended for k in kills):
                     problems.append(
-                        f"{job_id}: attempt {attempt.n} on {attempt.node} ended "
-                        f"{attempt.reason!r} with no kill of its node meanwhile"
+                        f"{job_id}: attempt {attempt.n} on {attempt.node} "
+                        f"({began:.2f}-{ended:.2f}) ended {attempt.reason!r} with no kill of"
+                        f" its node meanwhile (kills at {[round(k, 2) for k in kills]})"
                     )
         expected = (
             ("CANCELED", "canceled") if job_id in run.cancels else COMMANDS[run.commands[job_id]]
