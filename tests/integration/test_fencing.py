@@ -29,7 +29,7 @@ from schedagent.dev.cluster import LocalCluster
 from schedagent.dev.invariants import check_jobs
 from sdsockets import DatagramListener, parse_notify
 
-TTL = 3
+TTL = 5
 FAST = {
     "node_ttl": TTL,
     "jobs": {"retry_backoff": 0.2, "dispatch_timeout": 2.0, "kill_grace": 1.0},
