@@ -60,12 +60,14 @@ async def leader_of(api: ApiClient) -> str:
 async def test_a_retry_waits_its_backoff_whatever_the_workers_clock(cluster_factory: Any) -> None:
     # The worker wrote not_before on its own clock, two minutes ahead of the leader's.
     # Before: the retry waited those two minutes.
-    overrides = {"agent_overrides": {"node_ttl": 3, "jobs": {"retry_backoff": 0.2}}}
+    overrides = {"agent_overrides": {"node_ttl": 6, "jobs": {"retry_backoff": 0.2}}}
     cluster, worker = await skewed_follower(cluster_factory, "+120", **overrides)
     async with ApiClient(cluster.nats_url) as api:
         job_id = await api.submit("exit 1", retries=1, node=worker)
         job = await api.wait_for(job_id, deadline=15)
-    assert [a["reason"] for a in job["attempts"]] == ["exit code 1", "exit code 1"], job
+    # (A hand-back, if the loaded machine let a lease lapse, uses no retry: not counted.)
+    ran = [a["reason"] for a in job["attempts"] if a["state"] != "handed back"]
+    assert ran == ["exit code 1", "exit code 1"], job
 
 
 async def test_retention_is_shifted_by_the_skew_and_no_more(cluster_factory: Any) -> None:
@@ -79,7 +81,7 @@ async def test_retention_is_shifted_by_the_skew_and_no_more(cluster_factory: Any
         job = await api.wait_for(await api.submit("true", node=worker), deadline=15)
         ended = time.time()
     assert job["state"] == "SUCCEEDED", job
-    key = f"{cluster.etcd_prefix}/jobs/{job['id']}"
+    key = f"{cluster.etcd_prefix}/done/{job['id']}"  # where a finished record lives
     await asyncio.sleep(retention - skew - 1.0)
     assert etcdhttp.get(cluster.etcd_endpoint, key) is not None, "gone before retention - skew"
     sweep = retention / 10

@@ -54,7 +54,10 @@ async def test_a_running_record_whose_agent_never_started_it_is_handed_back(
             node="node1",
             attempts=[attempt],
         )
-        etcdhttp.put(cluster.etcd_endpoint, f"{cluster.etcd_prefix}/jobs/{job.id}", job.to_json())
+        p = cluster.etcd_prefix
+        etcdhttp.put(cluster.etcd_endpoint, f"{p}/jobs/{job.id}", job.to_json())
+        # As the leader's placement left it: the node's index names the attempt.
+        etcdhttp.put(cluster.etcd_endpoint, f"{p}/placed/node1/{job.id}", b"1")
         done = await api.wait_for(job.id, deadline=RECONCILE + 15)
     first, second = done["attempts"]
     assert (first["state"], first["reason"]) == (transitions.HANDED_BACK, transitions.NEVER_STARTED)

@@ -20,18 +20,21 @@ BAD_VALUES = [b"null", b"[]", b'"text"', b"5", b"\xff\xfe\xfa", b"{", b'{"id": 5
 
 
 def write_bad_records(cluster: LocalCluster) -> list[str]:
-    """Bad values under jobs/, nodes/ and election/; the keys written."""
+    """Bad values under jobs/, done/, nodes/, election/ and placed/; the keys written."""
     p, endpoint = cluster.etcd_prefix, cluster.etcd_endpoint
     keys = []
     for i, value in enumerate(BAD_VALUES):
-        keys += [
+        written = [
             f"{p}/jobs/{new_job_id()}",
+            f"{p}/done/{new_job_id()}",
             f"{p}/nodes/bad{i}",
             f"{p}/election/{i:016x}",  # where a candidate key would be
             f"{p}/election/stray{i}",
+            f"{p}/placed/node1/{new_job_id()}",  # a placement of no job, or not a number
         ]
-        for key in keys[-4:]:
+        for key in written:
             etcdhttp.put(endpoint, key, value)
+        keys += written
     return keys
 
 
@@ -101,7 +104,9 @@ async def test_a_record_from_a_newer_version_runs_and_keeps_its_fields(
         etcdhttp.put(cluster.etcd_endpoint, key, json.dumps(record).encode())
         done = await api.wait_for(job.id, deadline=20)
     assert (done["state"], done["output_tail"]) == ("SUCCEEDED", "newer\n"), done
-    stored = json.loads(etcdhttp.get(cluster.etcd_endpoint, key) or b"{}")
+    # Finished, the record moved to done/ (the history split), with its fields.
+    done_key = f"{cluster.etcd_prefix}/done/{job.id}"
+    stored = json.loads(etcdhttp.get(cluster.etcd_endpoint, done_key) or b"{}")
     assert stored["priority"] == 7
     assert stored["spec"]["deadline"] == {"at": "tomorrow"}
     assert stored["attempts"][0]["zone"] == "b"

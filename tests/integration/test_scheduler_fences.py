@@ -36,6 +36,18 @@ async def scheduler(etcd_server: EtcdServer, nats_server: NatsServer) -> AsyncIt
     await store.close()
 
 
+async def lose_at_once(scheduler: Scheduler, job: Job, revision: int) -> None:
+    """Feed the job to the leader's view as its watch would, with the lost-node grace
+    already over, and let it recover lost nodes once."""
+    key = scheduler.jobs.keys.job(job.id)
+    scheduler.job_view.items[key] = Entry(revision, revision, job)
+    scheduler.changed_jobs[key] = None
+    now = time.time()
+    scheduler._take_changes(now)
+    scheduler.view.lost_since[key] = time.monotonic() - 3600
+    await scheduler._recover_lost(now)
+
+
 def node_record(name: str, lease: int) -> NodeRecord:
     return NodeRecord(name, "host", 2.0, 1, 1, (0.0, 0.0, 0.0), {}, "v", time.time(), lease)
 
@@ -58,11 +70,9 @@ async def test_node_lost_is_not_written_when_the_node_record_changed(scheduler: 
     )
     revision = await scheduler.jobs.write(job, 0)  # created: compared absent
     assert revision
-    entry = Entry(revision, revision, job)
-    scheduler.job_view.items[keys.job(job.id)] = entry
     assert keys.node("n1") not in scheduler.node_view.items  # the stale view: n1 gone
 
-    await scheduler._recover_lost([entry], {}, time.time())
+    await lose_at_once(scheduler, job, revision)
 
     stored, _ = await scheduler.jobs.get(job.id)
     assert (stored.state, stored.attempt, stored.node) == (JobState.RUNNING, 1, "n1"), stored
@@ -79,8 +89,7 @@ async def test_node_lost_is_written_when_the_node_record_is_gone(scheduler: Sche
         attempts=[Attempt(n=1, node="n2", assigned_at=now, started_at=now, lease=7)],
     )
     revision = await scheduler.jobs.write(job, 0)
-    entry = Entry(revision, revision, job)
-    await scheduler._recover_lost([entry], {}, time.time())
+    await lose_at_once(scheduler, job, revision)
     stored, _ = await scheduler.jobs.get(job.id)
     assert (stored.state, stored.attempt) == (JobState.PENDING, 2), stored
     assert stored.attempts[0].reason == "node lost"

@@ -180,6 +180,10 @@ def test_the_reconcilers_verdicts_on_a_running_record_it_does_not_run() -> None:
     other = t.orphaned(running_job(), "n1", 8, False, NO_WAIT, 5.0)
     assert other is not None and other.attempts[0].reason == t.AGENT_RESTARTED
     assert t.orphaned(running_job(), "n2", 7, False, NO_WAIT, 5.0) is None
+    # Started under an earlier lease of this same process (it lost it, and took a new
+    # one): its lease was lost, no agent restarted.
+    mine = t.orphaned(running_job(), "n1", 8, False, NO_WAIT, 5.0, earlier_leases={7, 8})
+    assert mine is not None and mine.attempts[0].reason == t.LEASE_LOST
 
 
 def test_a_backoff_is_measured_on_the_clock_of_who_waits() -> None:

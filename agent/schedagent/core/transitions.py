@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import signal
+from collections.abc import Collection
 
 from schedagent.core.model import Attempt, Job, JobState, Outcome
 
@@ -16,6 +17,7 @@ CANCELED = "canceled"
 DISPATCHES_BEFORE_HAND_BACK = 3
 # Why the reconciler closed a RUNNING attempt its own node does not run.
 AGENT_RESTARTED = "agent restarted"
+LEASE_LOST = "agent lost its etcd lease"
 NEVER_STARTED = "recorded running, but its agent never started it"
 LOST_TRACK = "its agent lost track of it"
 
@@ -225,17 +227,26 @@ def lost_reason(job: Job, node_lease: int | None, node_started_at: float) -> str
 
 
 def orphaned(
-    job: Job, node: str, lease: int, ran_here: bool, backoff: Backoff, now: float
+    job: Job,
+    node: str,
+    lease: int,
+    ran_here: bool,
+    backoff: Backoff,
+    now: float,
+    earlier_leases: Collection[int] = (),
 ) -> Job | None:
     """The reconciler's verdict on a RUNNING attempt of its node that it does not run.
 
-    Started by another incarnation of the agent: closed as the leader would. Started
+    Started by another incarnation of the agent: closed as the leader would; under an
+    earlier lease of this same process: lost with its lease, not a restart. Started
     under this lease but never run (the RUNNING write committed, its reply was lost):
     handed back, no retry used. Run here but its end never recorded: lost, like a node.
     """
     if not owns(job, node, job.attempt, JobState.RUNNING):
         return None
     current = job.current_attempt()
+    if current is not None and current.lease != lease and current.lease in earlier_leases:
+        return lose(job, node, LEASE_LOST, backoff, now)
     if current is None or current.lease != lease:
         return lose(job, node, AGENT_RESTARTED, backoff, now)
     if ran_here:

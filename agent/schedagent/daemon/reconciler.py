@@ -180,7 +180,13 @@ class Reconciler:
         ran_here = (job.id, job.attempt) in worker.unrecorded
         now = time.time()
         new = transitions.orphaned(
-            job.clone(), self.node, worker.lease(), ran_here, worker.backoff, now
+            job.clone(),
+            self.node,
+            worker.lease(),
+            ran_here,
+            worker.backoff,
+            now,
+            self.session.leases,
         )
         if new is None or not await self.jobs.write(new, revision):
             return  # it changed since the read: the next pass looks again

@@ -127,8 +127,8 @@ class JobStore:
             for kv in page.kvs:
                 try:
                     placed.append((kv.key[len(prefix) :], int(kv.value)))
-                except ValueError:
-                    log.warning("ignoring malformed placement key %s: %r", kv.key, kv.value[:40])
+                except ValueError as exc:
+                    malformed.note("placement", kv.key, kv.value, exc)
         return placed
 
     async def placed_records(self, node: str) -> list[Job]:

@@ -41,6 +41,8 @@ class Session:
         self.ttl = ttl
         self.clock = clock
         self.lease_id = 0
+        # Every lease this process held: an attempt under one of them was started here.
+        self.leases: set[int] = set()
         self.generation = 0
         self.renewed = asyncio.Event()
         self.last_problem: str | None = None
@@ -69,6 +71,7 @@ class Session:
         sent = self.clock()
         self.lease_id = await self.store.grant_lease(self.ttl)
         self.generation += 1
+        self.leases.add(self.lease_id)
         self._confirmed(sent, self.ttl)
         log.info("etcd lease %x granted (ttl %ds)", self.lease_id, self.ttl)
 
