@@ -28,7 +28,7 @@ from schedagent.dev.cluster import LocalCluster, harness_key
 from schedagent.dev.procs import ManagedProcess, wait_for
 
 SIMAGENT = Path(__file__).with_name("simagent.py")
-SETTLE = 3.0  # after a process of nodes is ready: their first refreshes land
+SETTLE = 2.0  # after a process of nodes is ready: their first refreshes land
 FAILOVER_DEADLINE = 60.0
 MAX_IN_FLIGHT = 8
 
@@ -206,9 +206,9 @@ async def fleet_figures(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fleet-nodes", dest="nodes", type=int, default=1000)
     parser.add_argument("--fleet-processes", dest="processes", type=int, default=4)
-    parser.add_argument("--fleet-idle", dest="idle", type=float, default=6.0)
+    parser.add_argument("--fleet-idle", dest="idle", type=float, default=5.0)
     parser.add_argument("--fleet-rate", dest="rate", type=float, default=500.0)
-    parser.add_argument("--fleet-load-seconds", dest="load_seconds", type=float, default=15.0)
+    parser.add_argument("--fleet-load-seconds", dest="load_seconds", type=float, default=12.0)
 
 
 def main() -> int:

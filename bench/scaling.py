@@ -26,7 +26,7 @@ from measure import cpu_by_kind
 from schedagent.dev.cluster import LocalCluster
 
 DEFAULT_SIZES = (500, 5000, 50000)
-DEFAULT_BUDGET = 150.0  # seconds for all sizes together, so `make bench` stays under 10 min
+DEFAULT_BUDGET = 110.0  # seconds for all sizes together, so `make bench` stays under 10 min
 POLL = 0.5
 
 

@@ -1,12 +1,14 @@
 """Many simulated nodes in one process, for the fleet benchmark (bench/fleet.py).
 
 Each node does what an agent's registry and worker do, minus running anything: its
-record under its own etcd lease, refreshed every TTL/3; a durable pull consumer
-`node-<name>` on the dispatch stream, fetched as daemon/worker.py fetches it; and per
-dispatch the worker's fenced compare-and-swap writes, RUNNING then SUCCEEDED, built by
-core/transitions on records read through JobStore, with the same events. It never
+record under its own etcd lease, refreshed every TTL/3; its durable pull consumer
+`node-<name>` on the dispatch stream, fetched through the worker's own
+nats/dispatches.DispatchConsumer; and per dispatch the worker's fenced
+compare-and-swap writes, RUNNING then SUCCEEDED, built by core/transitions on records
+read through JobStore, with the same events (published by nats/bus.Bus). It never
 leads, spawns nothing, and skips the signature check and nonce claim (agent CPU and
-one etcd write per job that the leader never sees).
+one etcd write per job that the leader never sees). The nodes of one process share
+one etcd and one NATS connection.
 
 `python bench/simagent.py --etcd URL --nats URL --first 0 --count 250`: prints
 `ready` once every node is registered and subscribed, a JSON summary at SIGTERM.
@@ -24,19 +26,16 @@ import sys
 import time
 from typing import Any
 
-import nats
-import nats.errors
-import nats.js.api as jsapi
-import nats.js.errors
-
 from schedagent import __version__
+from schedagent.config import NatsConfig, OutputConfig
 from schedagent.core import transitions, wire
 from schedagent.core.model import JobState, NodeRecord, Outcome
-from schedagent.core.names import Keys, Subjects
-from schedagent.daemon.worker import ACK_WAIT, FETCH_BATCH, FETCH_TIMEOUT
+from schedagent.core.names import Keys
 from schedagent.errors import NotFoundError, StoreUnavailableError, WireError
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.store import Put, Store
+from schedagent.nats.bus import Bus
+from schedagent.nats.dispatches import DispatchConsumer
 
 # A fleet registering at once would all refresh at once ever after: spread the starts.
 START_SPREAD = 3.0
@@ -88,25 +87,15 @@ class SimNode:
                     continue
                 await self.fleet.store.txn([], [Put(key, self.record(), self.lease)])
 
-    async def subscribe(self) -> Any:
-        subjects = self.fleet.subjects
-        return await self.fleet.js.pull_subscribe(
-            subjects.dispatch(self.name),
-            durable=f"node-{self.name}",
-            stream=subjects.dispatch_stream,
-            config=jsapi.ConsumerConfig(ack_wait=ACK_WAIT, max_ack_pending=1000),
-        )
-
-    async def work(self, sub: Any) -> None:
-        while True:
-            try:
-                messages = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except (nats.errors.Error, nats.js.errors.Error):
-                await asyncio.sleep(1.0)
-                continue
-            await asyncio.gather(*(self.dispatched(msg) for msg in messages))
+    async def work(self) -> None:
+        """Take dispatches as the worker does, until cancelled."""
+        consumer = DispatchConsumer(self.fleet.bus, self.name)
+        try:
+            while True:
+                messages = await consumer.fetch()
+                await asyncio.gather(*(self.dispatched(msg) for msg in messages))
+        finally:
+            await consumer.close()
 
     async def dispatched(self, msg: Any) -> None:
         try:
@@ -136,43 +125,34 @@ class SimNode:
             await msg.nak(delay=0.2)
             return
         await msg.ack()
-        await self.fleet.event(started)
+        bus = self.fleet.bus
+        await bus.publish_event(started)
         outcome = Outcome(now, time.time(), exit_code=0)
         done = transitions.finish(
             started.clone(), self.name, dispatch.attempt, outcome, "", BACKOFF
         )
-        await self.fleet.publish(
-            self.fleet.subjects.output(job.id), wire.output_end(job.id, dispatch.attempt)
-        )
+        await bus.publish(bus.subjects.output(job.id), wire.output_end(job.id, dispatch.attempt))
         if done is not None and await jobs.write(done, written):
             self.ran += 1
-            await self.fleet.event(done)
+            await bus.publish_event(done)
 
 
 class Fleet:
     """The connections the simulated nodes of this process share."""
 
-    def __init__(self, store: Store, nc: Any, etcd_prefix: str, nats_prefix: str) -> None:
+    def __init__(self, store: Store, bus: Bus, etcd_prefix: str) -> None:
         self.store = store
-        self.nc = nc
-        self.js = nc.jetstream()
+        self.bus = bus
         self.keys = Keys(etcd_prefix)
-        self.subjects = Subjects(nats_prefix)
         self.jobs = JobStore(store, self.keys)
-
-    async def event(self, job: Any) -> None:
-        await self.publish(self.subjects.events(job.id), wire.event(job, time.time()))
-
-    async def publish(self, subject: str, body: bytes) -> None:
-        with contextlib.suppress(nats.errors.Error, OSError):
-            await self.nc.publish(subject, body)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     store = Store([args.etcd])
     await store.connect()
-    nc = await nats.connect(args.nats, max_reconnect_attempts=-1)
-    fleet = Fleet(store, nc, args.etcd_prefix, args.nats_prefix)
+    bus = Bus(NatsConfig(urls=(args.nats,), prefix=args.nats_prefix), OutputConfig(), "sim")
+    await bus.connect()
+    fleet = Fleet(store, bus, args.etcd_prefix)
     nodes = [
         SimNode(f"{args.name_prefix}{n:05d}", args.cpus, args.ttl, fleet)
         for n in range(args.first, args.first + args.count)
@@ -181,23 +161,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     limit = asyncio.Semaphore(REGISTER_IN_PARALLEL)
 
-    async def start(node: SimNode) -> Any:
+    async def register(node: SimNode) -> None:
         async with limit:
             await node.register()
-            return await node.subscribe()
 
-    subs = await asyncio.gather(*(start(node) for node in nodes))
+    await asyncio.gather(*(register(node) for node in nodes))
     async with asyncio.TaskGroup() as tg:
         tasks = [
             tg.create_task(_after(START_SPREAD * index / len(nodes), node.refresh()))
             for index, node in enumerate(nodes)
         ]
-        tasks += [tg.create_task(node.work(sub)) for node, sub in zip(nodes, subs, strict=True)]
+        tasks += [tg.create_task(node.work()) for node in nodes]
         print("ready", flush=True)
         await stop.wait()
         for task in tasks:
             task.cancel()
-    await nc.close()
+    await bus.close()
     await store.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime
