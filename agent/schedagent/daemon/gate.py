@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pwd
@@ -70,8 +71,7 @@ class Gate:
         self._lease_until = 0.0
 
     def trusted(self) -> dict[str, Ed25519PublicKey]:
-        keys = [parse_public(text) for text in self.security().trusted_keys]
-        return {key_id(k): k for k in keys}
+        return _trusted_keys(tuple(self.security().trusted_keys))
 
     def check_signature(self, spec: JobSpec, now: float, max_age: float) -> str | None:
         """The signing key id (None for an unsigned job where that is allowed)."""
@@ -147,3 +147,10 @@ class Gate:
             self._lease = await self.store.grant_lease(ttl)
             self._lease_until = now + NONCE_LEASE_SLACK
         return self._lease
+
+
+@functools.lru_cache(maxsize=4)
+def _trusted_keys(texts: tuple[str, ...]) -> dict[str, Ed25519PublicKey]:
+    """Parsed once per set of keys (a reload brings a new set), not once per job."""
+    keys = [parse_public(text) for text in texts]
+    return {key_id(k): k for k in keys}
