@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ from schedagent.core.signing import (
     verify_cancel,
 )
 from schedagent.errors import SchedagentError
-from schedagent.etcd.store import Absent, Put, Store
+from schedagent.etcd.store import Absent, Compare, Op, Put, Store, ValueIs
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("schedagent.audit")
@@ -108,17 +109,14 @@ class Gate:
         if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != user:
             raise Refused(f"run-as refused: the agent cannot switch to {user!r} (not root)")
 
-    async def admit(self, job: Job) -> str | None:
-        """Raise Refused, or return the key id that signed the job."""
-        now = time.time()
+    def check(self, job: Job, now: float) -> str | None:
+        """Raise Refused, or return the key id that signed the job. Its nonce is not
+        claimed here: the worker claims it in its start's transaction (nonce_claim)."""
         signer = self.check_signature(job.spec, now, max_age=float("inf"))
         self.check_user(job)
         signature = job.spec.signature
         if signature is None:
             return signer
-        claim = await self._claim(str(signature["nonce"]), job.id)
-        if claim == "taken":
-            raise Refused("signature rejected: replayed (its nonce belongs to another job)")
         # Only the first start must be fresh; a later attempt (a retry, a hand-back) may
         # come long after, when the nonce's lease may have expired, so the record says
         # which start this is, not the nonce claim.
@@ -128,16 +126,18 @@ class Gate:
             raise Refused("signature rejected: signed too long before its first start")
         return signer
 
-    async def _claim(self, nonce: str, job_id: str) -> str:
-        """'new' (now this job's), 'ours' (this job's already) or 'taken' (another's)."""
-        key = self.keys.nonce(nonce)
+    def nonce_key(self, job: Job) -> str | None:
+        """Where the job's signature nonce is claimed (None: an unsigned job)."""
+        signature = job.spec.signature
+        return None if signature is None else self.keys.nonce(str(signature["nonce"]))
+
+    async def nonce_claim(self, key: str, job_id: str, held: bool) -> Claim:
+        """The compare and ops that make the nonce at key this job's in a transaction:
+        held says it is the job's already (a later attempt), else it must be free."""
+        if held:
+            return Claim([ValueIs(key, job_id.encode())], [])
         lease = await self._nonce_lease()
-        if await self.store.txn([Absent(key)], [Put(key, job_id.encode(), lease)]):
-            return "new"
-        held = await self.store.get(key)
-        if held is None:
-            return await self._claim(nonce, job_id)  # expired in between: try again
-        return "ours" if held.value.decode() == job_id else "taken"
+        return Claim([Absent(key)], [Put(key, job_id.encode(), lease)])
 
     async def _nonce_lease(self) -> int:
         # Nonces must outlive the signature's max age; one lease serves many of them.
@@ -147,6 +147,12 @@ class Gate:
             self._lease = await self.store.grant_lease(ttl)
             self._lease_until = now + NONCE_LEASE_SLACK
         return self._lease
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    compares: list[Compare]
+    ops: list[Op]
 
 
 @functools.lru_cache(maxsize=4)
