@@ -13,7 +13,8 @@ from schedagent.dev.memstore import MemStore
 from schedagent.errors import StoreUnavailableError
 from schedagent.etcd.batcher import Guarded, TxnBatcher
 from schedagent.etcd.jobstore import JobStore
-from schedagent.etcd.store import Absent, Compare, Op, Put
+from schedagent.etcd.store import KV, Absent, Compare, Op, Put
+from schedagent.etcd.updates import BatchedUpdates
 
 
 class CountingStore(MemStore):
@@ -33,6 +34,10 @@ class CountingStore(MemStore):
             raise StoreUnavailableError("etcd is down")
         self.txns.append(len(compares))
         return await super().txn_revision(compares, success, failure)
+
+    async def get_first(self, keys: Sequence[str]) -> KV | None:
+        self.txns.append(0)  # a read: a transaction of gets, no compares
+        return await super().get_first(keys)
 
 
 def setup(count: int) -> tuple[CountingStore, JobStore, list[tuple[Job, int]]]:
@@ -122,3 +127,24 @@ async def test_every_write_is_answered(size: int) -> None:
     await batcher.close()
     assert sum(store.txns) == size
     assert max(store.txns) <= 128
+
+
+async def test_an_update_whose_record_moved_on_mutates_what_the_failed_write_read() -> None:
+    # An end written at the worker's revision after a cancel flagged the record: the
+    # failed write brings the new record back, so the retry needs no read of its own.
+    store, jobs, [(job, revision)] = setup(1)
+    flagged = job.clone()
+    flagged.cancel_requested = True
+    newer = await jobs.write(flagged, revision)
+    before = len(store.txns)
+
+    def end(j: Job) -> Job:
+        j.state, j.reason = JobState.CANCELED, "canceled" if j.cancel_requested else "?"
+        return j
+
+    stored, changed = await BatchedUpdates(jobs, TxnBatcher(store)).update(
+        job.id, end, (job, revision)
+    )
+    assert changed and stored is not None and stored.reason == "canceled"
+    assert store.txns[before:] == [1, 1]  # the failed write, the retry: no read between
+    assert jobs.keys.done_job(job.id) in store.data and newer
