@@ -195,6 +195,10 @@ async def test_schedctl_submit_after_and_what_status_and_list_show(
     assert status == 0 and f"{a} +1" in listed, listed
     status, refused = await schedctl(cluster, "submit", "--cmd", "x", "--after", "0" * 20)
     assert status == 1 and f"after: no job {'0' * 20}" in refused, refused
+    status, failed = await schedctl(cluster, "submit", "--cmd", "false", "--wait")
+    assert status == 1
+    status, _ = await schedctl(cluster, "submit", "--cmd", "x", "--after", failed.strip(), "--wait")
+    assert status == 130  # CANCELED, unrun
     go.touch()
     status, _ = await schedctl(cluster, "submit", "--cmd", "true", "--after", child, "--wait")
     assert status == 0

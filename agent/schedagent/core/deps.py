@@ -7,7 +7,11 @@ so under done/ and outside the view) it asks the caller to read: `take_lookups`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from schedagent.core.model import Job, JobState
+
+IsLive = Callable[[str], bool]  # whether the job with this id is in the view, not final
 
 
 def waits_for_parents(job: Job) -> bool:
@@ -38,14 +42,13 @@ class Dependencies:
         self.waiting: dict[str, set[str]] = {}  # child key -> parents not known SUCCEEDED
         self.children: dict[str, set[str]] = {}  # parent id -> child keys waiting for it
         self.doomed: dict[str, str] = {}  # child key -> why it ends without running
-        self.live: set[str] = set()  # ids of the jobs in the view (not final)
         self.lookups: set[str] = set()  # parents to read from etcd: not live, end unknown
 
     def held(self, key: str) -> bool:
         """Whether the child at key may not be placed (it waits, or must end unrun)."""
         return key in self.waiting or key in self.doomed
 
-    def hold(self, key: str, job: Job) -> None:
+    def hold(self, key: str, job: Job, is_live: IsLive) -> None:
         """Take in a child that waits_for_parents: it is held (not placeable) until
         ended() has heard SUCCEEDED from each parent."""
         if self.held(key):
@@ -56,11 +59,13 @@ class Dependencies:
         self.waiting[key] = set(job.spec.after)
         for parent in job.spec.after:
             self.children.setdefault(parent, set()).add(key)
-            if parent not in self.live:
+            if not is_live(parent):
                 self.lookups.add(parent)
 
     def release(self, key: str) -> None:
         """The job at key is no longer a waiting child (it left the view, or moved on)."""
+        if not self.held(key):
+            return  # most jobs: no dict is changed
         self.doomed.pop(key, None)
         for parent in self.waiting.pop(key, ()):
             waiting = self.children.get(parent)
@@ -70,28 +75,22 @@ class Dependencies:
                     del self.children[parent]
                     self.lookups.discard(parent)
 
-    def seen_live(self, job_id: str) -> None:
-        """The job is in the view, not final: its children hear of it when it ends."""
-        self.live.add(job_id)
-        self.lookups.discard(job_id)
-
     def left(self, job_id: str) -> None:
         """The job left the view without the view seeing how it ended (its record moved
         to done/ or was deleted): if children wait for it, its end must be read."""
-        self.live.discard(job_id)
         if job_id in self.children:
             self.lookups.add(job_id)
 
-    def take_lookups(self) -> list[str]:
-        """Parents whose end the caller should read and report through ended()."""
-        found = sorted(self.lookups - self.live)
+    def take_lookups(self, is_live: IsLive) -> list[str]:
+        """Parents whose end the caller should read and report through ended(); one
+        back in the view meanwhile is left to tell its own end."""
+        found = sorted(p for p in self.lookups if not is_live(p))
         self.lookups.clear()
         return found
 
     def ended(self, parent: str, state: JobState | None) -> list[str]:
         """The parent is final in `state` (None: its record is gone): the child keys
         that now wait for nothing. Children it fails are in `doomed` afterwards."""
-        self.live.discard(parent)
         self.lookups.discard(parent)
         ready = []
         for key in sorted(self.children.pop(parent, ())):

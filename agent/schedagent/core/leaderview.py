@@ -8,7 +8,7 @@ or one job's end does not make it look at every job again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from schedagent.core import fencing, transitions
 from schedagent.core.deps import Dependencies, waits_for_parents
@@ -72,7 +72,11 @@ class LeaderView:
     the pending queue, CPUs held per node, the placement index and the timers."""
 
     def __init__(
-        self, dispatch_timeout: float, backoff: transitions.Backoff, lost_grace: float = 0.0
+        self,
+        dispatch_timeout: float,
+        backoff: transitions.Backoff,
+        lost_grace: float = 0.0,
+        job_key: Callable[[str], str] = "jobs/".__add__,
     ) -> None:
         self.dispatch_timeout = dispatch_timeout
         self.backoff = backoff
@@ -96,6 +100,7 @@ class LeaderView:
         self.lost_since: dict[str, float] = {}
         self.lost_wait: Timers[str] = Timers()
         self.deps = Dependencies()  # PENDING jobs held until their parents SUCCEEDED
+        self.job_key = job_key  # a job id's etcd key (core/names.py Keys.job)
 
     # Changes in ---------------------------------------------------------------
 
@@ -227,7 +232,7 @@ class LeaderView:
     def parent_lookups(self) -> list[str]:
         """Ids of parents outside the view whose end the caller must read (final under
         done/, or gone) and report through parent_ended."""
-        return self.deps.take_lookups()
+        return self.deps.take_lookups(self._live)
 
     def parent_ended(self, job_id: str, state: JobState | None, now: float) -> None:
         """A parent read from etcd: final in `state`, or None if no record was found."""
@@ -258,12 +263,13 @@ class LeaderView:
             self._release(self.deps.ended(job.id, job.state), now)
         elif new is None and old is not None:
             self.deps.left(old.job.id)
-        if new is not None:
-            self.deps.seen_live(new.job.id)
         if new is not None and waits_for_parents(new.job):
-            self.deps.hold(key, new.job)
+            self.deps.hold(key, new.job, self._live)
         else:
             self.deps.release(key)
+
+    def _live(self, job_id: str) -> bool:
+        return self.job_key(job_id) in self.jobs
 
     def _requeue(self, key: str, old: Tracked | None, new: Tracked | None, now: float) -> None:
         was, pending = _pending(old), _pending(new)

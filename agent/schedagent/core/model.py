@@ -160,7 +160,8 @@ class Job:
         values, extra = decoding.split(data, "job record", _JOB_CHECKS, _JOB_REQUIRED)
         extra.pop("v", None)
         spec, spec_extra = decoding.split(values["spec"], "job spec", _SPEC_CHECKS, _SPEC_REQUIRED)
-        spec["after"] = _parent_ids(spec.get("after", ()))
+        if "after" in spec:
+            spec["after"] = _parent_ids(spec["after"])
         values["spec"] = JobSpec(**spec, extra=spec_extra)
         values["state"] = JobState(values["state"])
         values["attempts"] = [_attempt_from(a) for a in values.get("attempts", ())]

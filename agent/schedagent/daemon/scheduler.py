@@ -54,7 +54,7 @@ class Scheduler:
         self.fence = list(fence)
         backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
         grace = fencing.lost_grace(config.node_ttl)
-        self.view = LeaderView(config.jobs.dispatch_timeout, backoff, grace)
+        self.view = LeaderView(config.jobs.dispatch_timeout, backoff, grace, keys.job)
         self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
         # Keys changed since the last pass; the view takes them in at the pass's start,
