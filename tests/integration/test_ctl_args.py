@@ -96,6 +96,13 @@ async def arun_ctl(*args: str) -> tuple[int, str, str]:
         (["submit", "--file", "-", "--wait"], "not --wait"),
         (["submit", "--file", "-", "--label", "a=b"], "not --label\n"),
         (["submit", "--file", "-", "--timeout", "5"], "not --timeout"),
+        (["submit", "--file", "-", "--after", "0" * 20], "not --after"),
+        (["submit", "--cmd", "true", "--after", "abc"], "'abc' is not a job id"),
+        (["submit", "--cmd", "true", "--after", f"{'0' * 20},"], "'' is not a job id"),
+        (
+            ["submit", "--cmd", "true", "--after", ",".join(f"{n:020x}" for n in range(65))],
+            "names 65 jobs; at most 64",
+        ),
         (["submit", "--file", "/nonexistent/jobs"], "'/nonexistent/jobs': No such file"),
         (["list", "--state", "bogus"], "'bogus' is not one of"),
         (["list", "--limit", "0"], "--limit"),

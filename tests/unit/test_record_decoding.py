@@ -45,6 +45,9 @@ def test_anything_but_a_job_record_is_a_value_error(raw: bytes) -> None:
         (("spec", "env"), {"A": 1}),
         (("spec", "cpus"), None),
         (("spec", "signature"), "sig"),
+        (("spec", "after"), "a" * 20),
+        (("spec", "after"), ["not a job id"]),
+        (("spec", "after"), [5]),
         (("attempts",), {"n": 1}),
         (("attempts", 0), 5),
         (("attempts", 0, "n"), 1.5),
@@ -81,3 +84,13 @@ def test_fields_of_a_newer_version_are_kept_on_rewrite() -> None:
 def test_a_known_field_wins_over_an_unknown_one_of_the_same_name() -> None:
     job = Job.from_json(json.dumps(record()).encode())
     assert "v" not in job.extra and job.to_dict()["v"] == 1
+
+
+def test_a_jobs_parents_round_trip_and_an_older_record_has_none() -> None:
+    data = record()
+    data["spec"]["after"] = ["b" * 20, "c" * 20]
+    job = Job.from_json(json.dumps(data).encode())
+    assert job.spec.after == ("b" * 20, "c" * 20)
+    assert Job.from_json(job.to_json()) == job
+    del data["spec"]["after"]  # written before the field existed
+    assert Job.from_json(json.dumps(data).encode()).spec.after == ()

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schedagent.core import decoding
@@ -53,6 +53,7 @@ class JobSpec:
     idempotency_key: str | None = None
     user: str | None = None
     signature: Mapping[str, Any] | None = None
+    after: tuple[str, ...] = ()  # ids of the jobs that must SUCCEED before this one runs
     # Fields of a newer version this one does not know: kept, and written back.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -70,6 +71,7 @@ class JobSpec:
             "node": self.node,
             "labels": dict(self.labels),
             "idempotency_key": self.idempotency_key,
+            "after": list(self.after),
         }
 
 
@@ -158,6 +160,8 @@ class Job:
         values, extra = decoding.split(data, "job record", _JOB_CHECKS, _JOB_REQUIRED)
         extra.pop("v", None)
         spec, spec_extra = decoding.split(values["spec"], "job spec", _SPEC_CHECKS, _SPEC_REQUIRED)
+        if "after" in spec:
+            spec["after"] = _parent_ids(spec["after"])
         values["spec"] = JobSpec(**spec, extra=spec_extra)
         values["state"] = JobState(values["state"])
         values["attempts"] = [_attempt_from(a) for a in values.get("attempts", ())]
@@ -167,6 +171,13 @@ class Job:
     def from_json(cls, raw: bytes) -> Job:
         """ValueError for anything but a job record (not JSON, not UTF-8, not an object)."""
         return cls.from_dict(json.loads(raw))
+
+
+def _parent_ids(after: Sequence[object]) -> tuple[str, ...]:
+    ids = tuple(p for p in after if isinstance(p, str) and JOB_ID_RE.match(p))
+    if len(ids) != len(after):
+        raise ValueError("job spec: after must hold job ids")
+    return ids
 
 
 def _attempt_from(data: object) -> Attempt:

@@ -21,6 +21,9 @@ PUBLIC_PREFIX = "ed25519:"
 SEED_PREFIX = "ed25519-seed:"
 # What a signature covers: everything that decides what runs, where, as whom.
 SIGNED_FIELDS = ("cmd", "cpus", "cwd", "env", "labels", "node", "retries", "timeout", "user")
+# Signed only when the job has it, so a job without it signs as it did before the field
+# existed (an agent of either version verifies it); one with it fails at an older agent.
+SIGNED_IF_SET = ("after",)
 
 
 class SignatureRejected(SchedagentError):
@@ -65,6 +68,9 @@ def canonical(spec: Mapping[str, Any], nonce: str, signed_at: float) -> bytes:
     body["labels"] = dict(body["labels"] or {})
     body["nonce"] = nonce
     body["signed_at"] = signed_at
+    for field in SIGNED_IF_SET:
+        if spec.get(field):
+            body[field] = list(spec[field])
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -6,12 +6,14 @@ import dataclasses
 import re
 from typing import Any
 
-from schedagent.core.model import JobSpec
+from schedagent.core.model import JOB_ID_RE, JobSpec
 from schedagent.core.signing import Signature, SignatureRejected
 from schedagent.errors import SpecError
 
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Parents one job may wait for: each is read at submit, and the leader indexes them.
+MAX_PARENTS = 64
 
 
 def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
@@ -39,7 +41,27 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
         idempotency_key=_optional_str(raw.get("idempotency_key"), "idempotency_key"),
         user=_user(raw.get("user")),
         signature=_signature(raw.get("signature")),
+        after=parent_ids(raw.get("after")),
     )
+
+
+def parent_ids(value: object) -> tuple[str, ...]:
+    """The job ids a spec waits for, checked: a list of distinct ids, at most MAX_PARENTS.
+
+    Not put in order or deduplicated: the list is signed as the client sent it.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise SpecError("after must be a list of job ids")
+    if len(value) > MAX_PARENTS:
+        raise SpecError(f"after names {len(value)} jobs; at most {MAX_PARENTS}")
+    for parent in value:
+        if not isinstance(parent, str) or not JOB_ID_RE.match(parent):
+            raise SpecError(f"after: {parent!r} is not a job id (20 lower-case hex digits)")
+    if len(set(value)) != len(value):
+        raise SpecError("after names a job more than once")
+    return tuple(value)
 
 
 def _utf8(value: str, name: str) -> bytes:

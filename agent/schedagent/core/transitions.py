@@ -196,6 +196,17 @@ def settle_cancel(job: Job) -> Job | None:
     return _end_canceled(job)
 
 
+def skip(job: Job, reason: str) -> Job | None:
+    """A job whose parent did not succeed (core/deps.py) ends without running: CANCELED,
+    not FAILED, since nothing of its own failed; the reason names the parent."""
+    if job.state != JobState.PENDING or job.attempts:
+        return None
+    job.state = JobState.CANCELED
+    job.reason = reason
+    job.pid = None
+    return job
+
+
 def eligible_at(job: Job, seen_at: float) -> float:
     """When a PENDING job may be placed, on the clock of whoever saw it at seen_at.
 

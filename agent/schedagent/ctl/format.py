@@ -97,6 +97,9 @@ def format_status(job: Record, pending_reason: object = None) -> str:
         ("submitted", when(job.get("submitted_at"))),
         ("updated", when(job.get("updated_at"))),
     ]
+    after = spec.get("after") if isinstance(spec, Mapping) else None
+    if after:
+        fields.insert(3, ("after", ", ".join(map(str, after))))
     lines = [f"{name + ':':<11}{value}" for name, value in fields]
     if pending_reason:
         lines.append(f"pending: {pending_reason}")
@@ -116,11 +119,20 @@ def format_jobs(jobs: Sequence[Record]) -> str:
             text(j.get("attempt")),
             text(j.get("exit_code")),
             when(j.get("submitted_at")),
+            _after((j.get("spec") or {}).get("after")),
             short((j.get("spec") or {}).get("cmd")),
         ]
         for j in jobs
     ]
-    return table(["ID", "STATE", "NODE", "ATTEMPT", "EXIT", "SUBMITTED", "CMD"], rows)
+    return table(["ID", "STATE", "NODE", "ATTEMPT", "EXIT", "SUBMITTED", "AFTER", "CMD"], rows)
+
+
+def _after(after: object) -> str:
+    """The parents a job waits for: the first one's id, and how many more."""
+    if not isinstance(after, Sequence) or isinstance(after, str) or not after:
+        return "-"
+    more = f" +{len(after) - 1}" if len(after) > 1 else ""
+    return f"{after[0]}{more}"
 
 
 def _load(load: object) -> str:

@@ -33,6 +33,7 @@ from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.keys import find_key, keygen, sign_spec
 from schedagent.ctl.params import (
     JobId,
+    JobIds,
     KeyValue,
     PositiveNumber,
     check_cmd,
@@ -40,6 +41,7 @@ from schedagent.ctl.params import (
     check_name,
     check_prefix,
     check_user,
+    parent_list,
 )
 
 EPILOG = """\b
@@ -188,6 +190,14 @@ cli.add_command(keygen)
 @click.option("--cwd", callback=check_cwd, help="Absolute working directory on the node.")
 @click.option("--idempotency-key", callback=check_name, help="Default: a fresh random key.")
 @click.option("--user", callback=check_user, help="Run as this user (if the agent allows it).")
+@click.option(
+    "--after",
+    type=JobIds(),
+    multiple=True,
+    callback=parent_list,
+    help="Run only after these jobs SUCCEEDED; if one ends otherwise, this one ends "
+    "CANCELED without running.",
+)
 @click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
 @json_option
 def submit(
@@ -202,6 +212,7 @@ def submit(
     cwd: str | None,
     idempotency_key: str | None,
     user: str | None,
+    after: list[str],
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -227,6 +238,8 @@ def submit(
         "idempotency_key": idempotency_key or str(uuid.uuid4()),
         "user": user,
     }
+    if after:  # left out otherwise: an agent older than the field refuses it
+        spec["after"] = after
     key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
     sign_spec(spec, key)
 
