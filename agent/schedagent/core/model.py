@@ -53,10 +53,18 @@ class JobSpec:
     idempotency_key: str | None = None
     user: str | None = None
     signature: Mapping[str, Any] | None = None
+    # A schedule's run: its name, slot, signed definition and signature (core/schedule.py).
+    schedule: Mapping[str, Any] | None = None
     # Fields of a newer version this one does not know: kept, and written back.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields()
+        if self.schedule is not None:  # absent, not null: other jobs' records stay as they were
+            data["schedule"] = dict(self.schedule)
+        return data
+
+    def _fields(self) -> dict[str, Any]:
         return {
             **self.extra,
             "user": self.user,
