@@ -7,8 +7,11 @@ it, and never start its command (the file the command would make is the evidence
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from schedagent.core.model import Attempt, Job, JobSpec, JobState, new_job_id
 from schedagent.core.names import Keys
 from schedagent.core.schedule import Schedule, parse_definition
 from schedagent.core.signing import SigningKey
-from schedagent.dev.cluster import LocalCluster
+from schedagent.dev.cluster import LocalCluster, harness_key
 from schedagent.etcd.store import Put, Store
 from schedhelp import action, create
 
@@ -179,3 +182,41 @@ async def test_schedules_and_their_actions_must_be_signed(
     assert f"audit schedule-pause job actions key {STRANGER.key_id}: signature rejected" in logs
     assert "audit schedule-create job unsigned key" in logs
     assert f"audit schedule-run job actions key {api.key.key_id}: job {job['id']}" in logs
+
+
+def schedctl(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from schedagent.ctl.main import main; main()"]
+    base = ["--nats", cluster.nats_url, "--key", str(harness_key()[1]), "--timeout", "5"]
+    return subprocess.run([*command, *base, *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_schedctl_drives_a_schedule(
+    api: ApiClient, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    create_args = ["schedule", "create", "ctl", "--cron", "@yearly", "--tz", "Europe/Berlin"]
+    made = await asyncio.to_thread(
+        schedctl, cluster, *create_args, "--cmd", f"echo x >> {ran}", "--splay", "1m", "--json"
+    )
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["schedule"]["definition"]["splay"] == 60.0
+    again = await asyncio.to_thread(schedctl, cluster, *create_args, "--cmd", "true")
+    assert again.returncode == 1 and "exists" in again.stderr
+    listed = await asyncio.to_thread(schedctl, cluster, "schedule", "list")
+    assert "ctl" in listed.stdout and "@yearly (Europe/Berlin)" in listed.stdout
+    job_id = (await asyncio.to_thread(schedctl, cluster, "schedule", "run", "ctl")).stdout.strip()
+    assert (await api.wait_for(job_id, deadline=20))["state"] == "SUCCEEDED"
+    assert ran.read_text() == "x\n"
+    for verb in ("pause", "resume"):
+        done = await asyncio.to_thread(schedctl, cluster, "schedule", verb, "ctl")
+        assert done.returncode == 0 and f"schedule ctl {verb}d" in done.stdout, done.stderr
+    shown = await asyncio.to_thread(schedctl, cluster, "schedule", "show", "ctl", "--json")
+    assert json.loads(shown.stdout)["schedule"]["paused"] is False
+    assert (
+        "next slot"
+        in (await asyncio.to_thread(schedctl, cluster, "schedule", "show", "ctl")).stdout
+    )
+    gone = await asyncio.to_thread(schedctl, cluster, "schedule", "delete", "ctl")
+    assert gone.returncode == 0
+    missing = await asyncio.to_thread(schedctl, cluster, "schedule", "show", "ctl")
+    assert missing.returncode == 4 and "no schedule ctl" in missing.stderr
