@@ -54,10 +54,18 @@ class JobSpec:
     user: str | None = None
     signature: Mapping[str, Any] | None = None
     after: tuple[str, ...] = ()  # ids of the jobs that must SUCCEED before this one runs
+    # A schedule's run: its name, slot, signed definition and signature (core/schedule.py).
+    schedule: Mapping[str, Any] | None = None
     # Fields of a newer version this one does not know: kept, and written back.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields()
+        if self.schedule is not None:  # absent, not null: other jobs' records stay as they were
+            data["schedule"] = dict(self.schedule)
+        return data
+
+    def _fields(self) -> dict[str, Any]:
         return {
             **self.extra,
             "user": self.user,

@@ -24,6 +24,8 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
+    if raw.get("schedule") is not None:
+        raise SpecError("a schedule's runs are made by its leader, not submitted")
     cmd = raw.get("cmd")
     if not isinstance(cmd, str) or not cmd.strip():
         raise SpecError("cmd must be a non-empty string")

@@ -170,3 +170,61 @@ def format_cancel(job: Record) -> str:
     if job.get("cancel_requested") and state not in FINAL_STATES:
         return f"{text(job.get('id'))}: cancel requested ({state})"
     return f"{text(job.get('id'))}: {state}"
+
+
+def _when(schedule: Record) -> str:
+    definition = schedule.get("definition") or {}
+    if definition.get("every") is not None:
+        return f"every {definition['every']}s"
+    return f"{definition.get('cron')} ({definition.get('tz')})"
+
+
+def _stamp(seconds: object) -> str:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds))
+
+
+def format_schedules(schedules: Sequence[Record]) -> str:
+    if not schedules:
+        return "no schedules"
+    rows = []
+    for s in schedules:
+        d = s.get("definition") or {}
+        rows.append(
+            [
+                str(d.get("name")),
+                _when(s),
+                "paused" if s.get("paused") else "active",
+                str(d.get("concurrency")),
+                str(d.get("catch_up")),
+                str((d.get("job") or {}).get("cmd", ""))[:CMD_WIDTH],
+            ]
+        )
+    return table(["NAME", "WHEN", "STATE", "CONCURRENCY", "CATCH-UP", "COMMAND"], rows)
+
+
+def format_schedule(reply: Record) -> str:
+    """A schedule, then its recent slots: the job and its state, or why it was skipped."""
+    s = reply.get("schedule") or {}
+    d = s.get("definition") or {}
+    lines = [
+        f"schedule {d.get('name')}: {_when(s)}{'  (paused)' if s.get('paused') else ''}",
+        f"  command      {(d.get('job') or {}).get('cmd')}",
+        f"  concurrency  {d.get('concurrency')}, catch-up {d.get('catch_up')} within "
+        f"{d.get('catch_up_window')}s, splay {d.get('splay')}s",
+        f"  signed by    {s.get('key_id')} at {_stamp(s.get('starts_at'))}",
+        f"  last slot    {_stamp(reply.get('last_slot'))}",
+        f"  next slot    {_stamp(reply.get('next_slot'))}",
+        "recent slots (oldest first):",
+    ]
+    for entry in reply.get("recent") or []:
+        if "job" in entry:
+            job = f"job {entry.get('job')}  {entry.get('state')}"
+            lines.append(f"  {_stamp(entry.get('slot'))}  {job}")
+            continue
+        count = entry.get("count")
+        span = f"{_stamp(entry.get('slot'))} .. {_stamp(entry.get('until'))}"
+        counted = "" if count is None else f"{count} "
+        lines.append(f"  {span}  {counted}skipped: {entry.get('skipped')}")
+    return "\n".join(lines)

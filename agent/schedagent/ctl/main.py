@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import json
 import os
 import select
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import NoReturn, TextIO
 
 import click
@@ -21,14 +17,13 @@ from schedagent.core.spec import ENV_NAME_RE
 from schedagent.ctl import format as fmt
 from schedagent.ctl.batch import read_lines, refuse_options_beside_file, report, submit_lines
 from schedagent.ctl.client import (
-    EXIT_ERROR,
     Client,
-    CtlError,
     Record,
     field,
     is_final,
     job_exit_code,
 )
+from schedagent.ctl.command import Settings, json_option, print_json, run, show, write_chunk
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.keys import find_key, keygen, sign_spec
 from schedagent.ctl.params import (
@@ -43,6 +38,7 @@ from schedagent.ctl.params import (
     check_user,
     parent_list,
 )
+from schedagent.ctl.schedules import schedule
 
 EPILOG = """\b
 Exit status:
@@ -55,61 +51,6 @@ Exit status:
 submit --wait instead exits with the job's own status: SUCCEEDED 0, FAILED the last
 attempt's exit code (128+N if killed by signal N, else 1), TIMED_OUT 124, CANCELED 130.
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    url: str
-    prefix: str
-    timeout: float
-    ca_file: str | None = None
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-
-
-def print_json(reply: Record, err: bool = False) -> None:
-    """Every --json prints the reply without its envelope (`v`, `ok`)."""
-    body = {k: v for k, v in reply.items() if k not in ("v", "ok")}
-    click.echo(json.dumps(body, indent=2, sort_keys=True), err=err)
-
-
-def write_chunk(stream: str, data: str) -> None:
-    out = sys.stderr if stream == "stderr" else sys.stdout
-    out.write(data)
-    out.flush()
-
-
-def run(work: Callable[[Client], Awaitable[int]]) -> NoReturn:
-    """Run one command's coroutine on a fresh connection; map every failure to one line."""
-    settings = click.get_current_context().find_object(Settings)
-    if settings is None:
-        raise RuntimeError("schedctl commands run under the cli group")
-    try:
-        code = asyncio.run(_session(settings, work))
-    except CtlError as exc:
-        click.echo(f"schedctl: {exc}", err=True)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        code = 130
-    except BrokenPipeError:
-        # Whoever read our stdout went away (`| head`); stop quietly like other tools.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = EXIT_ERROR
-    except Exception as exc:
-        # The CLI promises one line on stderr, never a traceback.
-        click.echo(f"schedctl: unexpected error: {type(exc).__name__}: {exc}", err=True)
-        code = EXIT_ERROR
-    sys.exit(code)
-
-
-async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]]) -> int:
-    client = Client(settings.url, settings.prefix, settings.timeout, settings.ca_file)
-    await client.connect()
-    try:
-        return await work(client)
-    finally:
-        await client.close()
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -168,6 +109,7 @@ def cli(
 
 
 cli.add_command(keygen)
+cli.add_command(schedule)
 
 
 @cli.command()
@@ -355,20 +297,6 @@ def leader(as_json: bool) -> None:
         return fmt.format_leader(found if isinstance(found, dict) else None)
 
     show("leader", None, as_json, render)
-
-
-def show(verb: str, body: Record | None, as_json: bool, render: Callable[[Record], str]) -> None:
-    """One request; its reply as JSON, or rendered for people."""
-
-    async def work(client: Client) -> int:
-        reply = await client.call(verb, body)
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(render(reply))
-        return 0
-
-    run(work)
 
 
 def _stdout_broken() -> bool:

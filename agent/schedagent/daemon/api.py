@@ -1,4 +1,4 @@
-"""The request/reply API that schedctl calls: submit(_many), get, list, cancel, nodes, leader."""
+"""The API schedctl calls: submit(_many), get, list, cancel, nodes, leader, and schedule_*."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from schedagent.core.placement import NodeView, unplaceable_reason
 from schedagent.core.spec import parse_spec
 from schedagent.daemon import parents
 from schedagent.daemon.gate import Gate, Refused, audit
+from schedagent.daemon.schedapi import ScheduleApi
 from schedagent.daemon.submit import SubmitMany
 from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
 from schedagent.etcd.election import Election
@@ -59,6 +60,7 @@ class Api:
             "nodes": self.nodes,
             "leader": self.leader,
         }
+        self.handlers.update(ScheduleApi(config, self.gate, jobs, bus).handlers())
         self._sub: Any = None
         self.limiter = RateLimiter()
 

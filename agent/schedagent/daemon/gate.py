@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from schedagent.config import SecurityConfig
 from schedagent.core.model import Job, JobSpec
 from schedagent.core.names import Keys
+from schedagent.core.schedrun import verify_run
+from schedagent.core.schedule import Schedule
 from schedagent.core.signing import (
     Signature,
     SignatureRejected,
@@ -21,6 +23,8 @@ from schedagent.core.signing import (
     parse_public,
     verify,
     verify_cancel,
+    verify_schedule,
+    verify_schedule_action,
 )
 from schedagent.errors import SchedagentError
 from schedagent.etcd.store import Absent, Put, Store
@@ -95,6 +99,36 @@ class Gate:
         except SignatureRejected as exc:
             raise Refused(f"signature rejected: {exc}") from None
 
+    def check_schedule(self, schedule: Schedule) -> str:
+        """The key id that signed the schedule; Refused if it is not signed by a trusted key
+        (schedules are always signed: a schedule runs commands unattended, for long)."""
+        try:
+            return verify_schedule(
+                schedule.definition.to_dict(), schedule.signature, self.trusted()
+            )
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+
+    def check_schedule_action(
+        self, action: str, schedule: Schedule, raw_signature: object, now: float
+    ) -> tuple[str, Signature]:
+        """The key id and signature of a pause, resume, delete or run of this schedule."""
+        try:
+            signature = None if raw_signature is None else Signature.from_dict(raw_signature)
+            key = verify_schedule_action(
+                action,
+                schedule.name,
+                schedule.signature.value,
+                signature,
+                self.trusted(),
+                self.security().signature_max_age,
+                now,
+            )
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+        assert signature is not None
+        return key, signature
+
     def check_user(self, job: Job) -> None:
         user = job.spec.user
         if user is None:
@@ -111,6 +145,8 @@ class Gate:
     async def admit(self, job: Job) -> str | None:
         """Raise Refused, or return the key id that signed the job."""
         now = time.time()
+        if job.spec.schedule is not None:
+            return await self._admit_run(job, now)
         signer = self.check_signature(job.spec, now, max_age=float("inf"))
         self.check_user(job)
         signature = job.spec.signature
@@ -127,6 +163,21 @@ class Gate:
         if not started_fresh(job, signed_at, max_age) and now - signed_at > max_age:
             raise Refused("signature rejected: signed too long before its first start")
         return signer
+
+    async def _admit_run(self, job: Job, now: float) -> str:
+        """A schedule's run: exactly the signed schedule's job, of a slot it has (or a
+        signed run request), first started within the max age of its slot (or request)."""
+        try:
+            check = verify_run(job.id, job.spec, self.trusted())
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+        self.check_user(job)
+        if check.nonce is not None and await self._claim(check.nonce, job.id) == "taken":
+            raise Refused("signature rejected: replayed (its run request belongs to another job)")
+        max_age = self.security().signature_max_age
+        if not started_fresh(job, check.fresh_from, max_age) and now - check.fresh_from > max_age:
+            raise Refused("signature rejected: its slot came too long before its first start")
+        return check.key_id
 
     async def _claim(self, nonce: str, job_id: str) -> str:
         """'new' (now this job's), 'ours' (this job's already) or 'taken' (another's)."""
