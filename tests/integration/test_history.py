@@ -38,7 +38,7 @@ FAST = {
 # Finished records with 4 KiB of binary output: those under done/, and those an older
 # version left under jobs/. Each set alone is past gRPC's 4 MiB message limit.
 DONE_RECORDS = 1500
-OLD_RECORDS = 400
+OLD_RECORDS = 600
 FAILOVER_DEADLINE = 10.0
 
 

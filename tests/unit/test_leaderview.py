@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
+import msgspec
 import pytest
 
 from schedagent.core import transitions
@@ -142,7 +142,7 @@ class World:
         if action == "delete":
             self.put_node(name, None)
         else:
-            self.put_node(name, dataclasses.replace(old, **changes[action]))  # type: ignore[arg-type]
+            self.put_node(name, msgspec.structs.replace(old, **changes[action]))
 
     def step(self) -> None:
         for _ in range(self.rng.randint(1, 4)):
@@ -232,7 +232,7 @@ def test_a_load_refresh_changes_nothing_placement_reads() -> None:
     old = view.records["a"]
     view.set_node(
         "nodes/a",
-        dataclasses.replace(
+        msgspec.structs.replace(
             old, load=(3.0, 2.0, 1.0), memory_available=1, used_cpus=1.0, running_jobs=1
         ),
     )
