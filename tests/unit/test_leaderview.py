@@ -11,6 +11,7 @@ from schedagent.core import transitions
 from schedagent.core.leaderview import Decision, LeaderView
 from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, Outcome
 from schedagent.core.placement import NodeView, PlacementIndex, free_cpus
+from schedagent.core.tail import Tail
 
 TIMEOUT = 5.0
 BACKOFF = transitions.Backoff(1.0, 8.0)
@@ -118,7 +119,7 @@ class World:
             new = transitions.start(job, job.node or "", job.attempt, now, lease)
         elif action == "finish":
             outcome = Outcome(now, now, exit_code=self.rng.choice([0, 1]))
-            new = transitions.finish(job, job.node or "", job.attempt, outcome, "", BACKOFF)
+            new = transitions.finish(job, job.node or "", job.attempt, outcome, Tail(), BACKOFF)
         elif action == "hand_back":
             new = transitions.hand_back(job, job.node or "", job.attempt, "stopping", now)
         if new is not None:
@@ -256,7 +257,7 @@ def test_a_completion_looks_at_one_shape_not_every_queued_job() -> None:
         "b",
         1,
         Outcome(1.0, 2.0, exit_code=0),
-        "",
+        Tail(),
         BACKOFF,
     )
     view.set_job(placed[1].key, done, 20_001, 2.0)

@@ -108,7 +108,8 @@ class Job(msgspec.Struct, decoding.KeepsExtra, forbid_unknown_fields=True, dict=
     cancel_requested: bool = False
     exit_code: int | None = None
     reason: str | None = None
-    output_tail: str = ""
+    output_tail: str = ""  # the end of its output when that is UTF-8 text (core/tail.py)
+    output_tail_base64: str | None = None  # else the end of its output, base64
     updated_at: float = 0.0
     attempts: list[Attempt] = []
     v: int = SCHEMA_VERSION  # the version of the agent that wrote the record

@@ -16,6 +16,7 @@ from typing import NoReturn, TextIO
 import click
 
 from schedagent import __version__
+from schedagent.core import tail
 from schedagent.core.model import JobState
 from schedagent.core.spec import ENV_NAME_RE
 from schedagent.ctl import format as fmt
@@ -76,6 +77,13 @@ def write_chunk(stream: str, data: str) -> None:
     out = sys.stderr if stream == "stderr" else sys.stdout
     out.write(data)
     out.flush()
+
+
+def write_bytes(data: bytes) -> None:
+    """Output as the job wrote it (a binary tail is kept as bytes, not as text)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 def run(work: Callable[[Client], Awaitable[int]]) -> NoReturn:
@@ -318,7 +326,7 @@ def logs(job: str, follow: bool) -> None:
             await JobFollower(client, job, write_chunk).run()
         elif not await dump_output(client, job, write_chunk):
             # The stream keeps output for a while only; the record keeps its tail.
-            write_chunk("stdout", str(record.get("output_tail") or ""))
+            write_bytes(tail.output_bytes(record))
         return 0
 
     run(work)
