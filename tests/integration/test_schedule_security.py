@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from apiclient import ApiClient
@@ -93,14 +94,14 @@ def forged_runs(good: Schedule, pwned: Path) -> dict[str, tuple[str, JobSpec, st
     return {
         "cmd-altered": (
             good.slot_job_id(slot),
-            dataclasses.replace(genuine, cmd=evil),
+            msgspec.structs.replace(genuine, cmd=evil),
             "the run's job is not",
         ),
         "definition-altered": (good.slot_job_id(slot), altered.slot_spec(slot), "signature by"),
         "unknown-key": (good.slot_job_id(slot), stranger.slot_spec(slot), "signed by unknown key"),
         "unsigned": (
             good.slot_job_id(slot),
-            dataclasses.replace(genuine, schedule={**origin, "signature": None}),
+            msgspec.structs.replace(genuine, schedule={**origin, "signature": None}),
             "the run's schedule is malformed",
         ),
         "not-a-slot": (good.slot_job_id(slot + 1), good.slot_spec(slot + 1), "is not a slot"),

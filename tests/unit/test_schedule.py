@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgspec
 import pytest
 
 from schedagent.core.schedrun import verify_run
@@ -59,7 +60,7 @@ def test_the_record_round_trips_and_its_runs_are_its_job() -> None:
 
 
 def check(s: Schedule, slot: int | None, job_id: str | None = None, **change: Any) -> None:
-    spec = dataclasses.replace(s.slot_spec(slot), **change)
+    spec = msgspec.structs.replace(s.slot_spec(slot), **change)
     verify_run(job_id or s.slot_job_id(slot or 0), spec, TRUSTED)
 
 

@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from schedagent.core.model import JobSpec
 from schedagent.core.signing import Signature, SignatureRejected
 from schedagent.core.slots import Slots, slot_job_id, splay_delay
@@ -198,7 +200,7 @@ class Schedule:
             "signature": self.signature.to_dict(),
             "run": None if run is None else run.to_dict(),
         }
-        return dataclasses.replace(parse_spec(dict(self.definition.job)), schedule=origin)
+        return msgspec.structs.replace(parse_spec(dict(self.definition.job)), schedule=origin)
 
     def slot_job_id(self, slot: int) -> str:
         return slot_job_id(self.name, slot)

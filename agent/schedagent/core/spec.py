@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any
 
-from schedagent.core.model import JOB_ID_RE, JobSpec
+from schedagent.core.model import JOB_ID_RE, SPEC_FIELDS, JobSpec
 from schedagent.core.signing import Signature, SignatureRejected
 from schedagent.errors import SpecError
 
@@ -20,8 +19,7 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
     """Validate a submitted spec (a JSON object) and return it; SpecError on any problem."""
     if not isinstance(raw, dict):
         raise SpecError("spec must be a JSON object")
-    known = {f.name for f in dataclasses.fields(JobSpec)} - {"extra"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - SPEC_FIELDS)
     if unknown:
         raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
     if raw.get("schedule") is not None:

@@ -38,6 +38,13 @@ def write_chunk(stream: str, data: str) -> None:
     out.flush()
 
 
+def write_bytes(data: bytes) -> None:
+    """Output as the job wrote it (a binary tail is kept as bytes, not as text)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 def run(work: Callable[[Client], Awaitable[int]]) -> NoReturn:
     """Run one command's coroutine on a fresh connection; map every failure to one line."""
     settings = click.get_current_context().find_object(Settings)

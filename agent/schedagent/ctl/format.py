@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from schedagent.core import tail
 from schedagent.core.model import FINAL_STATES
 
 Record = Mapping[str, Any]
@@ -103,11 +104,16 @@ def format_status(job: Record, pending_reason: object = None) -> str:
     lines = [f"{name + ':':<11}{value}" for name, value in fields]
     if pending_reason:
         lines.append(f"pending: {pending_reason}")
-    lines += ["", _attempts(job)]
-    tail = job.get("output_tail") or ""
-    if tail:
-        lines += ["", "output tail:", str(tail).rstrip("\n")]
+    lines += ["", _attempts(job), *_output_tail(job)]
     return "\n".join(lines)
+
+
+def _output_tail(job: Record) -> list[str]:
+    if not tail.is_text(job):
+        size = len(tail.output_bytes(job))
+        return ["", f"output tail: {size} bytes, not UTF-8 text (`schedctl logs` writes them)"]
+    text = job.get("output_tail") or ""
+    return ["", "output tail:", str(text).rstrip("\n")] if text else []
 
 
 def format_jobs(jobs: Sequence[Record]) -> str:

@@ -12,6 +12,7 @@ from typing import NoReturn, TextIO
 import click
 
 from schedagent import __version__
+from schedagent.core import tail
 from schedagent.core.model import JobState
 from schedagent.core.spec import ENV_NAME_RE
 from schedagent.ctl import format as fmt
@@ -23,7 +24,15 @@ from schedagent.ctl.client import (
     is_final,
     job_exit_code,
 )
-from schedagent.ctl.command import Settings, json_option, print_json, run, show, write_chunk
+from schedagent.ctl.command import (
+    Settings,
+    json_option,
+    print_json,
+    run,
+    show,
+    write_bytes,
+    write_chunk,
+)
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.keys import find_key, keygen, sign_spec
 from schedagent.ctl.params import (
@@ -273,7 +282,7 @@ def logs(job: str, follow: bool) -> None:
             await JobFollower(client, job, write_chunk).run()
         elif not await dump_output(client, job, write_chunk):
             # The stream keeps output for a while only; the record keeps its tail.
-            write_chunk("stdout", str(record.get("output_tail") or ""))
+            write_bytes(tail.output_bytes(record))
         return 0
 
     run(work)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
+
 from schedagent.config import AgentConfig
 from schedagent.core import schedplan
 from schedagent.core.schedule import NAME_RE, Schedule
@@ -136,7 +138,7 @@ class ScheduleApi:
         """One run outside the schedule: a job like a slot's, carrying the signed request."""
         schedule, _ = await self.schedules.get(_name(req))
         signer, signature = self._check_action("run", schedule, req.get("signature"))
-        spec = dataclasses.replace(
+        spec = msgspec.structs.replace(
             schedule.slot_spec(None, signature), idempotency_key=f"schedule-run:{signature.nonce}"
         )
         job, created = await self.jobs.create(spec)
