@@ -31,6 +31,7 @@ from schedagent.config import NatsConfig, OutputConfig
 from schedagent.core import transitions, wire
 from schedagent.core.model import Job, JobState, NodeRecord, Outcome
 from schedagent.core.names import Keys
+from schedagent.core.tail import Tail
 from schedagent.errors import NotFoundError, StoreUnavailableError, WireError
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.store import Put, Store, ValueIs
@@ -135,7 +136,7 @@ class SimNode:
         await bus.publish_event(started)
         outcome = Outcome(now, time.time(), exit_code=0)
         done = transitions.finish(
-            started.clone(), self.name, dispatch.attempt, outcome, "", BACKOFF
+            started.clone(), self.name, dispatch.attempt, outcome, Tail(), BACKOFF
         )
         await bus.publish(bus.subjects.output(job.id), wire.output_end(job.id, dispatch.attempt))
         if done is not None and await jobs.write(done, written):

@@ -19,6 +19,10 @@ class SpecError(SchedagentError):
     """A job spec or API request is malformed or violates a limit."""
 
 
+class ScheduleError(SpecError):
+    """A schedule (its cron expression, zone, policies or job) is malformed."""
+
+
 class NotFoundError(SchedagentError):
     """A job or node does not exist."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import subprocess
@@ -96,6 +97,13 @@ async def arun_ctl(*args: str) -> tuple[int, str, str]:
         (["submit", "--file", "-", "--wait"], "not --wait"),
         (["submit", "--file", "-", "--label", "a=b"], "not --label\n"),
         (["submit", "--file", "-", "--timeout", "5"], "not --timeout"),
+        (["submit", "--file", "-", "--after", "0" * 20], "not --after"),
+        (["submit", "--cmd", "true", "--after", "abc"], "'abc' is not a job id"),
+        (["submit", "--cmd", "true", "--after", f"{'0' * 20},"], "'' is not a job id"),
+        (
+            ["submit", "--cmd", "true", "--after", ",".join(f"{n:020x}" for n in range(65))],
+            "names 65 jobs; at most 64",
+        ),
         (["submit", "--file", "/nonexistent/jobs"], "'/nonexistent/jobs': No such file"),
         (["list", "--state", "bogus"], "'bogus' is not one of"),
         (["list", "--limit", "0"], "--limit"),
@@ -258,6 +266,24 @@ async def test_logs_falls_back_to_the_tail(agent: FakeAgent, nats_url: str) -> N
     agent.jobs[JOB] = record("SUCCEEDED")
     rc, out, err = await arun_ctl("--nats", nats_url, "logs", JOB)
     assert (rc, out, err) == (0, "line one\nline two\n", "")
+
+
+async def test_a_binary_tail_is_written_as_its_bytes_and_not_shown(
+    agent: FakeAgent, nats_url: str
+) -> None:
+    # Before: `logs` wrote output_tail (empty for binary output now) and `status` showed
+    # nothing of it; the bytes are in output_tail_base64.
+    output = bytes(range(256)) * 4
+    encoded = base64.b64encode(output).decode()
+    agent.jobs[JOB] = record("SUCCEEDED", output_tail="", output_tail_base64=encoded)
+    proc = await asyncio.create_subprocess_exec(
+        *CTL, "--nats", nats_url, "logs", JOB, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), CTL_DEADLINE)
+    assert (proc.returncode, out) == (0, output)
+    rc, text, err = await arun_ctl("--nats", nats_url, "status", JOB)
+    assert (rc, err) == (0, "")
+    assert "output tail: 1024 bytes, not UTF-8 text (`schedctl logs` writes them)" in text
 
 
 async def test_submit_wait_streams_output_and_mirrors_exit(agent: FakeAgent, nats_url: str) -> None:

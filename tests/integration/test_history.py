@@ -18,6 +18,7 @@ from schedagent.core import transitions
 from schedagent.core.model import Job, JobState, Outcome
 from schedagent.core.names import Keys
 from schedagent.core.spec import parse_spec
+from schedagent.core.tail import Tail
 from schedagent.dev.cluster import LocalCluster
 from schedagent.dev.history import finished_record, load_finished
 from schedagent.dev.invariants import check_placements
@@ -38,7 +39,7 @@ FAST = {
 # Finished records with 4 KiB of binary output: those under done/, and those an older
 # version left under jobs/. Each set alone is past gRPC's 4 MiB message limit.
 DONE_RECORDS = 1500
-OLD_RECORDS = 400
+OLD_RECORDS = 1000
 FAILOVER_DEADLINE = 10.0
 
 
@@ -102,7 +103,9 @@ async def test_the_final_write_moves_a_job_to_done_and_the_index_follows_its_nod
     assert await jobs.placed_on("n2") == [(job_id, 2)]
     assert await store.get(KEYS.done_job(job_id)) is None
     ended = Outcome(started_at=time.time(), ended_at=time.time(), exit_code=0)
-    done = await _step(jobs, job_id, lambda j: transitions.finish(j, "n2", 2, ended, "", BACKOFF))
+    done = await _step(
+        jobs, job_id, lambda j: transitions.finish(j, "n2", 2, ended, Tail(), BACKOFF)
+    )
     assert done.state == JobState.SUCCEEDED
     assert await store.get(KEYS.job(job_id)) is None
     assert await store.get(KEYS.done_job(job_id)) is not None

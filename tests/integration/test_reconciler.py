@@ -11,7 +11,7 @@ from typing import Any
 
 import etcdhttp
 from apiclient import ApiClient
-from helpers import wait_until
+from helpers import live_processes_with, marker, wait_until
 from schedagent.core import transitions
 from schedagent.core.model import Attempt, Job, JobState, new_job_id
 from schedagent.core.spec import parse_spec
@@ -98,3 +98,27 @@ async def test_an_agent_back_after_its_ttl_kills_what_its_predecessor_left(
         "it still wrote marks after it was killed"
     )
     assert check_executions(runs, {job_id: Job.from_dict(failed)}) == []
+
+
+async def test_processes_a_finished_job_left_behind_are_killed(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    # A job's shell exits and leaves a background process, and one that left its
+    # process group and session (setsid): both carry the attempt in their environment.
+    # The reconciler reads the process table only when an attempt ended (an idle agent
+    # does not), so this is the case it must still catch.
+    cluster: LocalCluster = cluster_factory(1, agent_overrides=FAST)
+    m = marker()
+    pids = [tmp_path / "background", tmp_path / "setsid"]
+    leave = f"sh -c 'exec sleep {m}' >/dev/null 2>&1 & echo $! > {pids[0]}; "
+    leave += f"setsid sh -c 'exec sleep {m}' >/dev/null 2>&1 & echo $! > {pids[1]}; "
+    async with ApiClient(cluster.nats_url) as api:
+        job_id = await api.submit(leave + "echo done")
+        done = await api.wait_for(job_id, deadline=20)
+        assert (done["state"], done["output_tail"]) == ("SUCCEEDED", "done\n"), done
+        left = {int(path.read_text()) for path in pids}
+
+        def leftovers() -> set[int]:
+            return left & {p.pid for p in live_processes_with(f"sleep {m}")}
+
+        await wait_until(lambda: not leftovers(), RECONCILE + 10, "the leftovers killed")

@@ -6,16 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import etcdhttp
 from apiclient import ApiClient
 from helpers import wait_until_served
+from schedagent.core import tail
 from schedagent.core.model import Attempt, Job, JobState, new_job_id
 from schedagent.core.spec import parse_spec
 from schedagent.dev.cluster import LocalCluster
 
 FAST = {"node_ttl": 3, "jobs": {"retry_backoff": 0.2, "dispatch_timeout": 2.0}}
+TAIL_BYTES = 4096  # output.tail_bytes, the default
+# A finished record without its tail: ids, times, a spec, one attempt (~700 bytes).
+RECORD_WITHOUT_TAIL = 1200
 BAD_VALUES = [b"null", b"[]", b'"text"', b"5", b"\xff\xfe\xfa", b"{", b'{"id": 5}']
 
 
@@ -111,6 +116,37 @@ async def test_a_record_from_a_newer_version_runs_and_keeps_its_fields(
     assert stored["spec"]["deadline"] == {"at": "tomorrow"}
     assert stored["attempts"][0]["zone"] == "b"
     assert [a["state"] for a in stored["attempts"]] == ["handed back", "SUCCEEDED"]
+
+
+async def test_a_record_keeps_no_more_than_its_tail_of_any_output(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    # Before: 4 KiB of random bytes were decoded with replacement characters and
+    # escaped, ~10 KB in the record (15.5 KB with the stdlib's escapes), and 4 KiB of
+    # NUL bytes (valid UTF-8) ~24 KB; the random bytes could not be read back.
+    cluster: LocalCluster = cluster_factory(1, agent_overrides=FAST)
+    sources = {"random": "/dev/urandom", "nul": "/dev/zero"}
+    async with ApiClient(cluster.nats_url) as api:
+        ids = {
+            name: await api.submit(f"head -c {TAIL_BYTES} {source} | tee {tmp_path / name}")
+            for name, source in sources.items()
+        }
+        jobs = await api.wait_all(list(ids.values()), deadline=30)
+    for name, job_id in ids.items():
+        assert jobs[job_id]["state"] == "SUCCEEDED", jobs[job_id]
+        raw = etcdhttp.get(cluster.etcd_endpoint, f"{cluster.etcd_prefix}/done/{job_id}")
+        assert raw is not None
+        assert len(raw) <= RECORD_WITHOUT_TAIL + TAIL_BYTES, (name, len(raw))
+        # What the record keeps is the end of what the job wrote (the file tee made).
+        written, kept = (tmp_path / name).read_bytes(), tail.output_bytes(json.loads(raw))
+        assert len(written) == TAIL_BYTES and written.endswith(kept), name
+        assert len(kept) >= TAIL_BYTES // 6, (name, len(kept))  # 6: "\u0000" per NUL
+    assert tail.output_bytes(jobs[ids["random"]]) == kept_random(tmp_path)
+
+
+def kept_random(tmp_path: Path) -> bytes:
+    """The end of the random output a record keeps: 3 KiB, 4 KiB as base64."""
+    return (tmp_path / "random").read_bytes()[-(TAIL_BYTES // 4 * 3) :]
 
 
 async def _all_succeed(api: ApiClient, count: int) -> bool:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from schedagent.core import wire
-from schedagent.core.signing import Signature, SigningKey, verify
+from schedagent.core.signing import Signature, SignatureRejected, SigningKey, verify
 from schedagent.ctl.batch import Line, batches, line_spec, read_lines
 from schedagent.errors import SpecError
 
@@ -32,11 +32,27 @@ def test_a_line_becomes_a_full_spec_with_a_fresh_key() -> None:
         ('{"cmd": ""}', "cmd"),
         ('{"cmd": "x", "cpus": 0}', "cpus"),
         ('{"cmd": "x", "env": {"A B": "1"}}', "env"),
+        ('{"cmd": "x", "after": ["nope"]}', "after: 'nope' is not a job id"),
     ],
 )
 def test_a_bad_line_says_why(text: str, why: str) -> None:
     with pytest.raises(SpecError, match=why):
         line_spec(text)
+
+
+def test_a_lines_parents_are_kept_and_signed_and_absent_when_none() -> None:
+    key = SigningKey.generate()
+    parent = "0" * 19 + "a"
+    (with_parent, without) = read_lines(
+        [json.dumps({"cmd": "a", "after": [parent]}), '{"cmd": "b"}'], key
+    )
+    assert with_parent.spec is not None and without.spec is not None
+    assert with_parent.spec["after"] == [parent]
+    assert "after" not in without.spec  # an agent older than the field refuses it
+    signature = Signature.from_dict(with_parent.spec["signature"])
+    assert verify(with_parent.spec, signature, {key.key_id: key.public}, max_age=60)
+    with pytest.raises(SignatureRejected):
+        verify({**with_parent.spec, "after": []}, signature, {key.key_id: key.public}, 60)
 
 
 def test_lines_are_numbered_from_one_blank_ones_skipped_and_signed() -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
+import msgspec
 import pytest
 
 from schedagent.core import transitions
 from schedagent.core.leaderview import Decision, LeaderView
 from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, Outcome
 from schedagent.core.placement import NodeView, PlacementIndex, free_cpus
+from schedagent.core.tail import Tail
 
 TIMEOUT = 5.0
 BACKOFF = transitions.Backoff(1.0, 8.0)
@@ -118,7 +119,7 @@ class World:
             new = transitions.start(job, job.node or "", job.attempt, now, lease)
         elif action == "finish":
             outcome = Outcome(now, now, exit_code=self.rng.choice([0, 1]))
-            new = transitions.finish(job, job.node or "", job.attempt, outcome, "", BACKOFF)
+            new = transitions.finish(job, job.node or "", job.attempt, outcome, Tail(), BACKOFF)
         elif action == "hand_back":
             new = transitions.hand_back(job, job.node or "", job.attempt, "stopping", now)
         if new is not None:
@@ -142,7 +143,7 @@ class World:
         if action == "delete":
             self.put_node(name, None)
         else:
-            self.put_node(name, dataclasses.replace(old, **changes[action]))  # type: ignore[arg-type]
+            self.put_node(name, msgspec.structs.replace(old, **changes[action]))
 
     def step(self) -> None:
         for _ in range(self.rng.randint(1, 4)):
@@ -232,7 +233,7 @@ def test_a_load_refresh_changes_nothing_placement_reads() -> None:
     old = view.records["a"]
     view.set_node(
         "nodes/a",
-        dataclasses.replace(
+        msgspec.structs.replace(
             old, load=(3.0, 2.0, 1.0), memory_available=1, used_cpus=1.0, running_jobs=1
         ),
     )
@@ -256,7 +257,7 @@ def test_a_completion_looks_at_one_shape_not_every_queued_job() -> None:
         "b",
         1,
         Outcome(1.0, 2.0, exit_code=0),
-        "",
+        Tail(),
         BACKOFF,
     )
     view.set_job(placed[1].key, done, 20_001, 2.0)

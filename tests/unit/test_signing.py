@@ -43,12 +43,35 @@ def test_a_good_signature_verifies(key: SigningKey) -> None:
         {"node": "other"},
         {"timeout": 5},
         {"retries": 3},
+        {"after": ["0" * 20]},
     ],
 )
 def test_any_change_to_what_runs_breaks_it(key: SigningKey, change: dict[str, object]) -> None:
     sig = key.sign(SPEC, now=1000.0)
     with pytest.raises(SignatureRejected, match="does not match"):
         verify({**SPEC, **change}, sig, trusted(key), max_age=300, now=1000.0)  # type: ignore[arg-type]
+
+
+PARENT, OTHER = "0" * 19 + "1", "0" * 19 + "2"
+
+
+@pytest.mark.parametrize("change", [{"after": [OTHER]}, {"after": [PARENT, OTHER]}, {"after": []}])
+def test_a_jobs_parents_are_signed(key: SigningKey, change: dict[str, object]) -> None:
+    # Dropping or swapping a parent would run the job before (or without) the one it
+    # was to follow.
+    signed = {**SPEC, "after": [PARENT]}
+    sig = key.sign(signed, now=1000.0)
+    assert verify(signed, sig, trusted(key), max_age=300, now=1000.0)  # type: ignore[arg-type]
+    with pytest.raises(SignatureRejected, match="does not match"):
+        verify({**SPEC, **change}, sig, trusted(key), max_age=300, now=1000.0)  # type: ignore[arg-type]
+
+
+def test_a_job_without_parents_signs_as_before_the_field_existed(key: SigningKey) -> None:
+    # What an older schedctl signed (no "after" at all) still verifies once the agent's
+    # record carries "after": [].
+    sig = key.sign(SPEC, now=1000.0)
+    stored = {**SPEC, "after": []}
+    assert verify(stored, sig, trusted(key), max_age=300, now=1000.0)  # type: ignore[arg-type]
 
 
 def test_unsigned_unknown_stale_and_garbled_are_refused(key: SigningKey) -> None:

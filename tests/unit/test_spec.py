@@ -37,6 +37,12 @@ def test_defaults() -> None:
         ({"cmd": "x", "cwd": "/tmp/\ud800"}, "cwd must be valid Unicode text"),
         ({"cmd": "x", "cwd": "/tmp/\0"}, "cwd must be an absolute path"),
         ({"cmd": "x", "extra": {}}, "unknown spec field(s): extra"),
+        ({"cmd": "x", "after": "0" * 20}, "after must be a list of job ids"),
+        ({"cmd": "x", "after": ["nope"]}, "after: 'nope' is not a job id"),
+        ({"cmd": "x", "after": ["A" * 20]}, "is not a job id (20 lower-case hex digits)"),
+        ({"cmd": "x", "after": [1]}, "after: 1 is not a job id"),
+        ({"cmd": "x", "after": ["0" * 20, "0" * 20]}, "after names a job more than once"),
+        ({"cmd": "x", "after": [f"{n:020x}" for n in range(65)]}, "names 65 jobs; at most 64"),
     ],
 )
 def test_bad_specs(raw: object, message: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -54,8 +53,7 @@ class Cluster:
 
     def placed(self, n: int, cmd: str = "true", earlier: bool = False) -> tuple[Job, int]:
         """A signed job ASSIGNED to NODE as the leader writes it: (record, revision)."""
-        spec = JobSpec(cmd=cmd)
-        spec = dataclasses.replace(spec, signature=KEY.sign(spec.to_dict()).to_dict())
+        spec = JobSpec(cmd=cmd, signature=KEY.sign(JobSpec(cmd=cmd).to_dict()).to_dict())
         job = Job(f"{n:020x}", spec, JobState.PENDING, time.time())
         if earlier:  # a first attempt ran and was handed back
             job.attempts.append(Attempt(n=1, node=NODE, assigned_at=1.0, started_at=time.time()))
@@ -121,7 +119,7 @@ async def test_a_dispatch_with_a_forged_unsigned_record_does_not_fail_the_real_j
     cluster = Cluster()
     job, revision = cluster.placed(1)
     forged = job.clone()
-    forged.spec = dataclasses.replace(job.spec, signature=None)
+    forged.spec = JobSpec(cmd=job.spec.cmd)
     outcome = await cluster.starter.start(carried(forged, revision))
     assert isinstance(outcome, Started) and outcome.job.spec.signature == job.spec.signature
 

@@ -7,6 +7,7 @@ import signal
 from schedagent.core import transitions as t
 from schedagent.core.model import Job, JobSpec, JobState, Outcome
 from schedagent.core.spec import parse_spec
+from schedagent.core.tail import Tail
 
 NO_WAIT = t.Backoff(base=1.0, cap=10.0)
 
@@ -24,7 +25,7 @@ def run_to_end(job: Job, node: str, outcome: Outcome) -> Job:
     attempt = job.attempt
     job = t.assign(job, node, 1.0) or job
     job = t.start(job, node, attempt, 2.0) or job
-    result = t.finish(job, node, attempt, outcome, "tail", NO_WAIT)
+    result = t.finish(job, node, attempt, outcome, Tail("tail"), NO_WAIT)
     assert result is not None
     return result
 
@@ -62,7 +63,7 @@ def test_worker_fence_rejects_other_node_and_old_attempt() -> None:
     assert t.start(job, "n1", 2, 2.0) is None
     started = t.start(job, "n1", 1, 2.0)
     assert started is not None
-    assert t.finish(started, "n2", 1, Outcome(0, 1, exit_code=0), "", NO_WAIT) is None
+    assert t.finish(started, "n2", 1, Outcome(0, 1, exit_code=0), Tail(), NO_WAIT) is None
 
 
 def test_cancel_pending_assigned_and_running() -> None:
@@ -137,7 +138,7 @@ def test_signals_without_a_python_name_are_named_by_number() -> None:
 def test_a_cancel_holds_on_every_path_that_would_run_the_job_again() -> None:
     failed = t.cancel(running_job(), 3.0)
     assert failed is not None
-    failed = t.finish(failed, "n1", 1, Outcome(2.0, 4.0, exit_code=1), "", NO_WAIT)
+    failed = t.finish(failed, "n1", 1, Outcome(2.0, 4.0, exit_code=1), Tail(), NO_WAIT)
     assert failed is not None and (failed.state, failed.reason) == (JobState.CANCELED, "canceled")
     assert failed.attempts[0].reason == "exit code 1" and failed.attempt == 1
 

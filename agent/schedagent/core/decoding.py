@@ -1,106 +1,66 @@
-"""Checks a decoded record against its dataclass: each field's JSON type from its annotation."""
+"""Records decoded as msgspec Structs, with the fields of a newer version kept beside them."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import types
-import typing
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
-_NONE = type(None)
+import msgspec
 
+EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+# Where a part's unknown fields are kept: its instance dict (`dict=True`), which the
+# encoder does not see, so a Struct's own fields are all it writes on the fast path.
+EXTRA = "_extra"
 
-@dataclasses.dataclass(frozen=True)
-class FieldCheck:
-    """The JSON types a field may hold, and a deeper look for some (finite numbers,
-    maps of strings); type(value) in kinds is the whole check for most fields."""
-
-    kinds: frozenset[type]
-    deep: Callable[[Any], bool] | None = None
-
-    def __call__(self, value: object) -> bool:
-        if type(value) not in self.kinds:
-            return False
-        return self.deep is None or value is None or self.deep(value)
+S = TypeVar("S", bound=msgspec.Struct)
 
 
-def is_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value)
+class KeepsExtra:
+    """What a part of a stored record has besides its fields: the fields of a newer
+    version. Mixed into Structs declared `forbid_unknown_fields=True, dict=True`, so a
+    record with such fields fails the typed (fast) decoding and `split` takes them apart.
+    """
+
+    __slots__ = ()
+
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        """Fields of a newer version this one does not know: kept, and written back."""
+        extra: Mapping[str, Any] = self.__dict__.get(EXTRA, EMPTY)
+        return extra
+
+    def keep_extra(self, extra: Mapping[str, Any]) -> None:
+        if extra:
+            self.__dict__[EXTRA] = dict(extra)
+
+    def plain(self) -> bool:
+        """No unknown fields here (parts inside are asked on their own)."""
+        return EXTRA not in self.__dict__
+
+    def merged(self, data: dict[str, Any]) -> dict[str, Any]:
+        """This part's builtins with its unknown fields; a known field wins a clash."""
+        extra = self.extra
+        return {**extra, **data} if extra else data
 
 
-def _finite(value: Any) -> bool:
-    return type(value) is int or math.isfinite(value)
+def field_names(cls: type[msgspec.Struct]) -> frozenset[str]:
+    return frozenset(f.encode_name for f in msgspec.structs.fields(cls))
 
 
-def _strings(value: Any) -> bool:
-    return all(type(k) is str and type(v) is str for k, v in value.items())
-
-
-def _check_for(hint: Any) -> FieldCheck:
-    """The check of one annotation (the shapes our records use, nothing more)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        parts = [_check_for(arg) for arg in args]
-        deep = [p.deep for p in parts if p.deep is not None]
-        if len(deep) > 1:
-            raise TypeError(f"no JSON check for {hint!r}")
-        return FieldCheck(frozenset().union(*(p.kinds for p in parts)), deep[0] if deep else None)
-    if hint is float:
-        return FieldCheck(frozenset({int, float}), _finite)
-    if hint in (int, bool, str, _NONE):
-        return FieldCheck(frozenset({hint}))
-    if hint is Any:
-        return FieldCheck(frozenset({dict, list, str, int, float, bool, _NONE}))
-    if origin is Mapping or origin is dict:
-        return FieldCheck(frozenset({dict}), _strings if args == (str, str) else None)
-    if origin in (list, tuple):
-        return FieldCheck(frozenset({list, tuple}))
-    if isinstance(hint, type) and issubclass(hint, str):  # a StrEnum: its value is checked later
-        return FieldCheck(frozenset({str}))
-    if dataclasses.is_dataclass(hint):
-        return FieldCheck(frozenset({dict}))
-    raise TypeError(f"no JSON check for {hint!r}")
-
-
-def field_checks(cls: type[Any], skip: frozenset[str] = frozenset()) -> dict[str, FieldCheck]:
-    """A check per field of a dataclass, made once when the module loads."""
-    hints = typing.get_type_hints(cls)
-    return {
-        f.name: _check_for(hints[f.name]) for f in dataclasses.fields(cls) if f.name not in skip
-    }
-
-
-def split(
-    data: object, what: str, checks: Mapping[str, FieldCheck], required: frozenset[str]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(known fields, unknown fields) of a JSON object; ValueError if it is not one,
-    lacks a required field or holds a known field of the wrong type."""
+def split(data: object, names: frozenset[str]) -> tuple[object, dict[str, Any]]:
+    """(the known fields, the unknown ones) of a JSON object; anything else is returned
+    whole, for the typed conversion after to reject with its own message."""
     if not isinstance(data, dict):
-        raise ValueError(f"{what} must be a JSON object, not {type(data).__name__}")
-    if not required <= data.keys():
-        raise ValueError(f"{what} lacks {', '.join(sorted(required - data.keys()))}")
-    known: dict[str, Any] = {}
-    unknown: dict[str, Any] = {}
-    for name, value in data.items():
-        check = checks.get(name)
-        if check is None:
-            unknown[name] = value
-        elif check(value):
-            known[name] = value
-        else:
-            raise ValueError(f"{what}: {name} has the wrong type ({type(value).__name__})")
+        return data, {}
+    known = {k: v for k, v in data.items() if k in names}
+    unknown = {k: v for k, v in data.items() if k not in names}
     return known, unknown
 
 
-def required_fields(cls: type[Any]) -> frozenset[str]:
-    """The fields without a default: a record must carry them."""
-    missing = dataclasses.MISSING
-    return frozenset(
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is missing and f.default_factory is missing
-    )
+def convert(data: object, cls: type[S], what: str) -> S:
+    """`data` (builtins) as `cls`; ValueError naming `what` if it is not one."""
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{what}: {exc}") from None

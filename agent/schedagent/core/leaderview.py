@@ -8,9 +8,10 @@ or one job's end does not make it look at every job again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from schedagent.core import fencing, transitions
+from schedagent.core.deps import Dependencies, waits_for_parents
 from schedagent.core.model import Job, JobState, NodeRecord
 from schedagent.core.pending import PendingQueue, Shape
 from schedagent.core.placement import NodeView, PlacementIndex
@@ -71,7 +72,11 @@ class LeaderView:
     the pending queue, CPUs held per node, the placement index and the timers."""
 
     def __init__(
-        self, dispatch_timeout: float, backoff: transitions.Backoff, lost_grace: float = 0.0
+        self,
+        dispatch_timeout: float,
+        backoff: transitions.Backoff,
+        lost_grace: float = 0.0,
+        job_key: Callable[[str], str] = "jobs/".__add__,
     ) -> None:
         self.dispatch_timeout = dispatch_timeout
         self.backoff = backoff
@@ -94,6 +99,8 @@ class LeaderView:
         # when to look again; forgotten when the job leaves the view or its attempt moves.
         self.lost_since: dict[str, float] = {}
         self.lost_wait: Timers[str] = Timers()
+        self.deps = Dependencies()  # PENDING jobs held until their parents SUCCEEDED
+        self.job_key = job_key  # a job id's etcd key (core/names.py Keys.job)
 
     # Changes in ---------------------------------------------------------------
 
@@ -101,6 +108,7 @@ class LeaderView:
         """The job record at key is now `job` (None or final: gone from the view)."""
         old = self.jobs.get(key)
         new = None if job is None or job.state.final else Tracked(job, revision)
+        self._track_parents(key, old, new, job, now)
         self._requeue(key, old, new, now)
         self._rehold(key, old, new)
         self._redispatch(key, old, new, now)
@@ -221,6 +229,25 @@ class LeaderView:
             self._sent(key, now, 1)
         return found
 
+    def parent_lookups(self) -> list[str]:
+        """Ids of parents outside the view whose end the caller must read (final under
+        done/, or gone) and report through parent_ended."""
+        return self.deps.take_lookups(self._live)
+
+    def parent_ended(self, job_id: str, state: JobState | None, now: float) -> None:
+        """A parent read from etcd: final in `state`, or None if no record was found."""
+        self._release(self.deps.ended(job_id, state), now)
+
+    def unrun_ends(self) -> list[Decision]:
+        """Children whose parent did not succeed: each ends CANCELED, unrun."""
+        found = []
+        for key, reason in sorted(self.deps.doomed.items()):
+            tracked = self.jobs[key]
+            new = transitions.skip(tracked.job.clone(), reason)
+            if new is not None:
+                found.append(Decision(key, new, tracked.revision, reason))
+        return found
+
     def next_timer(self) -> float | None:
         timers = (self.waiting, self.redispatch, self.lost_wait)
         times = [t for t in (timer.next_at() for timer in timers) if t is not None]
@@ -228,21 +255,44 @@ class LeaderView:
 
     # Keeping the parts in step --------------------------------------------------
 
+    def _track_parents(
+        self, key: str, old: Tracked | None, new: Tracked | None, job: Job | None, now: float
+    ) -> None:
+        """Keep the dependency index in step: this job as a parent, and as a child."""
+        if job is not None and job.state.final:
+            self._release(self.deps.ended(job.id, job.state), now)
+        elif new is None and old is not None:
+            self.deps.left(old.job.id)
+        if new is not None and waits_for_parents(new.job):
+            self.deps.hold(key, new.job, self._live)
+        else:
+            self.deps.release(key)
+
+    def _live(self, job_id: str) -> bool:
+        return self.job_key(job_id) in self.jobs
+
     def _requeue(self, key: str, old: Tracked | None, new: Tracked | None, now: float) -> None:
         was, pending = _pending(old), _pending(new)
         if was == pending:
             return
         self.queue.remove(key)
         self.waiting.cancel(key)
-        if pending is None:
-            return
-        job_id, shape = pending[:2]
+        if new is not None and pending is not None and not self.deps.held(key):
+            self._enqueue(key, new.job, now)
+
+    def _release(self, children: list[str], now: float) -> None:
+        """Children whose parents all SUCCEEDED join the queue."""
+        for key in children:
+            self._enqueue(key, self.jobs[key].job, now)
+
+    def _enqueue(self, key: str, job: Job, now: float) -> None:
+        """Queue a PENDING job now, or when its backoff ends."""
         # On this view's clock: the writer's backoff counted from now (no later).
-        due = transitions.eligible_at(new.job, now) if new is not None else now
+        due = transitions.eligible_at(job, now)
         if due > now:
             self.waiting.schedule(key, due)
         else:
-            self.queue.add(key, job_id, shape)
+            self.queue.add(key, job.id, Shape.of(job.spec))
 
     def _rehold(self, key: str, old: Tracked | None, new: Tracked | None) -> None:
         was, holding = _holding(old), _holding(new)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import os
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from schedagent.core import decoding
 
@@ -40,41 +41,34 @@ FINAL_STATES = frozenset(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class JobSpec:
+class JobSpec(
+    msgspec.Struct, decoding.KeepsExtra, frozen=True, forbid_unknown_fields=True, dict=True
+):
     cmd: str
     cpus: float = 1.0
     timeout: float | None = None
     retries: int = 0
-    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    env: Mapping[str, str] = {}
     cwd: str | None = None
     node: str | None = None
-    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    labels: Mapping[str, str] = {}
     idempotency_key: str | None = None
     user: str | None = None
     signature: Mapping[str, Any] | None = None
-    # Fields of a newer version this one does not know: kept, and written back.
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # ids of the jobs that must SUCCEED before this one runs
+    after: tuple[Annotated[str, msgspec.Meta(pattern=JOB_ID_RE.pattern)], ...] = ()
+    # A schedule's run: its name, slot, signed definition and signature (core/schedule.py).
+    schedule: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.extra,
-            "user": self.user,
-            "signature": None if self.signature is None else dict(self.signature),
-            "cmd": self.cmd,
-            "cpus": self.cpus,
-            "timeout": self.timeout,
-            "retries": self.retries,
-            "env": dict(self.env),
-            "cwd": self.cwd,
-            "node": self.node,
-            "labels": dict(self.labels),
-            "idempotency_key": self.idempotency_key,
-        }
+        data = self.merged(msgspec.to_builtins(self))
+        data["after"] = list(self.after)
+        if self.schedule is None:  # absent, not null: an older agent refuses the field
+            del data["schedule"]
+        return data
 
 
-@dataclasses.dataclass
-class Attempt:
+class Attempt(msgspec.Struct, decoding.KeepsExtra, forbid_unknown_fields=True, dict=True):
     """One try of a job on one node; its end fields are filled when it ends."""
 
     n: int
@@ -87,12 +81,14 @@ class Attempt:
     signal: int | None = None
     reason: str | None = None
     lease: int | None = None  # the etcd lease of the agent incarnation that started it
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data = vars(self).copy()
-        extra = data.pop("extra")
-        return {**extra, **data} if extra else data
+        return self.merged(msgspec.to_builtins(self))
+
+    def copy(self) -> Attempt:
+        copied = msgspec.structs.replace(self)
+        copied.keep_extra(self.extra)
+        return copied
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +104,7 @@ class Outcome:
     error: str | None = None
 
 
-@dataclasses.dataclass
-class Job:
+class Job(msgspec.Struct, decoding.KeepsExtra, forbid_unknown_fields=True, dict=True):
     id: str
     spec: JobSpec
     state: JobState
@@ -121,10 +116,11 @@ class Job:
     cancel_requested: bool = False
     exit_code: int | None = None
     reason: str | None = None
-    output_tail: str = ""
+    output_tail: str = ""  # the end of its output when that is UTF-8 text (core/tail.py)
+    output_tail_base64: str | None = None  # else the end of its output, base64
     updated_at: float = 0.0
-    attempts: list[Attempt] = dataclasses.field(default_factory=list)
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    attempts: list[Attempt] = []
+    v: int = SCHEMA_VERSION  # the version of the agent that wrote the record
 
     def current_attempt(self) -> Attempt | None:
         for attempt in reversed(self.attempts):
@@ -133,20 +129,23 @@ class Job:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        # Field by field: dataclasses.asdict deep-copies and costs a third of a pass.
-        data = {name: getattr(self, name) for name in _JOB_SCALARS}
-        data["spec"] = self.spec.to_dict()
-        data["state"] = str(self.state)
-        data["attempts"] = [a.to_dict() for a in self.attempts]
-        data["v"] = SCHEMA_VERSION
-        return {**self.extra, **data} if self.extra else data
+        data = self.merged(msgspec.to_builtins(self))
+        data["spec"] = self.spec.merged(data["spec"])
+        data["attempts"] = [
+            a.merged(d) for a, d in zip(self.attempts, data["attempts"], strict=True)
+        ]
+        return data
 
     def clone(self) -> Job:
         """A copy whose attempts can be changed without touching this record."""
-        return dataclasses.replace(self, attempts=[dataclasses.replace(a) for a in self.attempts])
+        copied = msgspec.structs.replace(self, attempts=[a.copy() for a in self.attempts])
+        copied.keep_extra(self.extra)
+        return copied
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        if self.plain() and self.spec.plain() and all(a.plain() for a in self.attempts):
+            return _ENCODER.encode(self)
+        return _ENCODER.encode(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: object) -> Job:
@@ -155,39 +154,62 @@ class Job:
         Fields this version does not know are kept in `extra` (and written back), so a
         record from a newer version is still placed, run and finished here.
         """
-        values, extra = decoding.split(data, "job record", _JOB_CHECKS, _JOB_REQUIRED)
-        extra.pop("v", None)
-        spec, spec_extra = decoding.split(values["spec"], "job spec", _SPEC_CHECKS, _SPEC_REQUIRED)
-        values["spec"] = JobSpec(**spec, extra=spec_extra)
-        values["state"] = JobState(values["state"])
-        values["attempts"] = [_attempt_from(a) for a in values.get("attempts", ())]
-        return cls(**values, extra=extra)
+        try:
+            job = msgspec.convert(data, cls)
+        except msgspec.ValidationError:
+            job = _tolerant(data)
+        return _as_ours(job)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Job:
         """ValueError for anything but a job record (not JSON, not UTF-8, not an object)."""
-        return cls.from_dict(json.loads(raw))
+        try:
+            job = _JOB_DECODER.decode(raw)
+        except msgspec.ValidationError:
+            # Rare: a newer version's fields (or a bad record); decoded again, untyped.
+            job = _tolerant(msgspec.json.decode(raw))
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"job record: {exc}") from None
+        return _as_ours(job)
 
 
-def _attempt_from(data: object) -> Attempt:
-    values, extra = decoding.split(data, "attempt", _ATTEMPT_CHECKS, _ATTEMPT_REQUIRED)
-    return Attempt(**values, extra=extra)
+_ENCODER = msgspec.json.Encoder()
+_JOB_DECODER = msgspec.json.Decoder(Job)
+_JOB_FIELDS = decoding.field_names(Job)
+SPEC_FIELDS = decoding.field_names(JobSpec)
+_ATTEMPT_FIELDS = decoding.field_names(Attempt)
 
 
-_NO_EXTRA = frozenset({"extra"})
-_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
-_JOB_SCALARS = tuple(sorted(_JOB_FIELDS - {"spec", "state", "attempts", "extra"}))
-_JOB_CHECKS = decoding.field_checks(Job, _NO_EXTRA)
-_JOB_REQUIRED = decoding.required_fields(Job)
-_SPEC_CHECKS = decoding.field_checks(JobSpec, _NO_EXTRA)
-_SPEC_REQUIRED = decoding.required_fields(JobSpec)
-_ATTEMPT_CHECKS = decoding.field_checks(Attempt, _NO_EXTRA)
-_ATTEMPT_REQUIRED = decoding.required_fields(Attempt)
+def _tolerant(data: object) -> Job:
+    """A record with fields this version does not know: each part's are kept beside it."""
+    known, extra = decoding.split(data, _JOB_FIELDS)
+    spec_extra: dict[str, Any] = {}
+    attempt_extras: list[dict[str, Any]] = []
+    if isinstance(known, dict):
+        if "spec" in known:
+            known["spec"], spec_extra = decoding.split(known["spec"], SPEC_FIELDS)
+        if isinstance(known.get("attempts"), list):
+            parts = [decoding.split(a, _ATTEMPT_FIELDS) for a in known["attempts"]]
+            known["attempts"] = [part for part, _ in parts]
+            attempt_extras = [unknown for _, unknown in parts]
+    job = decoding.convert(known, Job, "job record")
+    job.keep_extra(extra)
+    job.spec.keep_extra(spec_extra)
+    for attempt, unknown in zip(job.attempts, attempt_extras, strict=True):
+        attempt.keep_extra(unknown)
+    return job
 
 
-@dataclasses.dataclass(frozen=True)
-class NodeRecord:
-    """What an agent publishes about itself under its lease."""
+def _as_ours(job: Job) -> Job:
+    # Written back, the record says which version wrote it last: this one.
+    if job.v != SCHEMA_VERSION:
+        job.v = SCHEMA_VERSION
+    return job
+
+
+class NodeRecord(msgspec.Struct, frozen=True):
+    """What an agent publishes about itself under its lease. Fields it does not know
+    are skipped when decoded: only the node itself writes its record."""
 
     name: str
     hostname: str
@@ -203,30 +225,21 @@ class NodeRecord:
     draining: bool = False
     used_cpus: float = 0.0
     running_jobs: int = 0
+    v: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
-        data = dataclasses.asdict(self)
-        data["v"] = SCHEMA_VERSION
-        return json.dumps(data, separators=(",", ":")).encode()
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> NodeRecord:
-        """ValueError for anything but a node record; fields it does not know are skipped
-        (only the node itself writes its record)."""
-        values, _ = decoding.split(json.loads(raw), "node record", _NODE_CHECKS, _NODE_REQUIRED)
-        load = tuple(values.get("load", (0.0, 0.0, 0.0)))
-        if len(load) != 3 or not all(decoding.is_number(x) for x in load):
-            raise ValueError("node record: load must be three numbers")
-        values["load"] = load
-        addresses = tuple(values.get("addresses", ()))
-        if not all(isinstance(a, str) for a in addresses):
-            raise ValueError("node record: addresses must be strings")
-        values["addresses"] = addresses
-        return cls(**values)
+        """ValueError for anything but a node record."""
+        try:
+            return _NODE_DECODER.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"node record: {exc}") from None
 
 
-_NODE_CHECKS = decoding.field_checks(NodeRecord)
-_NODE_REQUIRED = decoding.required_fields(NodeRecord)
+_NODE_DECODER = msgspec.json.Decoder(NodeRecord)
 
 
 def new_job_id(now: float | None = None) -> str:

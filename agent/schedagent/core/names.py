@@ -17,6 +17,8 @@ class Keys:
         self.placed = f"{prefix}/placed/"  # {node}/{job}: attempts holding CPUs there
         self.idem_dir = f"{prefix}/idem/"
         self.nonces = f"{prefix}/nonces/"
+        self.schedules = f"{prefix}/schedules/"  # {name}: signed definition, paused or not
+        self.schedstate = f"{prefix}/schedstate/"  # {name}: the leader's last slot, outcomes
 
     def node(self, name: str) -> str:
         return self.nodes + name
@@ -42,6 +44,12 @@ class Keys:
 
     def nonce(self, nonce: str) -> str:
         return self.nonces + nonce
+
+    def schedule(self, name: str) -> str:
+        return self.schedules + name
+
+    def schedule_state(self, name: str) -> str:
+        return self.schedstate + name
 
 
 class Subjects:

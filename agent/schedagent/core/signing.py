@@ -21,6 +21,9 @@ PUBLIC_PREFIX = "ed25519:"
 SEED_PREFIX = "ed25519-seed:"
 # What a signature covers: everything that decides what runs, where, as whom.
 SIGNED_FIELDS = ("cmd", "cpus", "cwd", "env", "labels", "node", "retries", "timeout", "user")
+# Signed only when the job has it, so a job without it signs as it did before the field
+# existed (an agent of either version verifies it); one with it fails at an older agent.
+SIGNED_IF_SET = ("after",)
 
 
 class SignatureRejected(SchedagentError):
@@ -65,6 +68,9 @@ def canonical(spec: Mapping[str, Any], nonce: str, signed_at: float) -> bytes:
     body["labels"] = dict(body["labels"] or {})
     body["nonce"] = nonce
     body["signed_at"] = signed_at
+    for field in SIGNED_IF_SET:
+        if spec.get(field):
+            body[field] = list(spec[field])
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -73,6 +79,26 @@ def canonical_cancel(job_id: str, nonce: str, signed_at: float) -> bytes:
     form has, keeps a job's signature from passing for a cancel and the other way round."""
     body = {"action": "cancel", "job": job_id, "nonce": nonce, "signed_at": signed_at}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def canonical_schedule(definition: Mapping[str, Any], nonce: str, signed_at: float) -> bytes:
+    """The bytes a schedule's signature covers: its whole definition (the job it runs
+    and when), the nonce and the time. The "action" key keeps it from passing for a
+    job's signature or a cancel's, and the other way round."""
+    body: dict[str, Any] = {"action": "schedule", "schedule": dict(definition)}
+    body.update(nonce=nonce, signed_at=signed_at)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def canonical_schedule_action(
+    action: str, name: str, schedule_value: str, nonce: str, signed_at: float
+) -> bytes:
+    """The bytes a pause, resume, delete or run of a schedule is signed over: the action,
+    the schedule's name and its signature (so it holds for that version of it only)."""
+    body: dict[str, Any] = {"action": f"schedule-{action}", "name": name}
+    body["schedule"] = schedule_value
+    body.update(nonce=nonce, signed_at=signed_at)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -125,9 +151,20 @@ class SigningKey:
     def sign_cancel(self, job_id: str, now: float | None = None) -> Signature:
         return self._sign(lambda nonce, at: canonical_cancel(job_id, nonce, at), now)
 
+    def sign_schedule(self, definition: Mapping[str, Any], now: float | None = None) -> Signature:
+        return self._sign(lambda nonce, at: canonical_schedule(definition, nonce, at), now)
+
+    def sign_schedule_action(
+        self, action: str, name: str, schedule_value: str, now: float | None = None
+    ) -> Signature:
+        return self._sign(
+            lambda nonce, at: canonical_schedule_action(action, name, schedule_value, nonce, at),
+            now,
+        )
+
     def _sign(self, message: Callable[[str, float], bytes], now: float | None) -> Signature:
         nonce = os.urandom(16).hex()
-        signed_at = time.time() if now is None else now
+        signed_at = time.time() if now is None else float(now)  # as a verifier reads it
         value = self.private.sign(message(nonce, signed_at))
         return Signature(self.key_id, nonce, signed_at, base64.b64encode(value).decode())
 
@@ -164,6 +201,38 @@ def verify_cancel(
         raise SignatureRejected("cancel is not signed")
     message = canonical_cancel(job_id, signature.nonce, signature.signed_at)
     return _verify(message, signature, trusted, max_age, now, "this cancel")
+
+
+def verify_schedule(
+    definition: Mapping[str, Any],
+    signature: Signature | None,
+    trusted: Mapping[str, Ed25519PublicKey],
+) -> str:
+    """The signing key's id if the schedule's definition is signed as it is; else
+    SignatureRejected. A schedule runs for as long as it exists, so its signature has
+    no maximum age: each slot's first start must be fresh instead (the caller checks)."""
+    if signature is None:
+        raise SignatureRejected("schedule is not signed")
+    message = canonical_schedule(definition, signature.nonce, signature.signed_at)
+    return _verify(message, signature, trusted, float("inf"), None, "the schedule")
+
+
+def verify_schedule_action(
+    action: str,
+    name: str,
+    schedule_value: str,
+    signature: Signature | None,
+    trusted: Mapping[str, Ed25519PublicKey],
+    max_age: float,
+    now: float | None = None,
+) -> str:
+    """The signing key's id if this action on this version of the schedule is signed."""
+    if signature is None:
+        raise SignatureRejected(f"schedule {action} is not signed")
+    message = canonical_schedule_action(
+        action, name, schedule_value, signature.nonce, signature.signed_at
+    )
+    return _verify(message, signature, trusted, max_age, now, f"this schedule {action}")
 
 
 def _verify(

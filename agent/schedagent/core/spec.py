@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any
 
-from schedagent.core.model import JobSpec
+from schedagent.core.model import JOB_ID_RE, SPEC_FIELDS, JobSpec
 from schedagent.core.signing import Signature, SignatureRejected
 from schedagent.errors import SpecError
 
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Parents one job may wait for: each is read at submit, and the leader indexes them.
+MAX_PARENTS = 64
 
 
 def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
     """Validate a submitted spec (a JSON object) and return it; SpecError on any problem."""
     if not isinstance(raw, dict):
         raise SpecError("spec must be a JSON object")
-    known = {f.name for f in dataclasses.fields(JobSpec)} - {"extra"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - SPEC_FIELDS)
     if unknown:
         raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
+    if raw.get("schedule") is not None:
+        raise SpecError("a schedule's runs are made by its leader, not submitted")
     cmd = raw.get("cmd")
     if not isinstance(cmd, str) or not cmd.strip():
         raise SpecError("cmd must be a non-empty string")
@@ -39,7 +41,27 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
         idempotency_key=_optional_str(raw.get("idempotency_key"), "idempotency_key"),
         user=_user(raw.get("user")),
         signature=_signature(raw.get("signature")),
+        after=parent_ids(raw.get("after")),
     )
+
+
+def parent_ids(value: object) -> tuple[str, ...]:
+    """The job ids a spec waits for, checked: a list of distinct ids, at most MAX_PARENTS.
+
+    Not put in order or deduplicated: the list is signed as the client sent it.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise SpecError("after must be a list of job ids")
+    if len(value) > MAX_PARENTS:
+        raise SpecError(f"after names {len(value)} jobs; at most {MAX_PARENTS}")
+    for parent in value:
+        if not isinstance(parent, str) or not JOB_ID_RE.match(parent):
+            raise SpecError(f"after: {parent!r} is not a job id (20 lower-case hex digits)")
+    if len(set(value)) != len(value):
+        raise SpecError("after names a job more than once")
+    return tuple(value)
 
 
 def _utf8(value: str, name: str) -> bytes:

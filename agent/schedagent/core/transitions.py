@@ -8,6 +8,7 @@ import signal
 from collections.abc import Collection
 
 from schedagent.core.model import Attempt, Job, JobState, Outcome
+from schedagent.core.tail import Tail
 
 # Attempt end states that use up one of the job's retries.
 RETRYABLE = frozenset({str(JobState.FAILED), str(JobState.TIMED_OUT)})
@@ -111,7 +112,7 @@ def finish(
     node: str,
     attempt: int,
     outcome: Outcome,
-    tail: str,
+    tail: Tail,
     backoff: Backoff,
 ) -> Job | None:
     """Close the running attempt; retry it (PENDING, attempt+1) if retries remain."""
@@ -125,7 +126,7 @@ def finish(
         current.signal = outcome.signal
         current.state = str(state)
         current.reason = reason
-    job.output_tail = tail
+    job.output_tail, job.output_tail_base64 = tail.text, tail.base64
     job.exit_code = outcome.exit_code
     job.pid = None
     if state in (JobState.FAILED, JobState.TIMED_OUT) and failures(job) <= job.spec.retries:
@@ -194,6 +195,17 @@ def settle_cancel(job: Job) -> Job | None:
     if job.state != JobState.PENDING or not job.cancel_requested:
         return None
     return _end_canceled(job)
+
+
+def skip(job: Job, reason: str) -> Job | None:
+    """A job whose parent did not succeed (core/deps.py) ends without running: CANCELED,
+    not FAILED, since nothing of its own failed; the reason names the parent."""
+    if job.state != JobState.PENDING or job.attempts:
+        return None
+    job.state = JobState.CANCELED
+    job.reason = reason
+    job.pid = None
+    return job
 
 
 def eligible_at(job: Job, seen_at: float) -> float:

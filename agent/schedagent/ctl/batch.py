@@ -29,6 +29,7 @@ LINE_FIELDS = (
     "cwd",
     "idempotency_key",
     "user",
+    "after",
 )
 # Well under NATS's 1 MiB default max_payload, whatever the specs hold.
 BATCH_BYTES = 512 * 1024
@@ -88,6 +89,8 @@ def line_spec(text: str) -> Record:
         raise SpecError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(LINE_FIELDS)}")
     spec = parse_spec(raw).to_dict()
     del spec["signature"]
+    if not spec["after"]:
+        del spec["after"]  # an agent older than the field refuses it
     if spec["idempotency_key"] is None:
         spec["idempotency_key"] = str(uuid.uuid4())
     return spec

@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from schedagent.core import tail
 from schedagent.core.model import FINAL_STATES
 
 Record = Mapping[str, Any]
@@ -97,14 +98,22 @@ def format_status(job: Record, pending_reason: object = None) -> str:
         ("submitted", when(job.get("submitted_at"))),
         ("updated", when(job.get("updated_at"))),
     ]
+    after = spec.get("after") if isinstance(spec, Mapping) else None
+    if after:
+        fields.insert(3, ("after", ", ".join(map(str, after))))
     lines = [f"{name + ':':<11}{value}" for name, value in fields]
     if pending_reason:
         lines.append(f"pending: {pending_reason}")
-    lines += ["", _attempts(job)]
-    tail = job.get("output_tail") or ""
-    if tail:
-        lines += ["", "output tail:", str(tail).rstrip("\n")]
+    lines += ["", _attempts(job), *_output_tail(job)]
     return "\n".join(lines)
+
+
+def _output_tail(job: Record) -> list[str]:
+    if not tail.is_text(job):
+        size = len(tail.output_bytes(job))
+        return ["", f"output tail: {size} bytes, not UTF-8 text (`schedctl logs` writes them)"]
+    text = job.get("output_tail") or ""
+    return ["", "output tail:", str(text).rstrip("\n")] if text else []
 
 
 def format_jobs(jobs: Sequence[Record]) -> str:
@@ -116,11 +125,20 @@ def format_jobs(jobs: Sequence[Record]) -> str:
             text(j.get("attempt")),
             text(j.get("exit_code")),
             when(j.get("submitted_at")),
+            _after((j.get("spec") or {}).get("after")),
             short((j.get("spec") or {}).get("cmd")),
         ]
         for j in jobs
     ]
-    return table(["ID", "STATE", "NODE", "ATTEMPT", "EXIT", "SUBMITTED", "CMD"], rows)
+    return table(["ID", "STATE", "NODE", "ATTEMPT", "EXIT", "SUBMITTED", "AFTER", "CMD"], rows)
+
+
+def _after(after: object) -> str:
+    """The parents a job waits for: the first one's id, and how many more."""
+    if not isinstance(after, Sequence) or isinstance(after, str) or not after:
+        return "-"
+    more = f" +{len(after) - 1}" if len(after) > 1 else ""
+    return f"{after[0]}{more}"
 
 
 def _load(load: object) -> str:
@@ -158,3 +176,61 @@ def format_cancel(job: Record) -> str:
     if job.get("cancel_requested") and state not in FINAL_STATES:
         return f"{text(job.get('id'))}: cancel requested ({state})"
     return f"{text(job.get('id'))}: {state}"
+
+
+def _when(schedule: Record) -> str:
+    definition = schedule.get("definition") or {}
+    if definition.get("every") is not None:
+        return f"every {definition['every']}s"
+    return f"{definition.get('cron')} ({definition.get('tz')})"
+
+
+def _stamp(seconds: object) -> str:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds))
+
+
+def format_schedules(schedules: Sequence[Record]) -> str:
+    if not schedules:
+        return "no schedules"
+    rows = []
+    for s in schedules:
+        d = s.get("definition") or {}
+        rows.append(
+            [
+                str(d.get("name")),
+                _when(s),
+                "paused" if s.get("paused") else "active",
+                str(d.get("concurrency")),
+                str(d.get("catch_up")),
+                str((d.get("job") or {}).get("cmd", ""))[:CMD_WIDTH],
+            ]
+        )
+    return table(["NAME", "WHEN", "STATE", "CONCURRENCY", "CATCH-UP", "COMMAND"], rows)
+
+
+def format_schedule(reply: Record) -> str:
+    """A schedule, then its recent slots: the job and its state, or why it was skipped."""
+    s = reply.get("schedule") or {}
+    d = s.get("definition") or {}
+    lines = [
+        f"schedule {d.get('name')}: {_when(s)}{'  (paused)' if s.get('paused') else ''}",
+        f"  command      {(d.get('job') or {}).get('cmd')}",
+        f"  concurrency  {d.get('concurrency')}, catch-up {d.get('catch_up')} within "
+        f"{d.get('catch_up_window')}s, splay {d.get('splay')}s",
+        f"  signed by    {s.get('key_id')} at {_stamp(s.get('starts_at'))}",
+        f"  last slot    {_stamp(reply.get('last_slot'))}",
+        f"  next slot    {_stamp(reply.get('next_slot'))}",
+        "recent slots (oldest first):",
+    ]
+    for entry in reply.get("recent") or []:
+        if "job" in entry:
+            job = f"job {entry.get('job')}  {entry.get('state')}"
+            lines.append(f"  {_stamp(entry.get('slot'))}  {job}")
+            continue
+        count = entry.get("count")
+        span = f"{_stamp(entry.get('slot'))} .. {_stamp(entry.get('until'))}"
+        counted = "" if count is None else f"{count} "
+        lines.append(f"  {span}  {counted}skipped: {entry.get('skipped')}")
+    return "\n".join(lines)

@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import json
 import os
 import select
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import NoReturn, TextIO
 
 import click
 
 from schedagent import __version__
+from schedagent.core import tail
 from schedagent.core.model import JobState
 from schedagent.core.spec import ENV_NAME_RE
 from schedagent.ctl import format as fmt
 from schedagent.ctl.batch import read_lines, refuse_options_beside_file, report, submit_lines
 from schedagent.ctl.client import (
-    EXIT_ERROR,
     Client,
-    CtlError,
     Record,
     field,
     is_final,
     job_exit_code,
 )
+from schedagent.ctl.command import (
+    Settings,
+    json_option,
+    print_json,
+    run,
+    show,
+    write_bytes,
+    write_chunk,
+)
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.keys import find_key, keygen, sign_spec
 from schedagent.ctl.params import (
     JobId,
+    JobIds,
     KeyValue,
     PositiveNumber,
     check_cmd,
@@ -40,7 +45,9 @@ from schedagent.ctl.params import (
     check_name,
     check_prefix,
     check_user,
+    parent_list,
 )
+from schedagent.ctl.schedules import schedule
 
 EPILOG = """\b
 Exit status:
@@ -53,61 +60,6 @@ Exit status:
 submit --wait instead exits with the job's own status: SUCCEEDED 0, FAILED the last
 attempt's exit code (128+N if killed by signal N, else 1), TIMED_OUT 124, CANCELED 130.
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    url: str
-    prefix: str
-    timeout: float
-    ca_file: str | None = None
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-
-
-def print_json(reply: Record, err: bool = False) -> None:
-    """Every --json prints the reply without its envelope (`v`, `ok`)."""
-    body = {k: v for k, v in reply.items() if k not in ("v", "ok")}
-    click.echo(json.dumps(body, indent=2, sort_keys=True), err=err)
-
-
-def write_chunk(stream: str, data: str) -> None:
-    out = sys.stderr if stream == "stderr" else sys.stdout
-    out.write(data)
-    out.flush()
-
-
-def run(work: Callable[[Client], Awaitable[int]]) -> NoReturn:
-    """Run one command's coroutine on a fresh connection; map every failure to one line."""
-    settings = click.get_current_context().find_object(Settings)
-    if settings is None:
-        raise RuntimeError("schedctl commands run under the cli group")
-    try:
-        code = asyncio.run(_session(settings, work))
-    except CtlError as exc:
-        click.echo(f"schedctl: {exc}", err=True)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        code = 130
-    except BrokenPipeError:
-        # Whoever read our stdout went away (`| head`); stop quietly like other tools.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = EXIT_ERROR
-    except Exception as exc:
-        # The CLI promises one line on stderr, never a traceback.
-        click.echo(f"schedctl: unexpected error: {type(exc).__name__}: {exc}", err=True)
-        code = EXIT_ERROR
-    sys.exit(code)
-
-
-async def _session(settings: Settings, work: Callable[[Client], Awaitable[int]]) -> int:
-    client = Client(settings.url, settings.prefix, settings.timeout, settings.ca_file)
-    await client.connect()
-    try:
-        return await work(client)
-    finally:
-        await client.close()
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,6 +118,7 @@ def cli(
 
 
 cli.add_command(keygen)
+cli.add_command(schedule)
 
 
 @cli.command()
@@ -188,6 +141,14 @@ cli.add_command(keygen)
 @click.option("--cwd", callback=check_cwd, help="Absolute working directory on the node.")
 @click.option("--idempotency-key", callback=check_name, help="Default: a fresh random key.")
 @click.option("--user", callback=check_user, help="Run as this user (if the agent allows it).")
+@click.option(
+    "--after",
+    type=JobIds(),
+    multiple=True,
+    callback=parent_list,
+    help="Run only after these jobs SUCCEEDED; if one ends otherwise, this one ends "
+    "CANCELED without running.",
+)
 @click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
 @json_option
 def submit(
@@ -202,6 +163,7 @@ def submit(
     cwd: str | None,
     idempotency_key: str | None,
     user: str | None,
+    after: list[str],
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -227,6 +189,8 @@ def submit(
         "idempotency_key": idempotency_key or str(uuid.uuid4()),
         "user": user,
     }
+    if after:  # left out otherwise: an agent older than the field refuses it
+        spec["after"] = after
     key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
     sign_spec(spec, key)
 
@@ -318,7 +282,7 @@ def logs(job: str, follow: bool) -> None:
             await JobFollower(client, job, write_chunk).run()
         elif not await dump_output(client, job, write_chunk):
             # The stream keeps output for a while only; the record keeps its tail.
-            write_chunk("stdout", str(record.get("output_tail") or ""))
+            write_bytes(tail.output_bytes(record))
         return 0
 
     run(work)
@@ -342,20 +306,6 @@ def leader(as_json: bool) -> None:
         return fmt.format_leader(found if isinstance(found, dict) else None)
 
     show("leader", None, as_json, render)
-
-
-def show(verb: str, body: Record | None, as_json: bool, render: Callable[[Record], str]) -> None:
-    """One request; its reply as JSON, or rendered for people."""
-
-    async def work(client: Client) -> int:
-        reply = await client.call(verb, body)
-        if as_json:
-            print_json(reply)
-        else:
-            click.echo(render(reply))
-        return 0
-
-    run(work)
 
 
 def _stdout_broken() -> bool:

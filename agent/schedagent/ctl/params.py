@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from schedagent.core.model import JOB_ID_RE
-from schedagent.core.spec import USER_RE
+from schedagent.core.spec import MAX_PARENTS, USER_RE
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     FloatParam = click.ParamType[float, Any]
     PairParam = click.ParamType[tuple[str, str], Any]
     StrParam = click.ParamType[str, Any]
+    IdsParam = click.ParamType[tuple[str, ...], Any]
 else:
-    FloatParam = PairParam = StrParam = click.ParamType
+    FloatParam = PairParam = StrParam = IdsParam = click.ParamType
 
 
 class PositiveNumber(FloatParam):
@@ -66,6 +67,31 @@ class JobId(StrParam):
         if not JOB_ID_RE.match(job):
             self.fail(f"{value!r} is not a job id (20 hex digits)", param, ctx)
         return job
+
+
+class JobIds(IdsParam):
+    """ID[,ID...]: job ids, comma-separated."""
+
+    name = "ID[,ID...]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        ids = tuple(part.strip().lower() for part in str(value).split(","))
+        for job in ids:
+            if not JOB_ID_RE.match(job):
+                self.fail(f"{job!r} is not a job id (20 hex digits)", param, ctx)
+        return ids
+
+
+def parent_list(ctx: click.Context, param: click.Parameter, value: Any) -> list[str]:
+    """Every --after, in the order given, each id once; at most MAX_PARENTS."""
+    ids = list(dict.fromkeys(job for group in value for job in group))
+    if len(ids) > MAX_PARENTS:
+        raise click.BadParameter(f"names {len(ids)} jobs; at most {MAX_PARENTS}")
+    return ids
 
 
 def check_cmd(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

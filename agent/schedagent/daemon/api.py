@@ -1,4 +1,4 @@
-"""The request/reply API that schedctl calls: submit(_many), get, list, cancel, nodes, leader."""
+"""The API schedctl calls: submit(_many), get, list, cancel, nodes, leader, and schedule_*."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ import nats.errors
 
 from schedagent.config import AgentConfig
 from schedagent.core import transitions, wire
+from schedagent.core.deps import waits_for_parents
 from schedagent.core.model import JOB_ID_RE, JobSpec, JobState, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.core.placement import NodeView, unplaceable_reason
 from schedagent.core.spec import parse_spec
+from schedagent.daemon import parents
 from schedagent.daemon.gate import Gate, Refused, audit
+from schedagent.daemon.schedapi import ScheduleApi
 from schedagent.daemon.submit import SubmitMany
 from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
 from schedagent.etcd.election import Election
@@ -57,6 +60,7 @@ class Api:
             "nodes": self.nodes,
             "leader": self.leader,
         }
+        self.handlers.update(ScheduleApi(config, self.gate, jobs, bus).handlers())
         self._sub: Any = None
         self.limiter = RateLimiter()
 
@@ -111,6 +115,9 @@ class Api:
 
     async def submit(self, req: dict[str, Any]) -> dict[str, Any]:
         spec, signer = self._checked_spec(req.get("spec"))
+        (unknown,) = await parents.unknown_parents(self.jobs, [spec])
+        if unknown is not None:
+            raise SpecError(unknown)
         job, created = await self.jobs.create(spec)
         if created:
             log.info("job %s submitted: %s", job.id, spec.cmd[:200], extra={"job_id": job.id})
@@ -147,7 +154,9 @@ class Api:
     async def get(self, req: dict[str, Any]) -> dict[str, Any]:
         job, _ = await self.jobs.get(_job_id(req))
         reason = None
-        if job.state == JobState.PENDING:
+        if waits_for_parents(job):
+            reason = await parents.waiting_reason(self.jobs, job.spec.after)
+        if job.state == JobState.PENDING and reason is None:
             reason = await self._pending_reason(job.spec, job.not_before)
         return {"job": job.to_dict(), "pending_reason": reason}
 

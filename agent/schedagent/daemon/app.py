@@ -20,6 +20,7 @@ from schedagent.daemon.registry import Registry
 from schedagent.daemon.reload import Reloader
 from schedagent.daemon.retention import Retention
 from schedagent.daemon.scheduler import Scheduler
+from schedagent.daemon.schedules import ScheduleLoop
 from schedagent.daemon.worker import Worker
 from schedagent.errors import StoreUnavailableError
 from schedagent.etcd.election import Election
@@ -195,11 +196,15 @@ async def _serve(
         beat = asyncio.create_task(leader_beat.beat(token), name="leader-heartbeat")
         retention = Retention(lambda: config.jobs, jobs, fence)
         sweeper = asyncio.create_task(retention.run(), name="retention")
+        # Its fenced writes fail once another agent leads; the scheduler notices too.
+        slots = asyncio.create_task(ScheduleLoop(keys, jobs, bus, fence).run(), name="schedules")
         try:
             suspects = functools.partial(leader_beat.suspects, config.node_ttl + 1.0)
-            await Scheduler(config, store, keys, jobs, bus, fence, suspects).run()
+            await _lead_until_either_ends(
+                Scheduler(config, store, keys, jobs, bus, fence, suspects).run(), slots
+            )
         finally:
-            await cancel_and_wait(beat, sweeper)
+            await cancel_and_wait(beat, sweeper, slots)
 
     async def republish() -> None:
         # New labels and CPUs show at once; if etcd is away, registry.run retries anyway.
@@ -242,6 +247,18 @@ async def _serve(
         await api.stop()
     log.info("stopped: %d finished, %d handed back", worker.finished, worker.handed_back)
     return 0
+
+
+async def _lead_until_either_ends(scheduler: Awaitable[None], slots: asyncio.Task[None]) -> None:
+    """Run the scheduler until it or the schedule loop ends; a loop that failed (fenced,
+    etcd away) ends the leadership too, with its error, so the election stands again."""
+    placing = asyncio.ensure_future(scheduler)
+    await asyncio.wait({placing, slots}, return_when=asyncio.FIRST_COMPLETED)
+    if not placing.done():
+        await cancel_and_wait(placing)
+        slots.result()  # raises what ended the loop
+        return
+    placing.result()
 
 
 def _describer(

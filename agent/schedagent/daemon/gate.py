@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from schedagent.config import SecurityConfig
 from schedagent.core.model import Job, JobSpec
 from schedagent.core.names import Keys
+from schedagent.core.schedrun import verify_run
+from schedagent.core.schedule import Schedule
 from schedagent.core.signing import (
     Signature,
     SignatureRejected,
@@ -22,6 +24,8 @@ from schedagent.core.signing import (
     parse_public,
     verify,
     verify_cancel,
+    verify_schedule,
+    verify_schedule_action,
 )
 from schedagent.errors import SchedagentError
 from schedagent.etcd.store import Absent, Compare, Op, Put, Store, ValueIs
@@ -96,6 +100,36 @@ class Gate:
         except SignatureRejected as exc:
             raise Refused(f"signature rejected: {exc}") from None
 
+    def check_schedule(self, schedule: Schedule) -> str:
+        """The key id that signed the schedule; Refused if it is not signed by a trusted key
+        (schedules are always signed: a schedule runs commands unattended, for long)."""
+        try:
+            return verify_schedule(
+                schedule.definition.to_dict(), schedule.signature, self.trusted()
+            )
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+
+    def check_schedule_action(
+        self, action: str, schedule: Schedule, raw_signature: object, now: float
+    ) -> tuple[str, Signature]:
+        """The key id and signature of a pause, resume, delete or run of this schedule."""
+        try:
+            signature = None if raw_signature is None else Signature.from_dict(raw_signature)
+            key = verify_schedule_action(
+                action,
+                schedule.name,
+                schedule.signature.value,
+                signature,
+                self.trusted(),
+                self.security().signature_max_age,
+                now,
+            )
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+        assert signature is not None
+        return key, signature
+
     def check_user(self, job: Job) -> None:
         user = job.spec.user
         if user is None:
@@ -109,14 +143,16 @@ class Gate:
         if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != user:
             raise Refused(f"run-as refused: the agent cannot switch to {user!r} (not root)")
 
-    def check(self, job: Job, now: float) -> str | None:
-        """Raise Refused, or return the key id that signed the job. Its nonce is not
-        claimed here: the worker claims it in its start's transaction (nonce_claim)."""
+    def check(self, job: Job, now: float) -> Admission:
+        """Raise Refused, or say who signed the job and which nonce it must claim. The
+        nonce is not claimed here: the worker claims it in its start's transaction."""
+        if job.spec.schedule is not None:
+            return self._check_run(job, now)
         signer = self.check_signature(job.spec, now, max_age=float("inf"))
         self.check_user(job)
         signature = job.spec.signature
         if signature is None:
-            return signer
+            return Admission(signer)
         # Only the first start must be fresh; a later attempt (a retry, a hand-back) may
         # come long after, when the nonce's lease may have expired, so the record says
         # which start this is, not the nonce claim.
@@ -124,12 +160,26 @@ class Gate:
         signed_at = float(signature["signed_at"])
         if not started_fresh(job, signed_at, max_age) and now - signed_at > max_age:
             raise Refused("signature rejected: signed too long before its first start")
-        return signer
+        nonce = self.keys.nonce(str(signature["nonce"]))
+        return Admission(
+            signer, nonce, "signature rejected: replayed (its nonce belongs to another job)"
+        )
 
-    def nonce_key(self, job: Job) -> str | None:
-        """Where the job's signature nonce is claimed (None: an unsigned job)."""
-        signature = job.spec.signature
-        return None if signature is None else self.keys.nonce(str(signature["nonce"]))
+    def _check_run(self, job: Job, now: float) -> Admission:
+        """A schedule's run: exactly the signed schedule's job, of a slot it has (or a
+        signed run request), first started within the max age of its slot (or request)."""
+        try:
+            check = verify_run(job.id, job.spec, self.trusted())
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+        self.check_user(job)
+        max_age = self.security().signature_max_age
+        if not started_fresh(job, check.fresh_from, max_age) and now - check.fresh_from > max_age:
+            raise Refused("signature rejected: its slot came too long before its first start")
+        if check.nonce is None:
+            return Admission(check.key_id)
+        replayed = "signature rejected: replayed (its run request belongs to another job)"
+        return Admission(check.key_id, self.keys.nonce(check.nonce), replayed)
 
     async def nonce_claim(self, key: str, job_id: str, held: bool) -> Claim:
         """The compare and ops that make the nonce at key this job's in a transaction:
@@ -147,6 +197,16 @@ class Gate:
             self._lease = await self.store.grant_lease(ttl)
             self._lease_until = now + NONCE_LEASE_SLACK
         return self._lease
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """What the gate let through: who signed it (None: unsigned, where allowed), the
+    nonce key its start must claim (None: none), and the refusal if another job has it."""
+
+    signer: str | None
+    nonce: str | None = None
+    replayed: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,20 +12,17 @@ import nats.js.errors
 
 from schedagent.core import transitions, wire
 from schedagent.core.model import Job, JobState
+from schedagent.daemon.strays import Records, StrayKiller
 from schedagent.daemon.worker import Worker
-from schedagent.errors import NotFoundError, StoreUnavailableError, WireError
+from schedagent.errors import StoreUnavailableError, WireError
 from schedagent.etcd.session import Session
-from schedagent.host import jobprocs
 from schedagent.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 INTERVAL = 5.0  # between passes when nothing happens
 RETRY_DELAY = 1.0  # after a pass etcd did not answer: the first one after it is back
-FOREIGN_REMEMBERED = 10000
 NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
-
-Records = dict[str, tuple[Job, int]]
 
 
 class Reconciler:
@@ -35,7 +32,8 @@ class Reconciler:
       for, is killed (control messages bring cancels at once; a pass catches lost ones);
     - a RUNNING record of this node that it does not run is closed (handed back if it
       never started here), with a write compared at the revision read;
-    - a process on this host of an attempt this node no longer runs is killed.
+    - a process on this host of an attempt this node no longer runs is killed
+      (daemon/strays.py: the process table is read only when one may exist).
 
     A pass runs every INTERVAL, and at once after NATS reconnects (streams made again
     first) or the etcd lease is replaced; after a pass etcd refused, within RETRY_DELAY.
@@ -47,7 +45,7 @@ class Reconciler:
         self.node = worker.node
         self.jobs = worker.jobs
         self.bus = worker.bus
-        self._foreign: set[tuple[str, int]] = set()  # attempts found not to be ours
+        self.strays = StrayKiller(worker)
         self._streams_due = False
 
     async def run(self) -> None:
@@ -115,7 +113,7 @@ class Reconciler:
         mark = self.worker.starts
         records = {job.id: (job, rev) for job, rev in await self.jobs.on_node(self.node)}
         self._stop_attempts_not_ours(records, mark)
-        await self._kill_strays(records)
+        await self.strays.run(records)
         for job, revision in records.values():
             if job.state == JobState.RUNNING and not self._runs(job.id):
                 await self._close_orphan(job, revision)
@@ -136,44 +134,6 @@ class Reconciler:
                 self.worker.stop_attempt(running.job_id, running.attempt, why)
             elif job is not None and job.cancel_requested:
                 self.worker.stop_attempt(running.job_id, running.attempt, "cancel requested")
-
-    async def _kill_strays(self, records: Records) -> None:
-        """Kill processes of attempts this node ran and runs no more: left by an earlier
-        incarnation of the agent (outside systemd), or escaped from a finished job."""
-        found = await asyncio.to_thread(jobprocs.job_attempts)
-        for (job_id, attempt), processes in found.items():
-            running = self.worker.running.get(job_id)
-            if running is not None and running.attempt == attempt and not running.ended:
-                continue
-            if job_id in self.worker.starting or not await self._was_ours(job_id, attempt, records):
-                continue
-            killed = jobprocs.kill(processes)
-            if killed:
-                log.warning(
-                    "job %s attempt %d: killed %d process(es) this node no longer runs",
-                    job_id,
-                    attempt,
-                    killed,
-                    extra={"job_id": job_id, "attempt": attempt},
-                )
-
-    async def _was_ours(self, job_id: str, attempt: int, records: Records) -> bool:
-        """Whether this cluster's record puts that attempt on this node. A process of
-        a job the record does not know (another cluster's on a shared host) is left be."""
-        if (job_id, attempt) in self._foreign:
-            return False
-        job = records.get(job_id, (None, 0))[0]
-        if job is None:
-            try:
-                job, _ = await self.jobs.get(job_id)
-            except NotFoundError:
-                job = None
-        ours = job is not None and any(a.n == attempt and a.node == self.node for a in job.attempts)
-        if not ours:
-            if len(self._foreign) >= FOREIGN_REMEMBERED:
-                self._foreign.clear()
-            self._foreign.add((job_id, attempt))
-        return ours
 
     async def _close_orphan(self, job: Job, revision: int) -> None:
         worker = self.worker

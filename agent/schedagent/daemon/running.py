@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+from schedagent.core import tail
 from schedagent.core.model import Job
 
 
@@ -39,5 +40,6 @@ class OutputTail:
         if len(self.data) > self.limit:
             del self.data[: len(self.data) - self.limit]
 
-    def text(self) -> str:
-        return self.data.decode(errors="replace")
+    def kept(self) -> tail.Tail:
+        """What the record keeps: at most `limit` bytes of JSON, binary output included."""
+        return tail.keep(bytes(self.data), self.limit)

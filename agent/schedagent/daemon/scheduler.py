@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from schedagent.config import AgentConfig
 from schedagent.core import fencing, transitions
 from schedagent.core.leaderview import Decision, LeaderView
-from schedagent.core.model import Job, NodeRecord
+from schedagent.core.model import Job, JobState, NodeRecord
 from schedagent.core.names import Keys
-from schedagent.errors import FencedError
+from schedagent.errors import FencedError, NotFoundError
 from schedagent.etcd.jobstore import JobStore, decode_job, decode_node
 from schedagent.etcd.mirror import Entry, Mirror
 from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Store
@@ -29,6 +29,8 @@ IDLE_WAKEUP = 5.0
 # etcd allows 128 operations per transaction by default (--max-txn-ops).
 PLACE_BATCH = 64
 MIN_WAKEUP = 0.01
+# Parents read from etcd at once when the view asks for their end.
+PARENT_READS = 64
 
 
 class Scheduler:
@@ -52,7 +54,7 @@ class Scheduler:
         self.fence = list(fence)
         backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
         grace = fencing.lost_grace(config.node_ttl)
-        self.view = LeaderView(config.jobs.dispatch_timeout, backoff, grace)
+        self.view = LeaderView(config.jobs.dispatch_timeout, backoff, grace, keys.job)
         self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
         # Keys changed since the last pass; the view takes them in at the pass's start,
@@ -94,6 +96,7 @@ class Scheduler:
         self.node_view.changed.clear()
         now = time.time()
         self._take_changes(now)
+        await self._follow_parents(now)
         await self._recover_lost(now)
         await self._redispatch(now)
         await self._place(now)
@@ -135,6 +138,31 @@ class Scheduler:
                 self.view.set_job(key, None, 0, now)
             else:
                 self.view.set_job(key, entry.value, entry.mod_revision, now)
+
+    async def _follow_parents(self, now: float) -> None:
+        """Tell the view how the parents it cannot see ended, then end the children
+        whose parent did not succeed (fenced, like every leader write)."""
+        lookups = self.view.parent_lookups()
+        for start in range(0, len(lookups), PARENT_READS):
+            chunk = lookups[start : start + PARENT_READS]
+            ends = await asyncio.gather(*(self._parent_end(job_id) for job_id in chunk))
+            for job_id, (final, state) in zip(chunk, ends, strict=True):
+                if final:
+                    self.view.parent_ended(job_id, state, now)
+        for decision in self.view.unrun_ends():
+            if await self._write(decision):
+                log.info("job %s: %s", decision.job.id, decision.reason)
+            else:
+                self.view.forget(decision.key)
+
+    async def _parent_end(self, job_id: str) -> tuple[bool, JobState | None]:
+        """(True, its final state) or (True, None) if it has no record; (False, None)
+        if it is live (the watch brings it to the view)."""
+        try:
+            job, _ = await self.jobs.get(job_id)
+        except NotFoundError:
+            return True, None
+        return (True, job.state) if job.state.final else (False, None)
 
     async def _recover_lost(self, now: float) -> None:
         # The grace is timed on the monotonic clock: a step of the wall clock must not

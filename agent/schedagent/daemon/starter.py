@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from schedagent.core import transitions, wire
 from schedagent.core.model import Job
-from schedagent.daemon.gate import Claim, Gate, Refused
+from schedagent.daemon.gate import Admission, Claim, Gate, Refused
 from schedagent.errors import NotFoundError
 from schedagent.etcd.batcher import TxnBatcher
 from schedagent.etcd.jobstore import JobStore
@@ -90,7 +90,7 @@ class Starter:
                 seen = await self._read(dispatch.job)  # the dispatch says otherwise: look
                 continue
             try:
-                signer = self.gate.check(seen.job, now)
+                admission = self.gate.check(seen.job, now)
             except Refused as exc:
                 if seen.raw is not None:  # judged on what etcd holds, not on a dispatch
                     seen = await self._read(dispatch.job)
@@ -98,7 +98,7 @@ class Starter:
                 return Refusal(seen.job, str(exc))
             job = seen.job
             try:
-                outcome, seen, held = await self._try(seen, started, signer, held)
+                outcome, seen, held = await self._try(seen, started, admission, held)
             except Refused as exc:
                 return Refusal(job, str(exc))
             if outcome is not None:
@@ -106,13 +106,12 @@ class Starter:
         return Busy()
 
     async def _try(
-        self, seen: Seen, started: Job, signer: str | None, held: bool | None
+        self, seen: Seen, started: Job, admission: Admission, held: bool | None
     ) -> tuple[Started | None, Seen | None, bool | None]:
         """One start transaction of the record seen, as started: (Started, ...) or
         (None, the version to try next, whether the nonce is ours). Refused if the
         record is as seen and its nonce another job's."""
-        job = seen.job
-        nonce = self.gate.nonce_key(job)
+        job, nonce = seen.job, admission.nonce
         claim = Claim([], [])
         if nonce is not None:
             ours = _earlier_start(job) if held is None else held
@@ -124,12 +123,12 @@ class Starter:
         item = self.jobs.guarded(started, seen.revision, compares, claim.ops, reads)
         written, found = await self.batcher.run(item)
         if written:
-            return Started(started, written, signer), None, None
+            return Started(started, written, admission.signer), None, None
         if not _unchanged(found[0], seen):
             now = self.jobs.found(found)
             return None, None if now is None else Seen(*now), None
         # The record is as seen: the nonce is what failed its compare.
-        return None, seen, _nonce_is_ours(found[-1], job)
+        return None, seen, _nonce_is_ours(found[-1], job, admission.replayed)
 
     async def _read(self, job_id: str) -> Seen | None:
         try:
@@ -161,13 +160,13 @@ def _unchanged(live: KV | None, seen: Seen) -> bool:
     return seen.raw is None or live.value == seen.raw
 
 
-def _nonce_is_ours(held: KV | None, job: Job) -> bool:
+def _nonce_is_ours(held: KV | None, job: Job, replayed: str) -> bool:
     """Whether the nonce is this job's (False: free to claim); Refused if another's."""
     if held is None:
         return False  # never claimed, or its lease expired: claim it anew
     if held.value == job.id.encode():
         return True
-    raise Refused("signature rejected: replayed (its nonce belongs to another job)")
+    raise Refused(replayed)
 
 
 def _earlier_start(job: Job) -> bool:

@@ -291,7 +291,7 @@ class Worker:
                 if j.attempt != attempt:
                     return None
                 return transitions.lose(j, self.node, running.interrupted, self.backoff, now)
-            return transitions.finish(j, self.node, attempt, outcome, tail.text(), self.backoff)
+            return transitions.finish(j, self.node, attempt, outcome, tail.kept(), self.backoff)
 
         stored, changed = await self._write_end(job.id, running, mutate)
         if stored is None or not changed:

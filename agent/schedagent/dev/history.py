@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Sequence
 
+from schedagent.core import tail
 from schedagent.core.model import Attempt, Job, JobState, new_job_id
 from schedagent.core.spec import parse_spec
 from schedagent.etcd.store import Op, Put, Store
@@ -18,7 +19,7 @@ TXN_OPS = 100
 
 def finished_record(submitted: float, node: str, tail_bytes: int = 4096) -> Job:
     """A SUCCEEDED `head -c N /dev/urandom` as the worker records it: its output tail is
-    random bytes decoded with replacement, as binary output is kept."""
+    the end of N random bytes, base64, bounded as the worker bounds it."""
     spec = parse_spec({"cmd": f"head -c {tail_bytes} /dev/urandom"})
     ended = submitted + 0.05
     attempt = Attempt(n=1, node=node, assigned_at=submitted, started_at=submitted)
@@ -26,7 +27,8 @@ def finished_record(submitted: float, node: str, tail_bytes: int = 4096) -> Job:
     attempt.reason = "exit code 0"
     job = Job(id=new_job_id(submitted), spec=spec, state=JobState.SUCCEEDED, submitted_at=submitted)
     job.node, job.exit_code, job.reason = node, 0, "exit code 0"
-    job.output_tail = os.urandom(tail_bytes).decode(errors="replace")
+    kept = tail.keep(os.urandom(tail_bytes), tail_bytes)
+    job.output_tail, job.output_tail_base64 = kept.text, kept.base64
     job.updated_at = ended
     job.attempts = [attempt]
     return job

@@ -1,0 +1,173 @@
+"""The leader's schedule loop: fires each slot of each schedule once, fenced, across failovers.
+
+Runs only while this agent leads, beside the scheduler. For each schedule it reads the
+state record, asks core/schedplan.py for the next step and writes it in one fenced
+transaction with the slot's job (etcd/schedstore.py); the job's id comes from
+(schedule, slot), so a new leader, a retried write or two leaders for a moment can
+never make a second job for one slot. A new leader's `led_since` is when its loop
+started: slots that came due before it came while nobody led, and catch-up decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+from schedagent.core import schedplan, transitions, wire
+from schedagent.core.model import Job, JobState
+from schedagent.core.names import Keys
+from schedagent.core.schedplan import Fire, ScheduleState, Skip, Step
+from schedagent.core.schedule import Schedule
+from schedagent.errors import FencedError, NotFoundError, StoreUnavailableError
+from schedagent.etcd.jobstore import JobStore
+from schedagent.etcd.mirror import Entry, Mirror
+from schedagent.etcd.schedstore import ScheduleStore, decode_schedule
+from schedagent.etcd.store import KV, Compare
+from schedagent.nats.bus import Bus
+
+log = logging.getLogger(__name__)
+
+IDLE_WAKEUP = 5.0
+RETRY_DELAY = 1.0
+STEPS_PER_PASS = 64  # one schedule far behind does not hold up the others
+
+
+class ScheduleLoop:
+    def __init__(self, keys: Keys, jobs: JobStore, bus: Bus, fence: Sequence[Compare]) -> None:
+        self.jobs = jobs
+        self.bus = bus
+        self.fence = list(fence)
+        self.schedules = ScheduleStore(jobs.store, keys)
+        self.view: Mirror[Schedule] = Mirror(jobs.store, keys.schedules, _decode)
+        self.led_since = time.time()
+        # key -> (the schedule's mod revision, when its next slot is due)
+        self.due: dict[str, tuple[int, float]] = {}
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.view.run())
+            await self.view.synced.wait()
+            while True:
+                self.view.changed.clear()
+                wake_in = await self.run_pass()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.view.changed.wait(), wake_in)
+
+    async def run_pass(self) -> float:
+        """Advance every schedule whose next slot is due; seconds until one is."""
+        now = time.time()
+        items = dict(self.view.items)
+        for key in set(self.due) - set(items):
+            del self.due[key]
+        for key, entry in items.items():
+            cached = self.due.get(key)
+            if cached is None or cached[0] != entry.mod_revision or cached[1] <= now:
+                self.due[key] = (entry.mod_revision, await self._advance_safely(entry))
+        soonest = min((due for _, due in self.due.values()), default=now + IDLE_WAKEUP)
+        return min(max(soonest - time.time(), 0.01), IDLE_WAKEUP)
+
+    async def _advance_safely(self, entry: Entry[Schedule]) -> float:
+        try:
+            return await self.advance(entry.value, entry.mod_revision)
+        except StoreUnavailableError as exc:
+            log.warning("schedule %s: cannot advance now: %s", entry.value.name, exc)
+            return time.time() + RETRY_DELAY
+
+    async def advance(self, schedule: Schedule, read_at: int) -> float:
+        """Take the schedule's due steps; when to look again."""
+        for _ in range(STEPS_PER_PASS):
+            stored, state_revision = await self.schedules.state(schedule.name)
+            state = schedplan.state_for(schedule, stored)
+            live = await self.schedules.live(state.live) if state.live else set()
+            step = schedplan.decide(schedule, state, time.time(), self.led_since, live)
+            if step is None:
+                return schedplan.next_due(schedule, state)
+            if not await self._apply(schedule, read_at, (state, state_revision), step, live):
+                return time.time()  # the schedule changed meanwhile: its new version next
+        return time.time()
+
+    async def _apply(
+        self,
+        schedule: Schedule,
+        read_at: int,
+        state: tuple[ScheduleState, int],
+        step: Step,
+        live: set[str],
+    ) -> bool:
+        """Write one step; False if the schedule or its state changed under it."""
+        current, revision = state
+        job = None
+        if isinstance(step, Fire):
+            for job_id in step.cancel:
+                await self._cancel(job_id, schedule.name)
+            job = _slot_job(schedule, step.slot)
+        new = schedplan.record(current, step, live, None if job is None else job.id)
+        where = (schedule.name, read_at)
+        if await self.schedules.step(where, (new, revision), job, self.fence):
+            _log_step(schedule, step, job)
+            if job is not None:
+                await self.bus.publish_event(job)
+            return True
+        if not await self.jobs.fence_holds(self.fence):
+            raise FencedError("the election key changed: another agent leads now")
+        if job is not None and await self._exists(job.id):
+            # The slot has its job (a write whose answer was lost, state from an older
+            # version): record the step without making a second one.
+            return await self.schedules.step(where, (new, revision), None, self.fence)
+        return False
+
+    async def _exists(self, job_id: str) -> bool:
+        try:
+            await self.jobs.get(job_id)
+        except NotFoundError:
+            return False
+        return True
+
+    async def _cancel(self, job_id: str, name: str) -> None:
+        """Cancel an earlier run (concurrency replace), fenced, as `schedctl cancel` does."""
+        try:
+            job, changed = await self.jobs.update(
+                job_id, lambda j: transitions.cancel(j, time.time()), self.fence
+            )
+        except NotFoundError:
+            return
+        if not changed:
+            return
+        log.info("schedule %s: canceled run %s (replace)", name, job_id, extra={"job_id": job_id})
+        await self.bus.publish_event(job)
+        if job.state == JobState.RUNNING and job.node is not None:
+            body = wire.cancel(job.id, job.attempt)
+            await self.bus.publish(self.bus.subjects.control(job.node), body)
+
+
+def _slot_job(schedule: Schedule, slot: int) -> Job:
+    now = time.time()
+    spec = schedule.slot_spec(slot)
+    job_id = schedule.slot_job_id(slot)
+    return Job(id=job_id, spec=spec, state=JobState.PENDING, submitted_at=now, updated_at=now)
+
+
+def _log_step(schedule: Schedule, step: Step, job: Job | None) -> None:
+    if isinstance(step, Skip):
+        log.info(
+            "schedule %s: slots %d..%d skipped: %s",
+            schedule.name,
+            step.first,
+            step.last,
+            step.reason,
+        )
+    elif job is not None:
+        log.info(
+            "schedule %s: slot %d fired: job %s",
+            schedule.name,
+            step.slot,
+            job.id,
+            extra={"job_id": job.id},
+        )
+
+
+def _decode(key: str, raw: bytes) -> Schedule | None:
+    return decode_schedule(KV(key, raw, 0, 0, 0))

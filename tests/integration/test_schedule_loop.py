@@ -1,0 +1,67 @@
+"""Two leaders for a moment: two schedule loops fire the same slots on a real etcd.
+
+Each slot must get one job, written once (its create revision is its mod revision: no
+loop wrote over another's job), and the state must record each slot once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from schedagent.core.model import Job
+from schedagent.core.names import Keys
+from schedagent.core.schedule import Schedule, parse_definition
+from schedagent.core.signing import SigningKey
+from schedagent.daemon.schedules import ScheduleLoop
+from schedagent.etcd.jobstore import JobStore
+from schedagent.etcd.schedstore import ScheduleStore
+from schedagent.etcd.store import Store
+
+KEYS = Keys("/schedagent")
+
+
+class QuietBus:
+    """The loop's bus, with nobody listening: events are not what this test is about."""
+
+    async def publish_event(self, job: Job) -> None:
+        return None
+
+
+async def test_two_loops_at_once_make_one_job_per_slot(etcd_server: Any) -> None:
+    stores = [Store([etcd_server.url]) for _ in range(2)]
+    for store in stores:
+        await store.connect()
+    try:
+        key = SigningKey.generate()
+        definition = parse_definition(
+            {
+                "name": "twice",
+                "every": 1,
+                "job": {"cmd": "true"},
+                "catch_up": "all",
+                "concurrency": "allow",
+            }
+        )
+        signed_at = time.time() - 30  # thirty missed slots for both loops to catch up
+        schedule = Schedule(definition, key.sign_schedule(definition.to_dict(), now=signed_at))
+        assert await ScheduleStore(stores[0], KEYS).create(schedule)
+        read_at = (await stores[0].get(KEYS.schedule("twice"))).mod_revision  # type: ignore[union-attr]
+        loops = [ScheduleLoop(KEYS, JobStore(s, KEYS), QuietBus(), []) for s in stores]  # type: ignore[arg-type]
+        for loop in loops:
+            loop.led_since = time.time()
+        await asyncio.gather(*(loop.advance(schedule, read_at) for loop in loops))
+        jobs, _ = await stores[0].get_prefix(KEYS.jobs)
+        slots = [int(kv.key[-20:][:12], 16) // 1000 for kv in jobs]
+        assert len(slots) == len(set(slots)) >= 29
+        overwritten = [kv.key for kv in jobs if kv.create_revision != kv.mod_revision]
+        assert not overwritten, f"jobs written twice: {overwritten}"
+        state, _ = await ScheduleStore(stores[0], KEYS).state("twice")
+        assert state is not None
+        recorded = [e["slot"] for e in state.recent]
+        assert len(recorded) == len(set(recorded)), recorded
+        assert sorted(recorded) == sorted(slots)[-len(recorded) :]
+    finally:
+        for store in stores:
+            await store.close()

