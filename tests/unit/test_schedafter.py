@@ -71,9 +71,7 @@ def fired_until(s: Schedule, now: float, skip: tuple[int, ...] = ()) -> Schedule
     """The parent's state after its steps until now: slots in `skip` skipped (paused)."""
     state = initial_state(s)
     for slot in s.definition.slots().between(state.last_slot, int(now), 100):
-        step: schedplan.Step = (
-            Skip(slot, slot, 1, schedplan.PAUSED) if slot in skip else Fire(slot)
-        )
+        step: schedplan.Step = Skip(slot, slot, 1, schedplan.PAUSED) if slot in skip else Fire(slot)
         state = record(state, step, set(), None if slot in skip else f"job-{slot}")
     return state
 

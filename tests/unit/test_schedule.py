@@ -153,7 +153,7 @@ def test_a_child_run_waits_for_exactly_its_signed_parents_runs_of_the_slot() -> 
         with pytest.raises(SignatureRejected, match="the run's after is not the runs"):
             check(child, slot, after=after)
     # A schedule without parents: its runs wait for nothing.
-    with pytest.raises(SignatureRejected, match="after is not the runs of slot .* no schedule"):
+    with pytest.raises(SignatureRejected, match=r"after is not the runs of slot .* no schedule"):
         check(make(), slot, after=(slot_job_id("extract", slot),))
     # Signed parents cannot be changed after signing.
     forged = dataclasses.replace(
