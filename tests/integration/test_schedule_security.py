@@ -20,13 +20,12 @@ import msgspec
 import pytest
 
 from apiclient import ApiClient
-from schedagent.core.model import Attempt, Job, JobSpec, JobState, new_job_id
-from schedagent.core.names import Keys
+from schedagent.core.model import JobSpec, new_job_id
 from schedagent.core.schedule import Schedule, parse_definition
 from schedagent.core.signing import SigningKey
 from schedagent.dev.cluster import LocalCluster, harness_key
-from schedagent.etcd.store import Put, Store
-from schedhelp import action, create
+from schedagent.etcd.store import Store
+from schedhelp import action, create, inject
 
 STRANGER = SigningKey.generate()
 
@@ -56,23 +55,6 @@ async def paused_schedule(api: ApiClient, name: str, cmd: str) -> Schedule:
     record = await create(api, name, cmd, every=60)
     await action(api, "pause", name)
     return Schedule.from_dict(record)
-
-
-async def inject(store: Store, api: ApiClient, job_id: str, spec: JobSpec) -> str:
-    """Write an ASSIGNED record and dispatch it, as a compromised leader could."""
-    now = time.time()
-    job = Job(
-        id=job_id,
-        spec=spec,
-        state=JobState.ASSIGNED,
-        submitted_at=now,
-        node="node1",
-        attempts=[Attempt(n=1, node="node1", assigned_at=now)],
-    )
-    await store.txn([], [Put(Keys("/schedagent").job(job.id), job.to_json())])
-    body = json.dumps({"v": 1, "job": job.id, "attempt": 1}).encode()
-    await api.nc.jetstream().publish("sched.dispatch.node1", body)
-    return job.id
 
 
 def next_slot(schedule: Schedule) -> int:
@@ -180,9 +162,10 @@ async def test_schedules_and_their_actions_must_be_signed(
     job = await api.wait_for(first["job"]["id"], deadline=20)
     assert job["state"] == "SUCCEEDED" and ran.exists(), job
     logs = "".join(agent.log_tail(600) for agent in cluster.agents.values())
-    assert f"audit schedule-pause job actions key {STRANGER.key_id}: signature rejected" in logs
-    assert "audit schedule-create job unsigned key" in logs
-    assert f"audit schedule-run job actions key {api.key.key_id}: job {job['id']}" in logs
+    refused = f"audit schedule-pause schedule actions key {STRANGER.key_id}: signature rejected"
+    assert refused in logs
+    assert "audit schedule-create schedule unsigned key" in logs
+    assert f"audit schedule-run schedule actions key {api.key.key_id}: job {job['id']}" in logs
 
 
 def schedctl(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from schedagent.core.signing import SigningKey
 from schedagent.ctl.main import cli
+from schedagent.ctl.schedules import ScheduleNames, schedule_list
 
 
 @pytest.fixture
@@ -35,6 +36,8 @@ def key(tmp_path: Path) -> str:
         (["--cmd", "true", "--every", "5m", "--splay", "-3"], "is not a duration"),
         (["--cmd", "", "--every", "5m"], "non-empty command"),
         (["--every", "5m"], "Missing option '--cmd'"),
+        (["--cmd", "true", "--every", "5m", "--after", "a,no spaces"], "is not a schedule name"),
+        (["--cmd", "true", "--every", "5m", "--after", "nightly"], "cannot wait for itself"),
     ],
 )
 def test_bad_create_arguments_exit_2_saying_why(key: str, args: list[str], why: str) -> None:
@@ -55,3 +58,9 @@ def test_a_bad_name_and_a_missing_key_exit_2(
     if Path("/etc/schedctl/operator.key").exists():
         pytest.skip("this host has an operator key in /etc/schedctl")
     assert result.exit_code == 2 and "schedules are always signed" in result.output
+
+
+def test_after_takes_comma_separated_schedules_in_the_order_given() -> None:
+    names = ScheduleNames().convert("extract, load", None, None)
+    assert names == ("extract", "load")
+    assert schedule_list(None, None, [names, ("load", "report")]) == ["extract", "load", "report"]  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import pytest
 from schedagent.core.schedrun import verify_run
 from schedagent.core.schedule import Schedule, parse_definition
 from schedagent.core.signing import SignatureRejected, SigningKey
+from schedagent.core.slots import slot_job_id
 from schedagent.errors import ScheduleError
 
 KEY, OTHER = SigningKey.generate(), SigningKey.generate()
@@ -41,7 +42,15 @@ def make(key: SigningKey = KEY, **fields: Any) -> Schedule:
         ({"name": "a", "every": 5, "job": {"cmd": "x"}, "catch_up": "some"}, "catch_up"),
         ({"name": "a", "every": 5, "job": {"cmd": "x"}, "catch_up_window": 0}, "window"),
         ({"name": "a", "every": 5, "job": {"cmd": "x"}, "splay": -1}, "splay"),
-        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "after": "b"}, "unknown"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "after": "b"}, "list of schedule"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "after": ["b c"]}, "not a schedule name"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "after": ["a"]}, "wait for itself"),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "after": ["b", "b"]}, "more than once"),
+        (
+            {"name": "a", "every": 5, "job": {"cmd": "x"}, "after": [f"p{i}" for i in range(65)]},
+            "at most 64",
+        ),
+        ({"name": "a", "every": 5, "job": {"cmd": "x"}, "before": ["b"]}, "unknown"),
     ],
 )
 def test_a_bad_definition_says_what_is_wrong(raw: dict[str, Any], why: str) -> None:
@@ -105,3 +114,57 @@ def test_a_run_outside_the_schedule_needs_a_signed_request_for_this_version() ->
     pause = KEY.sign_schedule_action("pause", "backup", schedule.signature.value)
     with pytest.raises(SignatureRejected, match="does not match"):
         verify_run("0" * 20, schedule.slot_spec(None, pause), TRUSTED)
+
+
+def test_a_definition_without_after_signs_as_before_the_field_existed() -> None:
+    # What schedctl signed before `after` existed: the definition without the key.
+    old = {
+        "name": "backup",
+        "job": parse_definition({"name": "x", "every": 1, "job": {"cmd": "true"}}).job,
+        "cron": None,
+        "tz": "UTC",
+        "every": 60,
+        "concurrency": "forbid",
+        "catch_up": "one",
+        "catch_up_window": 3600.0,
+        "splay": 0.0,
+    }
+    signature = KEY.sign_schedule(old, now=START)
+    schedule = Schedule.from_dict({"definition": old, "signature": signature.to_dict()})
+    assert "after" not in schedule.definition.to_dict()
+    check(schedule, START + 60)
+    assert schedule.slot_spec(START + 60).after == ()
+
+
+def test_a_child_run_waits_for_exactly_its_signed_parents_runs_of_the_slot() -> None:
+    child = make(after=["extract", "load"])
+    slot = START + 60
+    spec = child.slot_spec(slot)
+    assert spec.after == (slot_job_id("extract", slot), slot_job_id("load", slot))
+    assert Schedule.from_json(child.to_json()) == child
+    check(child, slot)
+    forged_afters = [
+        spec.after[:1],  # a parent dropped
+        (),  # both dropped
+        (*spec.after, slot_job_id("other", slot)),  # one added
+        child.definition.parent_runs(slot + 60),  # another slot's
+        spec.after[::-1],  # not as signed
+    ]
+    for after in forged_afters:
+        with pytest.raises(SignatureRejected, match="the run's after is not the runs"):
+            check(child, slot, after=after)
+    # A schedule without parents: its runs wait for nothing.
+    with pytest.raises(SignatureRejected, match=r"after is not the runs of slot .* no schedule"):
+        check(make(), slot, after=(slot_job_id("extract", slot),))
+    # Signed parents cannot be changed after signing.
+    forged = dataclasses.replace(
+        child, definition=dataclasses.replace(child.definition, after=("extract",))
+    )
+    with pytest.raises(SignatureRejected, match="does not match the schedule"):
+        check(forged, slot)
+    # A run outside the slots (schedctl schedule run) waits for no parent.
+    run = KEY.sign_schedule_action("run", "backup", child.signature.value)
+    assert verify_run("0" * 20, child.slot_spec(None, run), TRUSTED).nonce == run.nonce
+    with pytest.raises(SignatureRejected, match="waits for no parent"):
+        manual = msgspec.structs.replace(child.slot_spec(None, run), after=spec.after)
+        verify_run("0" * 20, manual, TRUSTED)

@@ -4,8 +4,10 @@ A schedule's run carries no signature of its own: it carries the schedule's sign
 definition and signature, and its slot (or, for `schedctl schedule run`, the operator's
 signed run request). The agent that is about to start it checks that the definition is
 signed by a trusted key, that the job is the definition's job field for field, that the
-slot is one the definition really has (after its signing) and that the job's id is the
-slot's, so neither the leader nor the bus can make a schedule run anything else.
+slot is one the definition really has (after its signing), that the job's id is the
+slot's, and that the runs it waits for (`after`) are exactly its signed parents' runs of
+that slot, so neither the leader nor the bus can make a schedule run anything else, or
+drop or add a parent.
 """
 
 from __future__ import annotations
@@ -52,13 +54,18 @@ def verify_run(job_id: str, spec: JobSpec, trusted: Mapping[str, Ed25519PublicKe
         raise SignatureRejected("the run's job is not the signed schedule's job")
     slot, run = origin.get("slot"), origin.get("run")
     if slot is None:
-        return _manual_run(schedule, run, trusted)
+        return _manual_run(schedule, spec, run, trusted)
     if run is not None or type(slot) is not int:
         raise SignatureRejected("a slot's run has an integer slot and no run request")
     if slot <= schedule.starts_at or not schedule.definition.slots().is_slot(slot):
         raise SignatureRejected(f"{slot} is not a slot of schedule {schedule.name}")
     if job_id != schedule.slot_job_id(slot):
         raise SignatureRejected(f"job {job_id} is not the run of slot {slot}")
+    if spec.after != schedule.definition.parent_runs(slot):
+        parents = ", ".join(schedule.definition.after) or "no schedule"
+        raise SignatureRejected(
+            f"the run's after is not the runs of slot {slot} of {parents} (as signed)"
+        )
     return RunCheck(key, None, float(slot))
 
 
@@ -72,11 +79,13 @@ def _schedule_of(origin: Mapping[str, Any]) -> Schedule:
 
 
 def _manual_run(
-    schedule: Schedule, raw: object, trusted: Mapping[str, Ed25519PublicKey]
+    schedule: Schedule, spec: JobSpec, raw: object, trusted: Mapping[str, Ed25519PublicKey]
 ) -> RunCheck:
     """`schedctl schedule run`: the operator signed a run of this version of the schedule."""
     if raw is None:
         raise SignatureRejected("a run outside the schedule needs a signed run request")
+    if spec.after:
+        raise SignatureRejected("a run outside the schedule waits for no parent")
     run = Signature.from_dict(raw)
     verify_schedule_action(
         "run", schedule.name, schedule.signature.value, run, trusted, float("inf")

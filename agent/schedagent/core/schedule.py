@@ -14,7 +14,7 @@ import msgspec
 from schedagent.core.model import JobSpec
 from schedagent.core.signing import Signature, SignatureRejected
 from schedagent.core.slots import Slots, slot_job_id, splay_delay
-from schedagent.core.spec import parse_spec
+from schedagent.core.spec import MAX_PARENTS, parse_spec
 from schedagent.errors import ScheduleError, SpecError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -25,7 +25,18 @@ MAX_SECONDS = 366 * 86400.0
 # The job fields a schedule fixes (what a job's signature covers, less nothing).
 JOB_FIELDS = ("cmd", "cpus", "cwd", "env", "labels", "node", "retries", "timeout", "user")
 DEFINITION_FIELDS = frozenset(
-    {"name", "cron", "tz", "every", "job", "concurrency", "catch_up", "catch_up_window", "splay"}
+    {
+        "name",
+        "cron",
+        "tz",
+        "every",
+        "job",
+        "concurrency",
+        "catch_up",
+        "catch_up_window",
+        "splay",
+        "after",
+    }
 )
 
 
@@ -42,11 +53,22 @@ class Definition:
     catch_up: str = "one"
     catch_up_window: float = DEFAULT_WINDOW
     splay: float = 0.0
+    after: tuple[str, ...] = ()  # schedules whose run of a slot must SUCCEED first
 
     def to_dict(self) -> dict[str, Any]:
+        """The definition as it is signed. `after` only when set, so a schedule without
+        it signs as it did before the field existed (and still verifies)."""
         data = dataclasses.asdict(self)
         data["job"] = dict(self.job)
+        if self.after:
+            data["after"] = list(self.after)
+        else:
+            del data["after"]
         return data
+
+    def parent_runs(self, slot: int) -> tuple[str, ...]:
+        """The job ids slot's run waits for: each parent schedule's run of the same slot."""
+        return tuple(slot_job_id(parent, slot) for parent in self.after)
 
     def slots(self) -> Slots:
         return Slots(self.cron, self.tz, self.every)
@@ -88,6 +110,7 @@ def parse_definition(raw: object, max_cmd_bytes: int = 65536) -> Definition:
         catch_up=_choice(raw.get("catch_up", "one"), "catch_up", CATCH_UP),
         catch_up_window=_seconds(raw.get("catch_up_window", DEFAULT_WINDOW), "catch_up_window"),
         splay=_seconds(raw.get("splay", 0.0), "splay", zero=True),
+        after=_parents(raw.get("after"), name),
     )
     definition.slots()  # the cron expression and the zone, checked
     return definition
@@ -110,6 +133,25 @@ def job_fields(spec: JobSpec) -> dict[str, Any]:
     """The fields of a job that a schedule fixes, as it signs them."""
     data = spec.to_dict()
     return {name: data[name] for name in JOB_FIELDS}
+
+
+def _parents(raw: object, name: str) -> tuple[str, ...]:
+    """The schedules named by after: a list of distinct names, not this one's, in the
+    order given (signed as given)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple) or not all(isinstance(p, str) for p in raw):
+        raise ScheduleError("after must be a list of schedule names")
+    bad = [p for p in raw if not NAME_RE.match(p)]
+    if bad:
+        raise ScheduleError(f"after: {bad[0]!r} is not a schedule name")
+    if name in raw:
+        raise ScheduleError(f"after: schedule {name} cannot wait for itself")
+    if len(set(raw)) != len(raw):
+        raise ScheduleError("after names a schedule more than once")
+    if len(raw) > MAX_PARENTS:
+        raise ScheduleError(f"after names {len(raw)} schedules; at most {MAX_PARENTS}")
+    return tuple(raw)
 
 
 def _choice(value: object, name: str, choices: tuple[str, ...]) -> str:
@@ -191,8 +233,9 @@ class Schedule:
 
     def slot_spec(self, slot: int | None, run: Signature | None = None) -> JobSpec:
         """The job of one slot (or, with run and no slot, of a run outside the schedule):
-        the signed job's fields, and the schedule's definition and signature for the
-        running agent to check."""
+        the signed job's fields, the runs it waits for (`after`: the parent schedules'
+        runs of the slot; none for a run outside the schedule), and the schedule's
+        definition and signature for the running agent to check."""
         origin: dict[str, Any] = {
             "name": self.name,
             "slot": slot,
@@ -200,7 +243,9 @@ class Schedule:
             "signature": self.signature.to_dict(),
             "run": None if run is None else run.to_dict(),
         }
-        return msgspec.structs.replace(parse_spec(dict(self.definition.job)), schedule=origin)
+        after = () if slot is None else self.definition.parent_runs(slot)
+        spec = parse_spec(dict(self.definition.job))
+        return msgspec.structs.replace(spec, schedule=origin, after=after)
 
     def slot_job_id(self, slot: int) -> str:
         return slot_job_id(self.name, slot)

@@ -219,6 +219,7 @@ def format_schedule(reply: Record) -> str:
         f"  command      {(d.get('job') or {}).get('cmd')}",
         f"  concurrency  {d.get('concurrency')}, catch-up {d.get('catch_up')} within "
         f"{d.get('catch_up_window')}s, splay {d.get('splay')}s",
+        f"  after        {', '.join(map(str, d.get('after') or [])) or '-'}",
         f"  signed by    {s.get('key_id')} at {_stamp(s.get('starts_at'))}",
         f"  last slot    {_stamp(reply.get('last_slot'))}",
         f"  next slot    {_stamp(reply.get('next_slot'))}",

@@ -23,6 +23,7 @@ from schedagent.ctl.format import format_schedule, format_schedules
 from schedagent.ctl.keys import find_key
 from schedagent.ctl.params import (
     FloatParam,
+    IdsParam,
     KeyValue,
     PositiveNumber,
     check_cmd,
@@ -56,6 +57,28 @@ class Duration(FloatParam):
         if seconds <= 0 and not self.zero:
             self.fail("must be longer than 0", param, ctx)
         return seconds
+
+
+class ScheduleNames(IdsParam):
+    """SCHEDULE[,SCHEDULE...]: schedule names, comma-separated."""
+
+    name = "SCHEDULE[,SCHEDULE...]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(part.strip() for part in str(value).split(","))
+        for name in names:
+            if not NAME_RE.match(name):
+                self.fail(f"{name!r} is not a schedule name", param, ctx)
+        return names
+
+
+def schedule_list(ctx: click.Context, param: click.Parameter, value: Any) -> list[str]:
+    """Every --after, in the order given, each name once (the agents check the rest)."""
+    return list(dict.fromkeys(name for group in value for name in group))
 
 
 def check_schedule_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -118,6 +141,14 @@ def _options(command: Callable[..., None]) -> Callable[..., None]:
             help="Slots older than this are never run late (default 1h).",
         ),
         click.option(
+            "--after",
+            type=ScheduleNames(),
+            multiple=True,
+            callback=schedule_list,
+            help="Run each slot only after these schedules' runs of the same slot SUCCEEDED; "
+            "if one did not, the slot's run ends CANCELED without running.",
+        ),
+        click.option(
             "--splay",
             type=Duration(zero=True),
             default=0.0,
@@ -159,6 +190,7 @@ def definition_from(name: str, options: dict[str, Any]) -> dict[str, Any]:
         "catch_up": options["catch_up"],
         "catch_up_window": options["catch_up_window"],
         "splay": options["splay"],
+        "after": options["after"],
     }
     try:
         return parse_definition(raw).to_dict()

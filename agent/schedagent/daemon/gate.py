@@ -43,15 +43,30 @@ class Refused(SchedagentError):
 def audit(
     event: str, job_id: str, key: str | None, outcome: str, level: int = logging.INFO
 ) -> None:
-    """One record per security-relevant decision, with fields journald can filter on."""
+    """One record per security-relevant decision about a job, with fields journald can
+    filter on (JOB_ID, KEY_ID, AUDIT_EVENT)."""
+    _audit(event, "job", job_id, key, outcome, level)
+
+
+def audit_schedule(
+    event: str, name: str, key: str | None, outcome: str, level: int = logging.INFO
+) -> None:
+    """One record per security-relevant decision about a schedule (SCHEDULE, KEY_ID,
+    AUDIT_EVENT)."""
+    _audit(event, "schedule", name, key, outcome, level)
+
+
+def _audit(event: str, about: str, subject: str, key: str | None, outcome: str, level: int) -> None:
+    field = "job_id" if about == "job" else about
     audit_log.log(
         level,
-        "audit %s job %s key %s: %s",
+        "audit %s %s %s key %s: %s",
         event,
-        job_id,
+        about,
+        subject,
         key or "-",
         outcome,
-        extra={"job_id": job_id, "key_id": key or "-", "audit_event": event},
+        extra={field: subject, "key_id": key or "-", "audit_event": event},
     )
 
 

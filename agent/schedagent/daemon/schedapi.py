@@ -17,9 +17,9 @@ from typing import Any
 import msgspec
 
 from schedagent.config import AgentConfig
-from schedagent.core import schedplan
+from schedagent.core import schedafter, schedplan
 from schedagent.core.schedule import NAME_RE, Schedule
-from schedagent.daemon.gate import Gate, Refused, audit
+from schedagent.daemon.gate import Gate, Refused, audit_schedule
 from schedagent.errors import NotFoundError, SpecError
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.schedstore import ScheduleStore
@@ -65,7 +65,7 @@ class ScheduleApi:
         try:
             signer = self.gate.check_schedule(schedule)
         except Refused as exc:
-            audit(
+            audit_schedule(
                 "schedule-create",
                 schedule.name,
                 schedule.signature.key_id,
@@ -73,11 +73,31 @@ class ScheduleApi:
                 logging.WARNING,
             )
             raise SpecError(str(exc)) from None
+        await self._check_parents(schedule)
         if not await self.schedules.create(schedule):
             raise SpecError(f"schedule {schedule.name} exists (delete it first)")
-        audit("schedule-create", schedule.name, signer, "created")
+        audit_schedule("schedule-create", schedule.name, signer, "created")
         log.info("schedule %s created: %s", schedule.name, schedule.definition.job["cmd"][:200])
         return {"schedule": _public(schedule)}
+
+    async def _check_parents(self, schedule: Schedule) -> None:
+        """SpecError unless every parent exists, has every slot this one has, and none
+        waits (through others) for this one."""
+        after = schedule.definition.after
+        if not after:
+            return
+        existing = {s.name: s for s in await self.schedules.all()}
+        for name in after:
+            parent = existing.get(name)
+            if parent is None:
+                raise SpecError(f"after: no schedule {name} (create it first)")
+            why = schedafter.incompatible(schedule.definition, parent.definition)
+            if why is not None:
+                raise SpecError(f"after {name}: {why}")
+        graph = {name: s.definition.after for name, s in existing.items()}
+        _, cyclic = schedafter.parents_first({**graph, schedule.name: after})
+        if schedule.name in cyclic:
+            raise SpecError(f"{cyclic[schedule.name]}: refused")
 
     async def list_schedules(self, req: dict[str, Any]) -> dict[str, Any]:
         found = sorted(await self.schedules.all(), key=lambda s: s.name)
@@ -113,7 +133,9 @@ class ScheduleApi:
         schedule, revision = await self.schedules.get(_name(req))
         signer, signature = self._check_action(action, schedule, req.get("signature"))
         if signature.signed_at <= schedule.changed_at:
-            audit(f"schedule-{action}", schedule.name, signer, "refused: stale", logging.WARNING)
+            audit_schedule(
+                f"schedule-{action}", schedule.name, signer, "refused: stale", logging.WARNING
+            )
             raise SpecError("signature rejected: signed before the last pause or resume")
         updated = dataclasses.replace(
             schedule,
@@ -123,7 +145,9 @@ class ScheduleApi:
         )
         if not await self.schedules.replace(updated, revision):
             raise SpecError(f"schedule {schedule.name} changed meanwhile; try again")
-        audit(f"schedule-{action}", schedule.name, signer, "paused" if paused else "resumed")
+        audit_schedule(
+            f"schedule-{action}", schedule.name, signer, "paused" if paused else "resumed"
+        )
         return {"schedule": _public(updated)}
 
     async def delete(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +155,7 @@ class ScheduleApi:
         signer, _ = self._check_action("delete", schedule, req.get("signature"))
         if not await self.schedules.delete(schedule.name, revision):
             raise SpecError(f"schedule {schedule.name} changed meanwhile; try again")
-        audit("schedule-delete", schedule.name, signer, "deleted")
+        audit_schedule("schedule-delete", schedule.name, signer, "deleted")
         return {"schedule": _public(schedule)}
 
     async def run_now(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +168,7 @@ class ScheduleApi:
         job, created = await self.jobs.create(spec)
         if created:
             await self.bus.publish_event(job)
-        audit("schedule-run", schedule.name, signer, f"job {job.id}")
+        audit_schedule("schedule-run", schedule.name, signer, f"job {job.id}")
         return {"job": job.to_dict(), "created": created}
 
     def _check_action(self, action: str, schedule: Schedule, raw: object) -> Any:
@@ -152,7 +176,7 @@ class ScheduleApi:
             return self.gate.check_schedule_action(action, schedule, raw, time.time())
         except Refused as exc:
             key = raw.get("key_id") if isinstance(raw, dict) else None
-            audit(
+            audit_schedule(
                 f"schedule-{action}",
                 schedule.name,
                 str(key)[:64] if key else None,

@@ -6,6 +6,11 @@ transaction with the slot's job (etcd/schedstore.py); the job's id comes from
 (schedule, slot), so a new leader, a retried write or two leaders for a moment can
 never make a second job for one slot. A new leader's `led_since` is when its loop
 started: slots that came due before it came while nobody led, and catch-up decides.
+
+A schedule with `after` has each slot's run wait for its parents' runs of that slot:
+each pass takes the parents first, and a child's slot fires only once every parent has
+handled it (so the runs it waits for exist), or is skipped if a parent did not run it
+(core/schedafter.py).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ import logging
 import time
 from collections.abc import Sequence
 
-from schedagent.core import schedplan, transitions, wire
+from schedagent.core import schedafter, schedplan, transitions, wire
 from schedagent.core.model import Job, JobState
 from schedagent.core.names import Keys
 from schedagent.core.schedplan import Fire, ScheduleState, Skip, Step
 from schedagent.core.schedule import Schedule
+from schedagent.core.slots import slot_job_id
 from schedagent.errors import FencedError, NotFoundError, StoreUnavailableError
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.mirror import Entry, Mirror
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 IDLE_WAKEUP = 5.0
 RETRY_DELAY = 1.0
 STEPS_PER_PASS = 64  # one schedule far behind does not hold up the others
+WAIT_FLOOR = 0.1  # a child waiting for a parent that is itself behind looks again so soon
 
 
 class ScheduleLoop:
@@ -45,6 +52,8 @@ class ScheduleLoop:
         self.led_since = time.time()
         # key -> (the schedule's mod revision, when its next slot is due)
         self.due: dict[str, tuple[int, float]] = {}
+        self.by_name: dict[str, tuple[str, Schedule]] = {}  # name -> (key, schedule)
+        self.cyclic: dict[str, str] = {}  # name -> why its slots are skipped (after cycle)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -62,7 +71,13 @@ class ScheduleLoop:
         items = dict(self.view.items)
         for key in set(self.due) - set(items):
             del self.due[key]
-        for key, entry in items.items():
+        self.by_name = {entry.value.name: (key, entry.value) for key, entry in items.items()}
+        order, self.cyclic = schedafter.parents_first(
+            {name: schedule.definition.after for name, (_, schedule) in self.by_name.items()}
+        )
+        for name in order:  # parents first: a child's slot sees its parents' step of it
+            key = self.by_name[name][0]
+            entry = items[key]
             cached = self.due.get(key)
             if cached is None or cached[0] != entry.mod_revision or cached[1] <= now:
                 self.due[key] = (entry.mod_revision, await self._advance_safely(entry))
@@ -85,9 +100,41 @@ class ScheduleLoop:
             step = schedplan.decide(schedule, state, time.time(), self.led_since, live)
             if step is None:
                 return schedplan.next_due(schedule, state)
+            if isinstance(step, Fire) and schedule.definition.after:
+                ruled = await self._after_parents(schedule, step)
+                if isinstance(ruled, float):
+                    return ruled
+                step = ruled
             if not await self._apply(schedule, read_at, (state, state_revision), step, live):
                 return time.time()  # the schedule changed meanwhile: its new version next
         return time.time()
+
+    async def _after_parents(self, schedule: Schedule, step: Fire) -> Step | float:
+        """The step, a Skip (a parent has no run of the slot, and will not), or when to
+        look again (a parent has not handled the slot yet)."""
+        if schedule.name in self.cyclic:
+            return Skip(step.slot, step.slot, 1, self.cyclic[schedule.name])
+        outcomes = {
+            name: await self._parent_slot(name, step.slot) for name in schedule.definition.after
+        }
+        ruled = schedafter.gate(step.slot, outcomes)
+        if ruled is None:
+            return step
+        if isinstance(ruled, Skip):
+            return ruled
+        # The parents' next steps are due then (they were just advanced: parents first).
+        floor = time.time() + WAIT_FLOOR
+        return max([floor] + [self.due.get(self.by_name[p][0], (0, floor))[1] for p in ruled])
+
+    async def _parent_slot(self, name: str, slot: int) -> schedafter.ParentSlot:
+        """What parent `name` did with the slot, as its records say (a job read only
+        when the slot's outcome has left its recent ones)."""
+        parent = self.by_name[name][1] if name in self.by_name else None
+        stored = None if parent is None else (await self.schedules.state(name))[0]
+        outcome = schedafter.parent_slot(parent, stored, slot)
+        if outcome is schedafter.Outcome.UNKNOWN:
+            outcome = schedafter.known(outcome, await self._exists(slot_job_id(name, slot)))
+        return outcome
 
     async def _apply(
         self,

@@ -23,6 +23,7 @@ EXTRA_FIELDS = {
     "exit_code": "EXIT_CODE",
     "key_id": "KEY_ID",
     "audit_event": "AUDIT_EVENT",
+    "schedule": "SCHEDULE",
 }
 
 
