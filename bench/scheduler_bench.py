@@ -37,8 +37,8 @@ class CountingBus:
         self.dispatched: list[str] = []
         self.events = 0
 
-    async def publish_dispatch(self, node: str, job_id: str, attempt: int) -> None:
-        self.dispatched.append(job_id)
+    async def publish_dispatch(self, node: str, job: Job, revision: int) -> None:
+        self.dispatched.append(job.id)
 
     async def publish_event(self, job: Job) -> None:
         self.events += 1

@@ -29,12 +29,12 @@ from typing import Any
 from schedagent import __version__
 from schedagent.config import NatsConfig, OutputConfig
 from schedagent.core import transitions, wire
-from schedagent.core.model import JobState, NodeRecord, Outcome
+from schedagent.core.model import Job, JobState, NodeRecord, Outcome
 from schedagent.core.names import Keys
 from schedagent.core.tail import Tail
 from schedagent.errors import NotFoundError, StoreUnavailableError, WireError
 from schedagent.etcd.jobstore import JobStore
-from schedagent.etcd.store import Put, Store
+from schedagent.etcd.store import Put, Store, ValueIs
 from schedagent.nats.bus import Bus
 from schedagent.nats.dispatches import DispatchConsumer
 
@@ -111,8 +111,9 @@ class SimNode:
 
     async def run(self, msg: Any, dispatch: wire.Dispatch) -> None:
         jobs = self.fleet.jobs
+        carried = _carried(dispatch)
         try:
-            job, revision = await jobs.get(dispatch.job)
+            job, revision = carried or await jobs.get(dispatch.job)
         except NotFoundError:
             await msg.ack()
             return
@@ -121,7 +122,12 @@ class SimNode:
             return
         now = time.time()
         started = transitions.start(job.clone(), self.name, dispatch.attempt, now, self.lease)
-        written = 0 if started is None else await jobs.write(started, revision)
+        written = 0
+        if started is not None:
+            # As the worker starts it: compared with the carried record's revision and bytes.
+            same = [ValueIs(jobs.keys.job(job.id), dispatch.record or b"")] if carried else []
+            item = jobs.guarded(started, revision, same)
+            written, _ = await self.fleet.store.txn_or_read(item.compares, item.ops, ())
         if started is None or not written:
             await msg.nak(delay=0.2)
             return
@@ -136,6 +142,17 @@ class SimNode:
         if done is not None and await jobs.write(done, written):
             self.ran += 1
             await bus.publish_event(done)
+
+
+def _carried(dispatch: wire.Dispatch) -> tuple[Job, int] | None:
+    """The record the dispatch carries, if it is one of that job."""
+    if dispatch.record is None:
+        return None
+    try:
+        job = Job.from_json(dispatch.record)
+    except ValueError:
+        return None
+    return (job, dispatch.revision) if job.id == dispatch.job else None
 
 
 class Fleet:

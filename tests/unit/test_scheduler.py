@@ -28,9 +28,11 @@ class Bus:
 
     def __init__(self) -> None:
         self.dispatched: list[tuple[str, str, int]] = []
+        self.carried: list[tuple[bytes, int]] = []  # each dispatch's record and revision
 
-    async def publish_dispatch(self, node: str, job_id: str, attempt: int) -> None:
-        self.dispatched.append((node, job_id, attempt))
+    async def publish_dispatch(self, node: str, job: Job, revision: int) -> None:
+        self.dispatched.append((node, job.id, job.attempt))
+        self.carried.append((job.to_json(), revision))
 
     async def publish_event(self, job: Job) -> None:
         pass
@@ -291,3 +293,27 @@ async def test_an_assigned_job_is_dispatched_at_once_and_again_after_the_timeout
     clock.now += 1
     await cluster.scheduler.reconcile()
     assert cluster.bus.dispatched == [("n0", job_id(0), 1)] * 2
+
+
+async def test_every_dispatch_carries_the_record_as_etcd_holds_it_and_its_revision(
+    make: Any, clock: Clock
+) -> None:
+    # The worker starts from what the dispatch carries, compared with both in etcd:
+    # placed by a predecessor, placed in one batch, and each sent again after the timeout.
+    cluster = Cluster(MemStore(), set())
+    cluster.put_node(node("n0", cpus=3))
+    cluster.submit(0)
+    assigned = cluster.job(0)
+    assigned.state, assigned.node = JobState.ASSIGNED, "n0"  # a predecessor's placement
+    cluster.put_job(assigned)
+    cluster.submit(1)
+    cluster.submit(2)
+    await make(cluster)
+    clock.now += TIMEOUT
+    await cluster.scheduler.reconcile()
+    assert sorted(job for _, job, _ in cluster.bus.dispatched) == [
+        job_id(n) for n in (0, 0, 1, 1, 2, 2)
+    ]
+    for record, revision in cluster.bus.carried:
+        kv = cluster.store.data[cluster.keys.job(Job.from_json(record).id)]
+        assert (record, revision) == (kv.value, kv.mod_revision)

@@ -17,6 +17,35 @@ def test_dispatch_round_trips() -> None:
     assert wire.parse_dispatch(wire.dispatch(JOB, 3)) == wire.Dispatch(JOB, 3)
 
 
+def test_a_dispatch_carries_the_record_as_stored_and_its_revision() -> None:
+    job = Job(JOB, JobSpec(cmd='echo "é"'), JobState.ASSIGNED, 1.0, node="n1")
+    record = job.to_json()
+    assert wire.parse_dispatch(wire.dispatch(JOB, 1, record, 42)) == wire.Dispatch(
+        JOB, 1, record, 42
+    )
+
+
+def test_a_record_too_large_for_a_dispatch_is_left_out() -> None:
+    record = b'{"x":"' + b"y" * wire.MAX_DISPATCH_RECORD + b'"}'
+    assert wire.parse_dispatch(wire.dispatch(JOB, 1, record, 42)) == wire.Dispatch(JOB, 1)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"record": {"id": JOB}, "revision": 4},
+        {"record": "{}", "revision": "4"},
+        {"record": "{}", "revision": True},
+        {"record": "{}", "revision": 0},
+        {"record": "{}"},
+    ],
+)
+def test_a_malformed_record_in_a_dispatch_is_left_out(extra: dict[str, object]) -> None:
+    # The job and attempt alone are a dispatch: the worker reads the record then.
+    body = json.dumps({"v": 1, "job": JOB, "attempt": 2, **extra}).encode()
+    assert wire.parse_dispatch(body) == wire.Dispatch(JOB, 2)
+
+
 def test_control_round_trips() -> None:
     assert wire.parse_control(wire.cancel(JOB, 2)) == wire.Control("cancel", JOB, 2)
 

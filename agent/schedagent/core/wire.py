@@ -48,22 +48,41 @@ def _attempt(body: Body, what: str) -> int:
     return attempt
 
 
-# {np}.dispatch.<node>: the leader tells a node to start an attempt.
+# {np}.dispatch.<node>: the leader tells a node to start an attempt. It sends the record
+# as it wrote it (its exact bytes) and the revision it wrote it at, so the worker need
+# not read it back: its start compares both, and reads only when they no longer hold.
+
+# A record larger than this (a spec near the request limit) goes without: read instead.
+MAX_DISPATCH_RECORD = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
 class Dispatch:
     job: str
     attempt: int
+    record: bytes | None = None  # the job record's bytes as stored at `revision`
+    revision: int = 0
 
 
-def dispatch(job_id: str, attempt: int) -> bytes:
-    return encode({"job": job_id, "attempt": attempt})
+def dispatch(job_id: str, attempt: int, record: bytes | None = None, revision: int = 0) -> bytes:
+    body: Body = {"job": job_id, "attempt": attempt}
+    if record is not None and revision > 0 and len(record) <= MAX_DISPATCH_RECORD:
+        body["record"] = record.decode()
+        body["revision"] = revision
+    return encode(body)
 
 
 def parse_dispatch(data: bytes) -> Dispatch:
+    """The dispatch; a record or revision that is not well formed is left out (the
+    worker reads the record then), since the job and attempt alone are a dispatch."""
     body = decode(data, "dispatch")
-    return Dispatch(_job_id(body, "dispatch"), _attempt(body, "dispatch"))
+    job_id, attempt = _job_id(body, "dispatch"), _attempt(body, "dispatch")
+    record, revision = body.get("record"), body.get("revision")
+    if not isinstance(record, str) or isinstance(revision, bool) or not isinstance(revision, int):
+        return Dispatch(job_id, attempt)
+    if revision < 1:
+        return Dispatch(job_id, attempt)
+    return Dispatch(job_id, attempt, record.encode(), revision)
 
 
 # {np}.control.<node>: an agent tells the node running an attempt to stop it.

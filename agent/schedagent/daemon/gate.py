@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -27,7 +28,7 @@ from schedagent.core.signing import (
     verify_schedule_action,
 )
 from schedagent.errors import SchedagentError
-from schedagent.etcd.store import Absent, Put, Store
+from schedagent.etcd.store import Absent, Compare, Op, Put, Store, ValueIs
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("schedagent.audit")
@@ -157,19 +158,16 @@ class Gate:
         if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != user:
             raise Refused(f"run-as refused: the agent cannot switch to {user!r} (not root)")
 
-    async def admit(self, job: Job) -> str | None:
-        """Raise Refused, or return the key id that signed the job."""
-        now = time.time()
+    def check(self, job: Job, now: float) -> Admission:
+        """Raise Refused, or say who signed the job and which nonce it must claim. The
+        nonce is not claimed here: the worker claims it in its start's transaction."""
         if job.spec.schedule is not None:
-            return await self._admit_run(job, now)
+            return self._check_run(job, now)
         signer = self.check_signature(job.spec, now, max_age=float("inf"))
         self.check_user(job)
         signature = job.spec.signature
         if signature is None:
-            return signer
-        claim = await self._claim(str(signature["nonce"]), job.id)
-        if claim == "taken":
-            raise Refused("signature rejected: replayed (its nonce belongs to another job)")
+            return Admission(signer)
         # Only the first start must be fresh; a later attempt (a retry, a hand-back) may
         # come long after, when the nonce's lease may have expired, so the record says
         # which start this is, not the nonce claim.
@@ -177,9 +175,12 @@ class Gate:
         signed_at = float(signature["signed_at"])
         if not started_fresh(job, signed_at, max_age) and now - signed_at > max_age:
             raise Refused("signature rejected: signed too long before its first start")
-        return signer
+        nonce = self.keys.nonce(str(signature["nonce"]))
+        return Admission(
+            signer, nonce, "signature rejected: replayed (its nonce belongs to another job)"
+        )
 
-    async def _admit_run(self, job: Job, now: float) -> str:
+    def _check_run(self, job: Job, now: float) -> Admission:
         """A schedule's run: exactly the signed schedule's job, of a slot it has (or a
         signed run request), first started within the max age of its slot (or request)."""
         try:
@@ -187,23 +188,21 @@ class Gate:
         except SignatureRejected as exc:
             raise Refused(f"signature rejected: {exc}") from None
         self.check_user(job)
-        if check.nonce is not None and await self._claim(check.nonce, job.id) == "taken":
-            raise Refused("signature rejected: replayed (its run request belongs to another job)")
         max_age = self.security().signature_max_age
         if not started_fresh(job, check.fresh_from, max_age) and now - check.fresh_from > max_age:
             raise Refused("signature rejected: its slot came too long before its first start")
-        return check.key_id
+        if check.nonce is None:
+            return Admission(check.key_id)
+        replayed = "signature rejected: replayed (its run request belongs to another job)"
+        return Admission(check.key_id, self.keys.nonce(check.nonce), replayed)
 
-    async def _claim(self, nonce: str, job_id: str) -> str:
-        """'new' (now this job's), 'ours' (this job's already) or 'taken' (another's)."""
-        key = self.keys.nonce(nonce)
+    async def nonce_claim(self, key: str, job_id: str, held: bool) -> Claim:
+        """The compare and ops that make the nonce at key this job's in a transaction:
+        held says it is the job's already (a later attempt), else it must be free."""
+        if held:
+            return Claim([ValueIs(key, job_id.encode())], [])
         lease = await self._nonce_lease()
-        if await self.store.txn([Absent(key)], [Put(key, job_id.encode(), lease)]):
-            return "new"
-        held = await self.store.get(key)
-        if held is None:
-            return await self._claim(nonce, job_id)  # expired in between: try again
-        return "ours" if held.value.decode() == job_id else "taken"
+        return Claim([Absent(key)], [Put(key, job_id.encode(), lease)])
 
     async def _nonce_lease(self) -> int:
         # Nonces must outlive the signature's max age; one lease serves many of them.
@@ -213,6 +212,22 @@ class Gate:
             self._lease = await self.store.grant_lease(ttl)
             self._lease_until = now + NONCE_LEASE_SLACK
         return self._lease
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """What the gate let through: who signed it (None: unsigned, where allowed), the
+    nonce key its start must claim (None: none), and the refusal if another job has it."""
+
+    signer: str | None
+    nonce: str | None = None
+    replayed: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    compares: list[Compare]
+    ops: list[Op]
 
 
 @functools.lru_cache(maxsize=4)

@@ -185,7 +185,7 @@ class Scheduler:
                 continue
             # Placed by a predecessor (its dispatch may be lost) or not taken up in time.
             log.info("dispatching job %s attempt %d to %s again", job.id, job.attempt, job.node)
-            await self._dispatch(job)
+            await self._dispatch(job, self.view.jobs[self.jobs.keys.job(job.id)].revision)
 
     async def _hand_back_stalled(self, job: Job, now: float) -> bool:
         """An attempt its live node has not taken up after several dispatches goes back
@@ -212,36 +212,40 @@ class Scheduler:
         written alone, so one conflict does not hold back the others.
         """
         written = await self.jobs.write_many([(d.job, d.revision) for d in batch], self.fence)
+        placed: list[tuple[Decision, int]] = []
         if written:
-            placed = batch
             for decision in batch:
                 self.job_view.note_write(decision.key, written, decision.job)
+                placed.append((decision, written))
         else:
             await self._check_fence()
-            placed = [decision for decision in batch if await self._write(decision)]
-            taken = {decision.key for decision in placed}
             for decision in batch:
-                if decision.key not in taken:
+                revision = await self._write(decision)
+                if revision:
+                    placed.append((decision, revision))
+                else:
                     self.view.forget(decision.key)
-        await asyncio.gather(*(self.bus.publish_event(d.job) for d in placed if written))
-        await asyncio.gather(*(self._dispatch(d.job) for d in placed))
+        await asyncio.gather(*(self.bus.publish_event(d.job) for d, _ in placed if written))
+        await asyncio.gather(*(self._dispatch(d.job, revision) for d, revision in placed))
 
-    async def _dispatch(self, job: Job) -> None:
+    async def _dispatch(self, job: Job, revision: int) -> None:
+        """Send the attempt to its node, with the record as written at revision."""
         if job.node is None:
             return
         try:
-            await self.bus.publish_dispatch(job.node, job.id, job.attempt)
+            await self.bus.publish_dispatch(job.node, job, revision)
         except Exception as exc:
             log.warning("dispatch of job %s to %s failed (%s); will retry", job.id, job.node, exc)
 
-    async def _write(self, decision: Decision, compares: Sequence[Compare] = ()) -> bool:
+    async def _write(self, decision: Decision, compares: Sequence[Compare] = ()) -> int:
+        """The decision written, fenced: its revision, or 0 if the job changed."""
         written = await self.jobs.write(decision.job, decision.revision, [*self.fence, *compares])
         if written:
             self.job_view.note_write(decision.key, written, decision.job)
             await self.bus.publish_event(decision.job)
-            return True
+            return written
         await self._check_fence()
-        return False  # the job changed under us; the watch brings the new version
+        return 0  # the job changed under us; the watch brings the new version
 
     async def _check_fence(self) -> None:
         if not await self.jobs.fence_holds(self.fence):

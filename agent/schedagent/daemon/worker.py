@@ -17,13 +17,16 @@ import nats.js.errors
 
 from schedagent.config import AgentConfig
 from schedagent.core import transitions, wire
-from schedagent.core.model import Job, JobState, Outcome
-from schedagent.daemon.gate import Gate, Refused, audit
+from schedagent.core.model import Job, Outcome
+from schedagent.daemon.gate import Gate, audit
 from schedagent.daemon.orphans import reap_previous_incarnation
 from schedagent.daemon.running import OutputTail, RunningJob
+from schedagent.daemon.starter import Busy, Refusal, Started, Starter
 from schedagent.errors import ConflictError, NotFoundError, StoreUnavailableError, WireError
+from schedagent.etcd.batcher import TxnBatcher
 from schedagent.etcd.jobstore import JobStore, Mutation
 from schedagent.etcd.session import Session
+from schedagent.etcd.updates import BatchedUpdates
 from schedagent.host import journal
 from schedagent.host.runner import Command, job_environment, run_command
 from schedagent.nats.bus import Bus
@@ -48,6 +51,10 @@ class Worker:
         self.node = config.node_name
         self.jobs = jobs
         self.bus = bus
+        # Starts and ends that happen together share etcd transactions.
+        self.batcher = TxnBatcher(jobs.store)
+        self.starter = Starter(self.node, jobs, self.gate, self.batcher, lease)
+        self.updates = BatchedUpdates(jobs, self.batcher)
         self.running: dict[str, RunningJob] = {}
         # Jobs whose RUNNING write is in flight: not running yet, but no orphan either.
         self.starting: set[str] = set()
@@ -107,7 +114,7 @@ class Worker:
             await msg.nak(delay=1)
             return
         try:
-            await self._start(msg, job_id, attempt)
+            await self._start(msg, dispatch)
         except StoreUnavailableError as exc:
             log.warning(
                 "cannot start job %s now (%s); will retry", job_id, exc, extra={"job_id": job_id}
@@ -121,17 +128,6 @@ class Worker:
             log.exception("job %s: starting attempt %d failed", job_id, attempt)
             await self._refuse(msg, job_id, attempt, f"the worker could not start it: {exc!r}")
 
-    async def _admit(self, msg: Any, job: Job, attempt: int) -> bool:
-        """Whether the job passes the gate; a refused one is recorded FAILED and audited."""
-        try:
-            signer = await self.gate.admit(job)
-        except Refused as exc:
-            audit("refused", job.id, _signer_of(job), str(exc), logging.WARNING)
-            await self._refuse(msg, job.id, attempt, str(exc))
-            return False
-        audit("start", job.id, signer, f"attempt {attempt} on {self.node}")
-        return True
-
     async def _refuse(self, msg: Any, job_id: str, attempt: int, reason: str) -> None:
         """End an attempt this worker will not run: the job fails with the reason."""
         stored, changed = await self._write_until_done(
@@ -141,45 +137,53 @@ class Worker:
         if stored is not None and changed:
             await self.bus.publish_event(stored)
 
-    async def _start(self, msg: Any, job_id: str, attempt: int) -> None:
-        try:
-            job, revision = await self.jobs.get(job_id)
-        except NotFoundError as exc:
-            log.warning("dropping dispatch of job %s: %s", job_id, exc, extra={"job_id": job_id})
+    async def _start(self, msg: Any, dispatch: wire.Dispatch) -> None:
+        job_id, attempt = dispatch.job, dispatch.attempt
+        if job_id in self.running or job_id in self.starting:
+            log.info("dropping a second dispatch of job %s attempt %d", job_id, attempt)
             await msg.ack()
             return
-        busy = job_id in self.running or job_id in self.starting
-        if busy or not transitions.owns(job, self.node, attempt, JobState.ASSIGNED):
+        self.starting.add(job_id)
+        try:
+            outcome = await self.starter.start(dispatch)
+        finally:
+            self.starting.discard(job_id)
+        if isinstance(outcome, Busy):
+            await msg.nak(delay=0.2)  # it kept changing: look again
+        elif isinstance(outcome, Refusal):
+            audit("refused", job_id, _signer_of(outcome.job), outcome.reason, logging.WARNING)
+            await self._refuse(msg, job_id, attempt, outcome.reason)
+        elif isinstance(outcome, Started):
+            audit("start", job_id, outcome.signer, f"attempt {attempt} on {self.node}")
+            await self._launch(msg, outcome)
+        else:
+            job = outcome.job
             log.info(
                 "dropping stale dispatch of job %s attempt %d (now %s on %s, attempt %d)",
                 job_id,
                 attempt,
-                job.state,
-                job.node,
-                job.attempt,
+                job.state if job else "gone",
+                job.node if job else None,
+                job.attempt if job else 0,
                 extra={"job_id": job_id, "attempt": attempt},
             )
             await msg.ack()
-            return
-        if not await self._admit(msg, job, attempt):
-            return
-        # Start exactly the record the gate checked: compared at the revision it was read.
-        started = transitions.start(job.clone(), self.node, attempt, time.time(), self.lease())
-        self.starting.add(job_id)
-        try:
-            written = 0 if started is None else await self.jobs.write(started, revision)
-        finally:
-            self.starting.discard(job_id)
-        if started is None or not written:
-            await msg.nak(delay=0.2)  # it changed meanwhile: look again
-            return
+
+    async def _launch(self, msg: Any, outcome: Started) -> None:
         # Recorded RUNNING: start it before anything else can fail. A lost ack only means
         # a redelivery, which finds the job RUNNING here and is dropped as stale.
+        started = outcome.job
         self.starts += 1
-        running = RunningJob(job_id, attempt, started.spec.cpus, record=started, revision=written)
+        running = RunningJob(
+            started.id,
+            started.attempt,
+            started.spec.cpus,
+            record=started,
+            revision=outcome.revision,
+        )
         running.seq = self.starts
-        self.running[job_id] = running
-        task = asyncio.create_task(self._run(started, running), name=f"job-{job_id}")
+        self.running[started.id] = running
+        task = asyncio.create_task(self._run(started, running), name=f"job-{started.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         await msg.ack()
@@ -316,25 +320,28 @@ class Worker:
     async def _write_end(
         self, job_id: str, running: RunningJob, mutate: Mutation
     ) -> tuple[Job | None, bool]:
-        """The end, compared at the revision this worker wrote; else read and retry."""
+        """The end, compared at the revision this worker wrote; else on what etcd holds."""
+        seen = None
         if running.record is not None and running.revision:
-            new = mutate(running.record.clone())
-            with contextlib.suppress(StoreUnavailableError):
-                if new is not None and await self.jobs.write(new, running.revision):
-                    return new, True
-        return await self._write_until_done(job_id, mutate)
+            seen = (running.record, running.revision)
+        return await self._write_until_done(job_id, mutate, seen)
 
-    async def _write_until_done(self, job_id: str, mutate: Mutation) -> tuple[Job | None, bool]:
+    async def _write_until_done(
+        self, job_id: str, mutate: Mutation, seen: tuple[Job, int] | None = None
+    ) -> tuple[Job | None, bool]:
+        """mutate's write, batched with other jobs' (etcd/updates.py), compared with the
+        record as seen (read first if None)."""
         # A finished attempt must be recorded: keep trying while etcd is away.
         while True:
             try:
-                return await self.jobs.update(job_id, mutate)
+                return await self.updates.update(job_id, mutate, seen)
             except NotFoundError:
                 return None, False
             except (StoreUnavailableError, ConflictError) as exc:
                 log.warning(
                     "cannot record the end of job %s yet: %s", job_id, exc, extra={"job_id": job_id}
                 )
+                seen = None
                 await asyncio.sleep(WRITE_RETRY_DELAY)
 
     def stop_attempt(self, job_id: str, attempt: int | None, why: str) -> bool:

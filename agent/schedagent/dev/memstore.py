@@ -15,6 +15,7 @@ from schedagent.etcd.store import (
     Op,
     Page,
     Put,
+    ValueIs,
     WatchEvent,
 )
 
@@ -32,6 +33,7 @@ class MemStore:
         self.revision = 1
         self.log: list[WatchEvent] = []
         self._watchers: list[tuple[str, asyncio.Queue[WatchEvent]]] = []
+        self.leases = 0
 
     def put(self, key: str, value: bytes) -> int:
         """Write one key now (what another process would do); its new revision."""
@@ -86,6 +88,9 @@ class MemStore:
     ) -> int:
         ok = all(self._holds(c) for c in compares)
         ops = success if ok else failure
+        keys = [op.key for op in ops]
+        if len(set(keys)) != len(keys):
+            raise ValueError("etcd: duplicate key given in txn request")
         if ops:
             self.revision += 1
             for op in ops:
@@ -96,6 +101,17 @@ class MemStore:
         if not ok:
             return 0
         return self.revision if any(isinstance(op, Put) for op in success) else -1
+
+    async def txn_or_read(
+        self, compares: Sequence[Compare], success: Sequence[Op], reads: Sequence[str]
+    ) -> tuple[int, list[KV | None]]:
+        revision = await self.txn_revision(compares, success)
+        return revision, [] if revision else [self.data.get(key) for key in reads]
+
+    async def grant_lease(self, ttl: int) -> int:
+        """A new lease id; leases never expire here."""
+        self.leases += 1
+        return self.leases
 
     async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
@@ -121,6 +137,8 @@ class MemStore:
             return (kv.mod_revision if kv else 0) == compare.revision
         if isinstance(compare, CreateRevisionIs):
             return (kv.create_revision if kv else 0) == compare.revision
+        if isinstance(compare, ValueIs):
+            return kv is not None and kv.value == compare.value
         assert isinstance(compare, Absent)
         return kv is None
 

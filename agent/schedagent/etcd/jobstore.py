@@ -19,6 +19,7 @@ from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, new_job_id
 from schedagent.core.names import Keys
 from schedagent.errors import ConflictError, NotFoundError
 from schedagent.etcd import malformed
+from schedagent.etcd.batcher import Guarded
 from schedagent.etcd.newest import NewestFirst
 from schedagent.etcd.store import (
     KV,
@@ -244,6 +245,33 @@ class JobStore:
         return await self.store.txn_revision(
             [ModRevisionIs(done, revision), *fence], [Put(done, job.to_json())]
         )
+
+    def guarded(
+        self,
+        job: Job,
+        revision: int,
+        compares: Sequence[Compare] = (),
+        ops: Sequence[Op] = (),
+        reads: Sequence[str] = (),
+    ) -> Guarded:
+        """write()'s compare-and-swap of a live job as a Guarded write (for a TxnBatcher),
+        with more compares and ops beside; if it fails, the job (live or final) is read
+        back with it, then the keys of reads. `found` makes sense of that read."""
+        job.updated_at = time.time()
+        live = ModRevisionIs(self.keys.job(job.id), revision)
+        return Guarded(
+            [live, *compares],
+            [*_ops(self.keys, job), *ops],
+            [self.keys.job(job.id), self.keys.done_job(job.id), *reads],
+        )
+
+    @staticmethod
+    def found(reads: Sequence[KV | None]) -> tuple[Job, int] | None:
+        """The job a failed Guarded write read back, and its mod revision: None if it is
+        gone (or its record malformed, logged)."""
+        kv = reads[0] or reads[1]
+        job = None if kv is None else decode_job(kv)
+        return None if kv is None or job is None else (job, kv.mod_revision)
 
     async def write_many(
         self, batch: Sequence[tuple[Job, int]], fence: Sequence[Compare] = ()

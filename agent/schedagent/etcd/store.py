@@ -59,6 +59,14 @@ class Absent:
 
 
 @dataclasses.dataclass(frozen=True)
+class ValueIs:
+    """The key exists and holds exactly these bytes."""
+
+    key: str
+    value: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class Put:
     key: str
     value: bytes
@@ -70,7 +78,7 @@ class Delete:
     key: str
 
 
-Compare = ModRevisionIs | CreateRevisionIs | Absent
+Compare = ModRevisionIs | CreateRevisionIs | Absent | ValueIs
 Op = Put | Delete
 
 # Keys per range request: a long prefix is read in pages, never in one reply (gRPC
@@ -304,6 +312,23 @@ class Store:
                 return int(response.response_put.header.revision)
         return -1
 
+    async def txn_or_read(
+        self, compares: Sequence[Compare], success: Sequence[Op], reads: Sequence[str]
+    ) -> tuple[int, list[KV | None]]:
+        """Apply success ops if every compare holds: (their revision, []). Else read
+        each of reads in the same round trip: (0, the KV of each key or None)."""
+        tx = self._client.transactions
+        cmp = [_compare(tx, c) for c in compares]
+        ok_ops = [_op(tx, o) for o in success]
+        gets = [tx.get(key.encode()) for key in reads]
+        succeeded, responses = await self._call(self._client.transaction(cmp, ok_ops, gets))
+        if not succeeded:
+            return 0, [_kv(found[0][1]) if found else None for found in responses]
+        for response in responses:
+            if response.HasField("response_put"):
+                return int(response.response_put.header.revision), []
+        return -1, []
+
     async def grant_lease(self, ttl: int) -> int:
         lease = await self._call(self._client.lease(ttl))
         return int(lease.id)
@@ -382,6 +407,8 @@ def _compare(tx: Any, c: Compare) -> Any:
         return tx.mod(c.key.encode()) == c.revision
     if isinstance(c, CreateRevisionIs):
         return tx.create(c.key.encode()) == c.revision
+    if isinstance(c, ValueIs):
+        return tx.value(c.key.encode()) == c.value
     return tx.version(c.key.encode()) == 0
 
 

@@ -132,8 +132,9 @@ class Bus:
             # Another agent made it first, maybe with older limits: bring it up to date.
             await self.js.update_stream(config)
 
-    async def publish_dispatch(self, node: str, job_id: str, attempt: int) -> None:
-        body = wire.dispatch(job_id, attempt)
+    async def publish_dispatch(self, node: str, job: Job, revision: int) -> None:
+        """Tell node to start the job's attempt: the record as written at revision."""
+        body = wire.dispatch(job.id, job.attempt, job.to_json(), revision)
         subject = self.subjects.dispatch(node)
         try:
             await self.js.publish(subject, body, timeout=5)
