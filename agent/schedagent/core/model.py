@@ -54,6 +54,8 @@ class JobSpec:
     user: str | None = None
     signature: Mapping[str, Any] | None = None
     after: tuple[str, ...] = ()  # ids of the jobs that must SUCCEED before this one runs
+    memory: int | None = None  # bytes the job may use (its cgroup's limit; no swap)
+    tasks: int | None = None  # processes and threads the job may have at once
     # Fields of a newer version this one does not know: kept, and written back.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -72,6 +74,9 @@ class JobSpec:
             "labels": dict(self.labels),
             "idempotency_key": self.idempotency_key,
             "after": list(self.after),
+            # Only when set: a record without limits reads as it did before the fields.
+            **({} if self.memory is None else {"memory": self.memory}),
+            **({} if self.tasks is None else {"tasks": self.tasks}),
         }
 
 
@@ -89,10 +94,13 @@ class Attempt:
     signal: int | None = None
     reason: str | None = None
     lease: int | None = None  # the etcd lease of the agent incarnation that started it
+    usage: dict[str, float] | None = None  # what it used, from its cgroup (once ended)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = vars(self).copy()
+        if data["usage"] is None:
+            del data["usage"]  # most attempts have none: their records stay as they were
         extra = data.pop("extra")
         return {**extra, **data} if extra else data
 
@@ -108,6 +116,7 @@ class Outcome:
     timed_out: bool = False
     canceled: bool = False
     error: str | None = None
+    usage: Mapping[str, float] | None = None  # from its cgroup: cpu_seconds, memory_peak, ...
 
 
 @dataclasses.dataclass

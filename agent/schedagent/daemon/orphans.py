@@ -11,6 +11,7 @@ from pathlib import Path
 
 from schedagent.core.model import Job, JobState
 from schedagent.etcd.jobstore import JobStore
+from schedagent.host.containment import Containment
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ def stale_attempts(jobs: list[Job], node: str, lease: int) -> list[Job]:
     return stale
 
 
-async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> int:
-    """SIGKILL the processes of stale attempts still alive; returns how many.
+async def reap_previous_incarnation(
+    jobs: JobStore, node: str, lease: int, containment: Containment | None = None
+) -> int:
+    """SIGKILL the processes of stale attempts still alive (their cgroups first, then any
+    process carrying their ids); returns how many.
 
     Under systemd the unit's control group is killed when the agent dies; without
     it (dev clusters, tests) the job processes outlive a killed agent. Their
@@ -56,7 +60,10 @@ async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> in
     # This node's own work only, from the placement index, however long the history.
     for job in stale_attempts(await jobs.placed_records(node), node, lease):
         # Per job: a running total would log every later job as killed too.
-        count = _kill(job_processes(job.id, job.attempt))
+        count = 0
+        if containment is not None:
+            count += await containment.remove_leftover(f"job-{job.id}-{job.attempt}")
+        count += _kill(job_processes(job.id, job.attempt))
         if count:
             log.warning(
                 "killed job %s attempt %d (%d processes): left running by a previous incarnation",
