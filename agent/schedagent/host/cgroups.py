@@ -41,6 +41,12 @@ class Hierarchy:
     key: str
     base: Path
     controllers: frozenset[str]
+    # The interface files a job's cgroup here has (as its parent, the base, has them):
+    # looked at once, not at every attempt.
+    files: frozenset[str] = frozenset()
+
+    def has(self, name: str) -> bool:
+        return name in self.files
 
     @property
     def unified(self) -> bool:
@@ -146,11 +152,13 @@ def find_layout(
         if base is None:
             continue
         if mount.key == UNIFIED:
-            unified = Hierarchy(UNIFIED, base, _enable_controllers(own, base, enable))
+            enabled = _enable_controllers(own, base, enable)
+            unified = Hierarchy(UNIFIED, base, enabled, _unified_files(base, enabled))
         else:
             controllers = frozenset(mount.key.split(",")) & V1_WANTED
+            files = frozenset(os.listdir(base))
             for name in controllers:
-                v1.setdefault(name, Hierarchy(mount.key, base, controllers))
+                v1.setdefault(name, Hierarchy(mount.key, base, controllers, files))
     if unified is None and not v1:
         return None
     return Layout(unified, v1)
@@ -188,6 +196,14 @@ def _enable_controllers(own: Path, base: Path, wanted: Iterable[str]) -> frozens
         except OSError as exc:
             log.debug("cannot enable %s under %s: %s", controller, base, exc)
     return frozenset(passed)
+
+
+def _unified_files(base: Path, enabled: frozenset[str]) -> frozenset[str]:
+    """A job cgroup's files: base's core ones (cgroup.kill since Linux 5.14) and those of
+    the controllers base passes down (base has them: its parent passes them to it)."""
+    names = os.listdir(base)
+    core = {n for n in names if n.startswith("cgroup.")} | ({"cpu.stat"} & set(names))
+    return frozenset(core | {n for n in names if n.split(".")[0] in enabled})
 
 
 def _words(path: Path) -> list[str]:

@@ -140,8 +140,8 @@ class Containment:
         source = self.layout.source("memory") if self.layout is not None else None
         if source is None:
             return False
-        files = ("memory.swap.max",) if source.unified else ("memory.memsw.limit_in_bytes",)
-        return _no_swap() or any((source.base / f).exists() for f in files)
+        swap_limit = "memory.swap.max" if source.unified else "memory.memsw.limit_in_bytes"
+        return source.has(swap_limit) or _no_swap()
 
 
 def _no_swap(meminfo: Path = Path("/proc/meminfo")) -> bool:

@@ -60,13 +60,17 @@ class JobCgroup:
         self.dirs: dict[str, Path] = {}  # hierarchy key -> this attempt's directory
         for hierarchy in _needed(layout, limits):
             self.dirs.setdefault(hierarchy.key, hierarchy.base / name)
+        unified = layout.unified
+        self._kill_file = self._file(unified, "cgroup.kill")
+        self._members_file = next(iter(self.dirs.values())) / "cgroup.procs"
 
     def create(self) -> None:
         """Make the directories and write the limits; ContainmentError (all removed) if
         a limit cannot be written."""
         try:
             for path in self.dirs.values():
-                path.mkdir(exist_ok=True)
+                # parents: an agent of the same node name may have removed the base
+                path.mkdir(parents=True, exist_ok=True)
             self._write_limits()
         except OSError as exc:
             self.remove()
@@ -76,14 +80,11 @@ class JobCgroup:
         """Move the (gated, not yet running) child into every directory; OSError if not."""
         self.pid = pid
         for path in self.dirs.values():
-            (path / "cgroup.procs").write_text(str(pid))
+            _put(path / "cgroup.procs", str(pid))
 
     def members(self) -> list[int]:
         """The PIDs in the attempt's cgroup (the same in each of its hierarchies)."""
-        first = next(iter(self.dirs.values()))
-        with contextlib.suppress(OSError):
-            return [int(p) for p in (first / "cgroup.procs").read_text().split()]
-        return []
+        return [int(p) for p in _get(self._members_file).split()]
 
     def signal(self, sig: signal.Signals) -> None:
         """Send sig to every process of the attempt, escaped sessions included."""
@@ -97,10 +98,9 @@ class JobCgroup:
     def kill(self) -> None:
         """SIGKILL everything in the cgroup: cgroup.kill where the kernel has it (no fork
         can slip past), else every listed PID while frozen."""
-        unified = self.dirs.get("")
-        if unified is not None and (unified / "cgroup.kill").exists():
+        if self._kill_file is not None:
             with contextlib.suppress(OSError):
-                (unified / "cgroup.kill").write_text("1")
+                _put(self._kill_file, "1")
                 return
         with self._frozen():
             for pid in self.members():
@@ -113,34 +113,31 @@ class JobCgroup:
         freeze = self._freezer()
         if freeze is not None:
             with contextlib.suppress(OSError):
-                freeze[0].write_text(freeze[1])
+                _put(freeze[0], freeze[1])
         try:
             yield
         finally:
             if freeze is not None:
                 with contextlib.suppress(OSError):
-                    freeze[0].write_text(freeze[2])
+                    _put(freeze[0], freeze[2])
 
     def _freezer(self) -> tuple[Path, str, str] | None:
         """(file, freeze, thaw): cgroup2's cgroup.freeze, else the v1 freezer's state."""
-        unified = self.dirs.get("")
-        if unified is not None and (unified / "cgroup.freeze").exists():
-            return unified / "cgroup.freeze", "1", "0"
-        freezer = self.dir_of("freezer")
-        if freezer is not None:
-            return freezer / "freezer.state", "FROZEN", "THAWED"
-        return None
+        unified = self._file(self.layout.unified, "cgroup.freeze")
+        if unified is not None:
+            return unified, "1", "0"
+        freezer = self.layout.v1.get("freezer")
+        state = self._file(freezer, "freezer.state")
+        return None if state is None else (state, "FROZEN", "THAWED")
 
     async def close(self) -> Ending:
         """Kill what is left, wait for the cgroup to empty, read its accounting, remove it."""
         deadline = time.monotonic() + EMPTY_TIMEOUT
-        while True:
-            self.kill()
-            if not self.members():
-                break
+        while members := self.members():
             if time.monotonic() > deadline:
-                log.warning("cgroup %s still holds %s after a kill", self.dirs, self.members())
+                log.warning("cgroup %s still holds %s after a kill", self._members_file, members)
                 break
+            self.kill()
             await asyncio.sleep(EMPTY_POLL)
         ending = self.read()
         self.remove()
@@ -162,32 +159,58 @@ class JobCgroup:
             except OSError as exc:
                 log.warning("cannot remove cgroup %s: %s", path, exc)
 
-    def dir_of(self, controller: str) -> Path | None:
-        """This attempt's directory in the hierarchy that gives `controller`."""
-        source = self.layout.source(controller)
-        return None if source is None else self.dirs.get(source.key)
+    def file(self, controller: str, name: str) -> Path | None:
+        """This attempt's `name` file in the hierarchy giving `controller`, if it has one."""
+        return self._file(self.layout.source(controller), name)
+
+    def _file(self, hierarchy: Hierarchy | None, name: str) -> Path | None:
+        if hierarchy is None or not hierarchy.has(name) or hierarchy.key not in self.dirs:
+            return None
+        return self.dirs[hierarchy.key] / name
 
     def _write_limits(self) -> None:
         limits = self.limits
         if limits.memory is not None:
-            _limit_memory(self.dir_of("memory"), limits.memory)
+            self._limit_memory(limits.memory)
         if limits.tasks is not None:
-            _write(self.dir_of("pids"), "pids.max", str(limits.tasks))
-        cpu = self.dir_of("cpu")
-        if limits.cpus is not None and cpu is not None:
+            _put(self._need("pids", "pids.max"), str(limits.tasks))
+        if limits.cpus is not None and self.layout.source("cpu") is not None:
             quota = max(1000, round(limits.cpus * CPU_PERIOD_US))
-            if (cpu / "cpu.max").exists():
-                _write(cpu, "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            cpu_max = self.file("cpu", "cpu.max")
+            if cpu_max is not None:
+                _put(cpu_max, f"{quota} {CPU_PERIOD_US}")
             else:
-                _write(cpu, "cpu.cfs_period_us", str(CPU_PERIOD_US))
-                _write(cpu, "cpu.cfs_quota_us", str(quota))
+                # A new cgroup's period is the default, CPU_PERIOD_US: one write less.
+                _put(self._need("cpu", "cpu.cfs_quota_us"), str(quota))
+
+    def _limit_memory(self, limit: int) -> None:
+        """The limit, and no swap beyond it: the job's memory is what it is given."""
+        memory_max = self.file("memory", "memory.max")
+        if memory_max is not None:
+            _put(memory_max, str(limit))
+            swap = self.file("memory", "memory.swap.max")
+            if swap is not None:
+                _put(swap, "0")
+            return
+        _put(self._need("memory", "memory.limit_in_bytes"), str(limit))
+        memsw = self.file("memory", "memory.memsw.limit_in_bytes")
+        if memsw is not None:
+            _put(memsw, str(limit))
+
+    def _need(self, controller: str, name: str) -> Path:
+        path = self.file(controller, name)
+        if path is None:  # Containment.refusal said no before it came to this
+            raise ContainmentError(f"its cgroup has no {name}")
+        return path
 
 
 def _needed(layout: Layout, limits: Limits) -> list[Hierarchy]:
-    """The hierarchies an attempt joins: cgroup2 (membership, kill, CPU time) and the v1
-    ones for its limits and accounting; with no cgroup2, a v1 one to kill it by."""
+    """The hierarchies an attempt joins: cgroup2 (membership, kill, CPU time, and any
+    controller it has) and the v1 ones for memory (limit, peak, OOM kills), a CPU quota
+    and a task limit; with no cgroup2, v1 ones to account CPU time and to freeze by.
+    (A v1 blkio one too would cost each spawn a cgroup more: I/O is read from cgroup2.)"""
     needed = [] if layout.unified is None else [layout.unified]
-    wanted = ["memory", "io"]
+    wanted = ["memory"]
     wanted += ["cpu"] if limits.cpus is not None else []
     wanted += ["pids"] if limits.tasks is not None else []
     for controller in wanted:
@@ -201,91 +224,81 @@ def _needed(layout: Layout, limits: Limits) -> list[Hierarchy]:
     return needed
 
 
-def _write(directory: Path | None, name: str, value: str) -> None:
-    if directory is None:  # pragma: no cover - refused before (Containment.check)
-        raise ContainmentError(f"no cgroup directory for {name}")
-    (directory / name).write_text(value)
+def _put(path: Path, value: str) -> None:
+    """One write(2) of value (a cgroup file takes a value per write; no buffering)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
-def _limit_memory(directory: Path | None, limit: int) -> None:
-    """The limit, and no swap beyond it: the job's memory is what it is given."""
-    if directory is not None and (directory / "memory.max").exists():
-        _write(directory, "memory.max", str(limit))
-        if (directory / "memory.swap.max").exists():
-            _write(directory, "memory.swap.max", "0")
-        return
-    _write(directory, "memory.limit_in_bytes", str(limit))
-    if directory is not None and (directory / "memory.memsw.limit_in_bytes").exists():
-        _write(directory, "memory.memsw.limit_in_bytes", str(limit))
+def _get(path: Path | None) -> str:
+    """A cgroup file's text; "" if it cannot be read (gone, or never there)."""
+    if path is None:
+        return ""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        return os.read(fd, 65536).decode()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _cpu_seconds(group: JobCgroup, usage: dict[str, float]) -> None:
-    unified = group.dirs.get("")
-    stat = _keyed(unified / "cpu.stat") if unified is not None else {}
+    stat = _keyed(group._file(group.layout.unified, "cpu.stat"))
     if "usage_usec" in stat:
         usage["cpu_seconds"] = stat["usage_usec"] / 1e6
         return
-    cpuacct = group.dir_of("cpuacct")
-    nanoseconds = _number(cpuacct / "cpuacct.usage") if cpuacct is not None else None
+    nanoseconds = _number(group.file("cpuacct", "cpuacct.usage"))
     if nanoseconds is not None:
         usage["cpu_seconds"] = nanoseconds / 1e9
 
 
 def _memory(group: JobCgroup, usage: dict[str, float]) -> int:
     """Peak memory into usage; the number of OOM kills in the cgroup."""
-    directory = group.dir_of("memory")
-    if directory is None:
-        return 0
     for name in ("memory.peak", "memory.max_usage_in_bytes"):
-        peak = _number(directory / name)
+        peak = _number(group.file("memory", name))
         if peak is not None:
             usage["memory_peak"] = peak
             break
     for name in ("memory.events", "memory.oom_control"):
-        events = _keyed(directory / name)
+        events = _keyed(group.file("memory", name))
         if "oom_kill" in events:
             return events["oom_kill"]
     return 0
 
 
 def _io_bytes(group: JobCgroup, usage: dict[str, float]) -> None:
-    directory = group.dir_of("io")
-    if directory is None:
+    """Bytes read and written (cgroup2's io.stat, where the io controller is enabled)."""
+    path = group.file("io", "io.stat")
+    if path is None:
         return
     read = written = 0
-    try:
-        if (directory / "io.stat").exists():
-            for line in (directory / "io.stat").read_text().splitlines():
-                fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
-                read += int(fields.get("rbytes", 0))
-                written += int(fields.get("wbytes", 0))
-        else:
-            text = (directory / "blkio.throttle.io_service_bytes").read_text()
-            for line in text.splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[1] in ("Read", "Write"):
-                    read += int(parts[2]) if parts[1] == "Read" else 0
-                    written += int(parts[2]) if parts[1] == "Write" else 0
-    except (OSError, ValueError):
-        return
+    for line in _get(path).splitlines():
+        fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+        with contextlib.suppress(ValueError):
+            read += int(fields.get("rbytes", 0))
+            written += int(fields.get("wbytes", 0))
     usage["io_read_bytes"], usage["io_write_bytes"] = read, written
 
 
-def _number(path: Path) -> int | None:
+def _number(path: Path | None) -> int | None:
     try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        return int(_get(path).split()[0])
+    except (ValueError, IndexError):
         return None
 
 
-def _keyed(path: Path) -> dict[str, int]:
+def _keyed(path: Path | None) -> dict[str, int]:
     """A flat-keyed cgroup file ("key value" lines) as a dict."""
     values = {}
-    try:
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            with contextlib.suppress(ValueError):
-                values[key] = int(value)
-    except OSError:
-        pass
+    for line in _get(path).splitlines():
+        key, _, value = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            values[key] = int(value)
     return values
