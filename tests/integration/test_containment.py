@@ -13,6 +13,7 @@ import pytest
 
 from apiclient import ApiClient
 from helpers import live_processes_with, marker, wait_until
+from schedagent.ctl.format import format_status
 from schedagent.dev.cluster import LocalCluster
 from schedagent.host.cgroups import parse_mountinfo, parse_proc_cgroup
 
@@ -90,6 +91,9 @@ async def test_a_job_over_its_memory_limit_ends_failed_out_of_memory(
     assert job["attempts"][0]["usage"]["memory_peak"] <= 64 << 20
     assert fits["state"] == "SUCCEEDED", fits
     assert fits["attempts"][0]["usage"]["memory_peak"] >= 256 << 20
+    shown = format_status(job)  # what `schedctl status` prints
+    assert "limits:    cpus 1, memory 64.0M" in shown
+    assert "mem 64.0M" in shown and "out of memory (limit 64M)" in shown
 
 
 async def test_half_a_cpu_is_a_quota_a_busy_loop_cannot_pass(

@@ -32,7 +32,10 @@ def memory_limit(value: object, name: str = "memory") -> int:
     """A memory limit given as bytes or a size string, checked: ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{name} must be a size such as 64M or a number of bytes, got {value!r}")
-    size = parse_size(value) if isinstance(value, str) else value
+    try:
+        size = parse_size(value) if isinstance(value, str) else value
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
     if not MIN_MEMORY <= size <= MAX_MEMORY:
         raise ValueError(f"{name} must be from 1M to 1P, got {value!r}")
     return size

@@ -15,7 +15,8 @@ UNIFIED = ""  # the key of the cgroup2 hierarchy (its line in /proc/self/cgroup 
 # What a job's cgroup is for, and the cgroup v1 controller that gives it.
 V1_CONTROLLERS = {"memory": "memory", "pids": "pids", "cpu": "cpu", "io": "blkio"}
 V1_HELPERS = ("cpuacct", "freezer")  # accounting and freezing where cgroup2 cannot
-V1_WANTED = frozenset(V1_CONTROLLERS.values()) | frozenset(V1_HELPERS)
+# blkio is not joined (a cgroup more per spawn for I/O bytes): I/O comes from cgroup2 only.
+V1_WANTED = frozenset({"memory", "pids", "cpu", *V1_HELPERS})
 # Super options of a v1 mount that name no controller (the rest, and name=..., make up
 # its line in /proc/self/cgroup).
 V1_NOT_CONTROLLERS = frozenset(
