@@ -141,3 +141,34 @@ async def test_without_cgroups_jobs_run_in_process_groups_and_limits_are_refused
     assert "usage" not in job["attempts"][0]
     # Its process group still goes when it ends.
     await wait_until(lambda: not live_processes_with(child), 5, "the job's child to die")
+
+
+@pytest.mark.parametrize("closed_first", [False, True])
+async def test_a_restarted_agent_removes_what_its_killed_incarnation_left(
+    cluster_factory: Any, tmp_path: Path, closed_first: bool
+) -> None:
+    # Outside systemd a SIGKILLed agent leaves its jobs running. The next incarnation
+    # kills their cgroups: while the attempt is still RUNNING under the old lease, and
+    # (closed_first) after the leader recorded it lost. Before: the env -i daemon lived
+    # on, and the cgroup directories stayed.
+    cluster: LocalCluster = cluster_factory(2, agent_overrides={**FAST, "node_ttl": 4})
+    mark, cgroup_file, started = marker(), tmp_path / "cgroup", tmp_path / "started"
+    daemon = f"sleep {mark}"
+    cmd = (
+        f"setsid env -i sh -c 'echo $$ > {started}; exec {daemon}' </dev/null >/dev/null 2>&1 & "
+        f"cat /proc/self/cgroup > {cgroup_file}.tmp && mv {cgroup_file}.tmp {cgroup_file}; "
+        "sleep 600"
+    )
+    async with ApiClient(cluster.nats_url) as api:
+        job_id = await api.submit(cmd)
+        dirs = job_cgroup_dirs(await wait_for_file(cgroup_file))
+        await wait_for_file(started)
+        agent = cluster.agents[(await api.get(job_id))["node"]]
+        agent.kill()
+        if closed_first:
+            job = await api.wait_for(job_id, deadline=40)
+            assert job["reason"] == "node lost", job
+        assert live_processes_with(daemon) and all(d.exists() for d in dirs)
+        agent.start()
+        await wait_until(lambda: not live_processes_with(daemon), 30, "the daemon to die")
+        await wait_until(lambda: not any(d.exists() for d in dirs), 5, f"{dirs} to be removed")

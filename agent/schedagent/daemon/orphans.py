@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from schedagent.core.model import Job, JobState
+from schedagent.errors import NotFoundError
 from schedagent.etcd.jobstore import JobStore
 from schedagent.host.containment import Containment
 
@@ -84,3 +85,22 @@ def _kill(pids: Iterable[int]) -> int:
             os.kill(pid, signal.SIGKILL)
             killed += 1
     return killed
+
+
+async def remove_leftover_cgroups(jobs: JobStore, node: str, containment: Containment) -> int:
+    """Kill and remove the attempt cgroups an earlier incarnation left (it was killed,
+    or the leader closed its attempts before it came back); only those the records put
+    on this node: another cluster's agent of the same name may share the host."""
+    removed = 0
+    for job_id, attempt in sorted(containment.leftovers()):
+        try:
+            job, _ = await jobs.get(job_id)
+        except NotFoundError:
+            continue
+        if any(a.n == attempt and a.node == node for a in job.attempts):
+            count = await containment.remove_leftover(f"job-{job_id}-{attempt}")
+            removed += 1
+            log.info(
+                "removed the cgroup of job %s attempt %d (%d processes)", job_id, attempt, count
+            )
+    return removed

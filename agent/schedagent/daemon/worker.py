@@ -17,7 +17,7 @@ from schedagent.config import AgentConfig
 from schedagent.core import transitions, wire
 from schedagent.core.model import Job, JobState, Outcome
 from schedagent.daemon.gate import Gate, Refused, audit
-from schedagent.daemon.orphans import reap_previous_incarnation
+from schedagent.daemon.orphans import reap_previous_incarnation, remove_leftover_cgroups
 from schedagent.daemon.running import OutputTail, RunningJob
 from schedagent.errors import ConflictError, NotFoundError, StoreUnavailableError, WireError
 from schedagent.etcd.jobstore import JobStore, Mutation
@@ -84,6 +84,7 @@ class Worker:
         the leader sees our new lease it closes those attempts, and they are harder to find."""
         try:
             await reap_previous_incarnation(self.jobs, self.node, self.lease(), self.containment)
+            await remove_leftover_cgroups(self.jobs, self.node, self.containment)
         except StoreUnavailableError as exc:
             log.warning("could not look for a previous incarnation's jobs: %s", exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +16,8 @@ from schedagent.host.cgroups import Layout
 from schedagent.host.jobcgroup import Ending, JobCgroup, Limits
 
 log = logging.getLogger(__name__)
+
+ATTEMPT_DIR_RE = re.compile(r"^job-([0-9a-f]{20})-([0-9]+)$")  # as the worker names them
 
 __all__ = ["Containment", "Ending", "JobGroup", "Limits", "ProcessGroup"]
 
@@ -114,23 +117,37 @@ class Containment:
         many processes it still held."""
         if self.layout is None:
             return 0
-        group = JobCgroup(self.layout, name, Limits())
-        group.dirs = {k: p for k, p in group.dirs.items() if p.is_dir()}
-        if not group.dirs:
+        group = JobCgroup.left_behind(self.layout, name)
+        if group is None:
             return 0
         count = len(group.members())
         await group.close()
         return count
 
+    def leftovers(self) -> set[tuple[str, int]]:
+        """(job id, attempt) of every attempt cgroup under this agent's bases: at start,
+        before anything runs, each is left by an earlier incarnation (or by another
+        agent of the same name on this host: the caller asks the records)."""
+        found: set[tuple[str, int]] = set()
+        for base in self._bases():
+            with contextlib.suppress(OSError):
+                for name in os.listdir(base):
+                    match = ATTEMPT_DIR_RE.match(name)
+                    if match is not None:
+                        found.add((match[1], int(match[2])))
+        return found
+
     def close(self) -> None:
         """Remove this agent's (empty) base directories."""
-        if self.layout is None:
-            return
-        bases = {h.base for h in self.layout.v1.values()}
-        bases |= {self.layout.unified.base} if self.layout.unified is not None else set()
-        for base in bases:
+        for base in self._bases():
             with contextlib.suppress(OSError):  # a job's cgroup left behind keeps it
                 base.rmdir()
+
+    def _bases(self) -> set[Path]:
+        if self.layout is None:
+            return set()
+        bases = {h.base for h in self.layout.v1.values()}
+        return bases | ({self.layout.unified.base} if self.layout.unified is not None else set())
 
     def _can(self, controller: str) -> bool:
         return self.layout is not None and self.layout.source(controller) is not None

@@ -64,6 +64,20 @@ class JobCgroup:
         self._kill_file = self._file(unified, "cgroup.kill")
         self._members_file = next(iter(self.dirs.values())) / "cgroup.procs"
 
+    @classmethod
+    def left_behind(cls, layout: Layout, name: str) -> JobCgroup | None:
+        """An attempt's cgroup found in any hierarchy, whatever limits it had; None if
+        there is none."""
+        group = cls(layout, name, Limits())
+        hierarchies = [*layout.v1.values(), *filter(None, [layout.unified])]
+        paths = {h.key: h.base / name for h in hierarchies}
+        group.dirs = {key: path for key, path in paths.items() if path.is_dir()}
+        if not group.dirs:
+            return None
+        first = group.dirs.get("") or next(iter(group.dirs.values()))  # cgroup2's if there
+        group._members_file = first / "cgroup.procs"
+        return group
+
     def create(self) -> None:
         """Make the directories and write the limits; ContainmentError (all removed) if
         a limit cannot be written."""
