@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -28,7 +29,7 @@ class JobGroup(Protocol):
     gated: bool  # the child must wait at a gate until join() has placed it
     pid: int | None
 
-    def join(self, pid: int) -> None: ...
+    async def join(self, pid: int) -> None: ...
 
     def signal(self, sig: signal.Signals) -> None: ...
 
@@ -46,7 +47,7 @@ class ProcessGroup:
     def __init__(self) -> None:
         self.pid: int | None = None
 
-    def join(self, pid: int) -> None:
+    async def join(self, pid: int) -> None:
         self.pid = pid  # Child.spawn made it a session leader: its PID names the group
 
     def signal(self, sig: signal.Signals) -> None:
@@ -99,7 +100,7 @@ class Containment:
             return None
         return f"cannot enforce {' and '.join(missing)} on this node"
 
-    def group(self, name: str, limits: Limits) -> JobGroup:
+    async def group(self, name: str, limits: Limits) -> JobGroup:
         """The attempt's group, its cgroup made with its limits; ContainmentError if a
         limit cannot be enforced here (before anything runs)."""
         refusal = self.refusal(limits)
@@ -109,7 +110,8 @@ class Containment:
             return ProcessGroup()
         cpus = limits.cpus if self._can("cpu") else None
         group = JobCgroup(self.layout, name, Limits(limits.memory, limits.tasks, cpus))
-        group.create()
+        # In a thread: a cgroup's mkdir can take the kernel a millisecond of waiting.
+        await asyncio.to_thread(group.create)
         return group
 
     async def remove_leftover(self, name: str) -> int:

@@ -90,9 +90,14 @@ class JobCgroup:
             self.remove()
             raise ContainmentError(f"cannot set up its cgroup: {exc}") from None
 
-    def join(self, pid: int) -> None:
-        """Move the (gated, not yet running) child into every directory; OSError if not."""
+    async def join(self, pid: int) -> None:
+        """Move the (gated, not yet running) child into every directory; OSError if not.
+        In a thread: the kernel waits for an RCU grace period on a move (~0.6 ms here),
+        which would stall the event loop."""
         self.pid = pid
+        await asyncio.to_thread(self._join, pid)
+
+    def _join(self, pid: int) -> None:
         for path in self.dirs.values():
             _put(path / "cgroup.procs", str(pid))
 
@@ -153,6 +158,9 @@ class JobCgroup:
                 break
             self.kill()
             await asyncio.sleep(EMPTY_POLL)
+        return await asyncio.to_thread(self._read_and_remove)
+
+    def _read_and_remove(self) -> Ending:
         ending = self.read()
         self.remove()
         return ending

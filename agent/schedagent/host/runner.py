@@ -58,7 +58,7 @@ async def run_command(
     """Run the command to its end, timeout or cancel; whatever it started dies with it."""
     started = time.time()
     try:
-        group = _group(containment, command)
+        group = await _group(containment, command)
     except ContainmentError as exc:  # a limit this host cannot enforce: nothing ran
         return Outcome(started, time.time(), error=str(exc))
     child = await _start(command, group)
@@ -86,10 +86,10 @@ async def run_command(
     )
 
 
-def _group(containment: Containment | None, command: Command) -> JobGroup:
+async def _group(containment: Containment | None, command: Command) -> JobGroup:
     if containment is None:
         return ProcessGroup()
-    return containment.group(command.name, command.limits)
+    return await containment.group(command.name, command.limits)
 
 
 async def _start(command: Command, group: JobGroup) -> Child | str:
@@ -106,7 +106,7 @@ async def _start(command: Command, group: JobGroup) -> Child | str:
         what = f"no user {exc}" if isinstance(exc, KeyError) else exc.strerror or exc
         return f"cannot start: {what}"
     try:
-        group.join(child.pid)
+        await group.join(child.pid)
     except OSError as exc:
         os.kill(child.pid, signal.SIGKILL)  # still at its gate: nothing of the job ran
         await asyncio.shield(child.exited)
