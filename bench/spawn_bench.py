@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from schedagent.host.containment import Containment, Limits
+
 WAYS = {
     "asyncio-threaded": "asyncio.create_subprocess_exec, ThreadedChildWatcher (3.11 default)",
     "asyncio-pidfd": "asyncio.create_subprocess_exec, PidfdChildWatcher",
     "child": "host/child.Child: Popen, pidfd and pipes polled by the loop",
     "runner": "host/runner.run_command (Child plus timeout, cancel, group kill)",
+    "runner-cgroup": "run_command in a cgroup per spawn (gate, mkdir, limits, kill, read, rmdir)",
 }
 ARGV = ("/bin/sh", "-c", "true")
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -55,18 +60,31 @@ async def child_spawn() -> None:
     child.close_pipes()
 
 
-async def runner_spawn() -> None:
+async def runner_spawn(containment: Containment | None = None) -> None:
     from schedagent.host.runner import Command, run_command
 
     async def ignore(_stream: str, _data: bytes) -> None:
         return None
 
-    outcome = await run_command(Command("true", ENV, None, None, 1.0), ignore, asyncio.Event())
+    global SPAWNED
+    SPAWNED += 1
+    limits = Limits(cpus=1.0)  # every job has --cpus: a quota is written for each
+    command = Command("true", ENV, None, None, 1.0, name=f"bench-{SPAWNED}", limits=limits)
+    outcome = await run_command(command, ignore, asyncio.Event(), containment=containment)
     if outcome.exit_code != 0:
         raise RuntimeError(f"`true` ended {outcome}")
 
 
+SPAWNED = 0
+
+
 def prepare(way: str) -> Callable[[], Awaitable[None]]:
+    if way == "runner-cgroup":
+        containment = Containment.setup(f"bench-{os.getpid()}", use_cgroups=True)
+        if containment.layout is None:
+            raise SystemExit("no writable cgroup hierarchy here (run as root)")
+        atexit.register(containment.close)
+        return lambda: runner_spawn(containment)
     if way == "asyncio-pidfd":
         asyncio.get_event_loop_policy().set_child_watcher(asyncio.PidfdChildWatcher())
     if way.startswith("asyncio"):

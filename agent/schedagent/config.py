@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from schedagent.core.sizes import memory_limit, task_limit
 from schedagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/schedagent/agent.yaml"
@@ -84,6 +85,16 @@ class SecurityConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContainmentConfig:
+    # Each job in its own cgroup where this agent can write a hierarchy; false: process
+    # groups only (docs/containment.md).
+    cgroups: bool = True
+    # Limits for a job that names none (--memory, --tasks); None: unlimited.
+    memory: int | None = None
+    tasks: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentConfig:
     node_name: str = dataclasses.field(default_factory=lambda: default_node_name())
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -96,6 +107,7 @@ class AgentConfig:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     jobs: JobsConfig = dataclasses.field(default_factory=JobsConfig)
     security: SecurityConfig = dataclasses.field(default_factory=SecurityConfig)
+    containment: ContainmentConfig = dataclasses.field(default_factory=ContainmentConfig)
 
 
 def default_node_name() -> str:
@@ -286,6 +298,7 @@ _SECTIONS: dict[str, type] = {
     "nats": NatsConfig,
     "output": OutputConfig,
     "jobs": JobsConfig,
+    "containment": ContainmentConfig,
     "security": SecurityConfig,
 }
 
@@ -346,6 +359,9 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "security.run_as_allowed": _user_names,
     "security.max_env_bytes": _number(0, integer=True),
     "security.max_requests_per_second": _number(1),
+    "containment.cgroups": _bool,
+    "containment.memory": lambda v: None if v is None else memory_limit(v, "a memory limit"),
+    "containment.tasks": lambda v: None if v is None else task_limit(v, "a task limit"),
 }
 
 

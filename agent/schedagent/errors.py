@@ -41,3 +41,7 @@ class StoreUnavailableError(SchedagentError):
 
 class WireError(SpecError):
     """A NATS message body is malformed (not JSON, not an object, a bad field)."""
+
+
+class ContainmentError(SchedagentError):
+    """A job's limits cannot be enforced on this host, or its cgroup cannot be made."""

@@ -54,7 +54,9 @@ async def worker(etcd_server: EtcdServer, nats_server: NatsServer) -> AsyncItera
     bus = Bus(config.nats, config.output, config.node_name)
     await bus.connect()
     lease = await store.grant_lease(30)
-    yield Worker(config, JobStore(store, Keys(config.etcd.prefix)), bus, lambda: lease)
+    worker = Worker(config, JobStore(store, Keys(config.etcd.prefix)), bus, lambda: lease)
+    yield worker
+    worker.containment.close()  # its (empty) schedagent-<node> cgroups, as the agent does
     await bus.close()
     await store.close()
 

@@ -57,6 +57,10 @@ def test_full_file_is_read(tmp_path: Path) -> None:
         ("labels: [a, b]\n", "labels", "mapping"),
         ("log_level: loud\n", "log_level", "not one of"),
         ("etcd: 3\n", "etcd", "must be a mapping"),
+        ("containment: {memory: lots}\n", "containment.memory", "'lots' is not a size"),
+        ("containment: {memory: 1024}\n", "containment.memory", "from 1M to 1P"),
+        ("containment: {tasks: 0}\n", "containment.tasks", "from 1 to 4194304"),
+        ("containment: {cgroups: maybe}\n", "containment.cgroups", "true or false"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -73,6 +77,12 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "a: [unclosed\n"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_containment_defaults_are_read(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "containment: {memory: 512M, tasks: 100}\n"))
+    assert (config.containment.memory, config.containment.tasks) == (512 << 20, 100)
+    assert config.containment.cgroups is True
 
 
 def test_parse_config_returns_frozen_config() -> None:

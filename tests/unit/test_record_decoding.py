@@ -124,6 +124,8 @@ def test_a_record_of_the_previous_version_decodes_and_is_written_back_whole() ->
     assert not job.extra and not job.spec.extra and not job.attempts[0].extra
     # Written back with every field it had, and the fields added since at their defaults.
     written = {**json.loads(PREVIOUS_VERSION), "output_tail_base64": None}
-    written["spec"] = {**written["spec"], "after": [], "schedule": None}
+    written["spec"] = {**written["spec"], "after": [], "schedule": None, "memory": None}
+    written["spec"]["tasks"] = None
+    written["attempts"] = [{**a, "usage": None} for a in written["attempts"]]
     assert json.loads(job.to_json()) == written
     assert json.loads(job.clone().to_json()) == written

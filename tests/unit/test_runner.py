@@ -41,7 +41,9 @@ async def run(
         out[stream] += data
 
     seen: list[int] = [] if pids is None else pids
-    outcome = await run_command(cmd, on_output, cancel or asyncio.Event(), seen.append)
+    outcome = await run_command(
+        cmd, on_output, cancel or asyncio.Event(), lambda group: seen.append(group.pid or 0)
+    )
     return outcome, out
 
 

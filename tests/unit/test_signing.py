@@ -107,3 +107,19 @@ def test_keys_round_trip_through_files(tmp_path: Path, key: SigningKey) -> None:
     assert parse_public(public_text(key.public)).public_bytes_raw() == key.public.public_bytes_raw()
     with pytest.raises(ValueError):
         parse_public("ssh-rsa AAAA")
+
+
+@pytest.mark.parametrize("change", [{"memory": 128 << 20}, {"tasks": 20}, {"memory": None}])
+def test_limits_are_signed_when_set(key: SigningKey, change: dict[str, object]) -> None:
+    signed = {**SPEC, "memory": 64 << 20, "tasks": 10}
+    sig = key.sign(signed, now=1000.0)
+    with pytest.raises(SignatureRejected, match="does not match"):
+        verify({**signed, **change}, sig, trusted(key), max_age=300, now=1010.0)  # type: ignore[arg-type]
+
+
+def test_a_job_without_limits_signs_as_before_the_fields(key: SigningKey) -> None:
+    # An older schedctl's signature (no memory, no tasks) verifies against the record
+    # of this version, which has neither key (or, from elsewhere, null for both).
+    sig = key.sign(SPEC, now=1000.0)
+    for stored in (SPEC, {**SPEC, "memory": None, "tasks": None}):
+        assert verify(stored, sig, trusted(key), max_age=300, now=1010.0) == key.key_id  # type: ignore[arg-type]

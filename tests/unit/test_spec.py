@@ -42,12 +42,24 @@ def test_defaults() -> None:
         ({"cmd": "x", "after": ["A" * 20]}, "is not a job id (20 lower-case hex digits)"),
         ({"cmd": "x", "after": [1]}, "after: 1 is not a job id"),
         ({"cmd": "x", "after": ["0" * 20, "0" * 20]}, "after names a job more than once"),
+        ({"cmd": "x", "memory": "64M"}, "memory must be a number, got '64M'"),
+        ({"cmd": "x", "memory": 1000}, "memory must be from 1M to 1P"),
+        ({"cmd": "x", "memory": 1.5e9}, "memory must be a size"),
+        ({"cmd": "x", "tasks": 0}, "tasks must be an integer from 1"),
+        ({"cmd": "x", "tasks": True}, "tasks must be an integer from 1"),
         ({"cmd": "x", "after": [f"{n:020x}" for n in range(65)]}, "names 65 jobs; at most 64"),
     ],
 )
 def test_bad_specs(raw: object, message: str) -> None:
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_spec(raw)
+
+
+def test_limits_are_kept_and_left_out_of_the_record_when_unset() -> None:
+    spec = parse_spec({"cmd": "x", "memory": 64 << 20, "tasks": 10})
+    assert (spec.memory, spec.tasks) == (64 << 20, 10)
+    assert spec.to_dict()["memory"] == 64 << 20
+    assert "memory" not in parse_spec({"cmd": "x"}).to_dict()
 
 
 def test_cmd_size_limit() -> None:

@@ -59,12 +59,16 @@ class JobSpec(
     after: tuple[Annotated[str, msgspec.Meta(pattern=JOB_ID_RE.pattern)], ...] = ()
     # A schedule's run: its name, slot, signed definition and signature (core/schedule.py).
     schedule: Mapping[str, Any] | None = None
+    memory: int | None = None  # bytes the job may use (its cgroup's limit; no swap)
+    tasks: int | None = None  # processes and threads the job may have at once
 
     def to_dict(self) -> dict[str, Any]:
         data = self.merged(msgspec.to_builtins(self))
         data["after"] = list(self.after)
-        if self.schedule is None:  # absent, not null: an older agent refuses the field
-            del data["schedule"]
+        # Absent, not null, when not set: an older agent refuses a field it does not know.
+        for optional in ("schedule", "memory", "tasks"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
 
@@ -81,9 +85,13 @@ class Attempt(msgspec.Struct, decoding.KeepsExtra, forbid_unknown_fields=True, d
     signal: int | None = None
     reason: str | None = None
     lease: int | None = None  # the etcd lease of the agent incarnation that started it
+    usage: dict[str, float] | None = None  # what it used, from its cgroup (once ended)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.merged(msgspec.to_builtins(self))
+        data = self.merged(msgspec.to_builtins(self))
+        if data["usage"] is None:
+            del data["usage"]  # most attempts have none
+        return data
 
     def copy(self) -> Attempt:
         copied = msgspec.structs.replace(self)
@@ -102,6 +110,7 @@ class Outcome:
     timed_out: bool = False
     canceled: bool = False
     error: str | None = None
+    usage: Mapping[str, float] | None = None  # from its cgroup: cpu_seconds, memory_peak, ...
 
 
 class Job(msgspec.Struct, decoding.KeepsExtra, forbid_unknown_fields=True, dict=True):

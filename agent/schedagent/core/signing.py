@@ -23,7 +23,7 @@ SEED_PREFIX = "ed25519-seed:"
 SIGNED_FIELDS = ("cmd", "cpus", "cwd", "env", "labels", "node", "retries", "timeout", "user")
 # Signed only when the job has it, so a job without it signs as it did before the field
 # existed (an agent of either version verifies it); one with it fails at an older agent.
-SIGNED_IF_SET = ("after",)
+SIGNED_IF_SET = ("after", "memory", "tasks")
 
 
 class SignatureRejected(SchedagentError):
@@ -69,8 +69,9 @@ def canonical(spec: Mapping[str, Any], nonce: str, signed_at: float) -> bytes:
     body["nonce"] = nonce
     body["signed_at"] = signed_at
     for field in SIGNED_IF_SET:
-        if spec.get(field):
-            body[field] = list(spec[field])
+        value = spec.get(field)
+        if value:
+            body[field] = list(value) if isinstance(value, list | tuple) else value
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

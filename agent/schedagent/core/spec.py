@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from schedagent.core.model import JOB_ID_RE, SPEC_FIELDS, JobSpec
 from schedagent.core.signing import Signature, SignatureRejected
+from schedagent.core.sizes import memory_limit, task_limit
 from schedagent.errors import SpecError
 
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -42,7 +44,22 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
         user=_user(raw.get("user")),
         signature=_signature(raw.get("signature")),
         after=parent_ids(raw.get("after")),
+        memory=_optional(memory_limit, raw.get("memory"), "memory"),
+        tasks=_optional(task_limit, raw.get("tasks"), "tasks"),
     )
+
+
+def _optional(check: Callable[[object, str], int], value: object, name: str) -> int | None:
+    """A limit in bytes or a count; a size string is the client's to convert (it signs
+    the number)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise SpecError(f"{name} must be a number, got {value!r}")
+    try:
+        return check(value, name)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def parent_ids(value: object) -> tuple[str, ...]:

@@ -126,6 +126,7 @@ def finish(
         current.signal = outcome.signal
         current.state = str(state)
         current.reason = reason
+        current.usage = None if outcome.usage is None else dict(outcome.usage)
     job.output_tail, job.output_tail_base64 = tail.text, tail.base64
     job.exit_code = outcome.exit_code
     job.pid = None

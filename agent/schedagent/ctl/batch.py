@@ -12,6 +12,7 @@ import click
 
 from schedagent.core import wire
 from schedagent.core.signing import SigningKey
+from schedagent.core.sizes import parse_size
 from schedagent.core.spec import parse_spec
 from schedagent.ctl.client import EXIT_ERROR, Client, CtlError, Record
 from schedagent.ctl.keys import sign_spec
@@ -30,6 +31,8 @@ LINE_FIELDS = (
     "idempotency_key",
     "user",
     "after",
+    "memory",
+    "tasks",
 )
 # Well under NATS's 1 MiB default max_payload, whatever the specs hold.
 BATCH_BYTES = 512 * 1024
@@ -87,6 +90,11 @@ def line_spec(text: str) -> Record:
     unknown = sorted(set(raw) - set(LINE_FIELDS))
     if unknown:
         raise SpecError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(LINE_FIELDS)}")
+    if isinstance(raw.get("memory"), str):  # "64M", as --memory takes it
+        try:
+            raw["memory"] = parse_size(raw["memory"])
+        except ValueError as exc:
+            raise SpecError(f"memory: {exc}") from None
     spec = parse_spec(raw).to_dict()
     del spec["signature"]
     if not spec["after"]:

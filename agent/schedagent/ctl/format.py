@@ -50,6 +50,21 @@ def size(n: object) -> str:
     return "-"
 
 
+def used(usage: object) -> str:
+    """An attempt's usage from its cgroup: "cpu 1.25s mem 64.0M io 1.0M/0B" (read/written)."""
+    if not isinstance(usage, Mapping) or not usage:
+        return "-"
+    parts = []
+    cpu = usage.get("cpu_seconds")
+    if isinstance(cpu, int | float) and not isinstance(cpu, bool):
+        parts.append(f"cpu {cpu:.2f}s")
+    if "memory_peak" in usage:
+        parts.append(f"mem {size(usage['memory_peak'])}")
+    if "io_read_bytes" in usage or "io_write_bytes" in usage:
+        parts.append(f"io {size(usage.get('io_read_bytes'))}/{size(usage.get('io_write_bytes'))}")
+    return " ".join(parts) or "-"
+
+
 def pairs(mapping: object) -> str:
     if not isinstance(mapping, Mapping) or not mapping:
         return "-"
@@ -71,12 +86,13 @@ def _attempts(job: Record) -> str:
             text(a.get("signal")),
             when(a.get("started_at")),
             when(a.get("ended_at")),
+            used(a.get("usage")),
             text(a.get("reason")),
         ]
         for a in job.get("attempts") or []
         if isinstance(a, Mapping)
     ]
-    headers = ["ATTEMPT", "NODE", "STATE", "EXIT", "SIGNAL", "STARTED", "ENDED", "REASON"]
+    headers = ["ATTEMPT", "NODE", "STATE", "EXIT", "SIGNAL", "STARTED", "ENDED", "USED", "REASON"]
     return table(headers, rows) if rows else "no attempts yet"
 
 
@@ -101,6 +117,9 @@ def format_status(job: Record, pending_reason: object = None) -> str:
     after = spec.get("after") if isinstance(spec, Mapping) else None
     if after:
         fields.insert(3, ("after", ", ".join(map(str, after))))
+    limits = _limits(spec) if isinstance(spec, Mapping) else ""
+    if limits:
+        fields.insert(3, ("limits", limits))
     lines = [f"{name + ':':<11}{value}" for name, value in fields]
     if pending_reason:
         lines.append(f"pending: {pending_reason}")
@@ -131,6 +150,15 @@ def format_jobs(jobs: Sequence[Record]) -> str:
         for j in jobs
     ]
     return table(["ID", "STATE", "NODE", "ATTEMPT", "EXIT", "SUBMITTED", "AFTER", "CMD"], rows)
+
+
+def _limits(spec: Record) -> str:
+    parts = [f"cpus {text(spec.get('cpus'))}"]
+    if spec.get("memory") is not None:
+        parts.append(f"memory {size(spec['memory'])}")
+    if spec.get("tasks") is not None:
+        parts.append(f"tasks {text(spec['tasks'])}")
+    return ", ".join(parts) if len(parts) > 1 else ""
 
 
 def _after(after: object) -> str:

@@ -39,6 +39,7 @@ from schedagent.ctl.params import (
     JobId,
     JobIds,
     KeyValue,
+    MemorySize,
     PositiveNumber,
     check_cmd,
     check_cwd,
@@ -149,6 +150,12 @@ cli.add_command(schedule)
     help="Run only after these jobs SUCCEEDED; if one ends otherwise, this one ends "
     "CANCELED without running.",
 )
+@click.option(
+    "--memory",
+    type=MemorySize(),
+    help="Memory the job may use (64M, 2G; no swap); over it, the OOM killer ends it FAILED.",
+)
+@click.option("--tasks", type=click.IntRange(1, 4194304), help="Processes and threads at most.")
 @click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
 @json_option
 def submit(
@@ -164,6 +171,8 @@ def submit(
     idempotency_key: str | None,
     user: str | None,
     after: list[str],
+    memory: int | None,
+    tasks: int | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -189,8 +198,9 @@ def submit(
         "idempotency_key": idempotency_key or str(uuid.uuid4()),
         "user": user,
     }
-    if after:  # left out otherwise: an agent older than the field refuses it
-        spec["after"] = after
+    # Each left out unless given: an agent older than the field refuses it.
+    optional = {"after": after, "memory": memory, "tasks": tasks}
+    spec.update({name: value for name, value in optional.items() if value})
     key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
     sign_spec(spec, key)
 

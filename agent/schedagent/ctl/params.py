@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from schedagent.core.model import JOB_ID_RE
+from schedagent.core.sizes import memory_limit
 from schedagent.core.spec import MAX_PARENTS, USER_RE
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
     PairParam = click.ParamType[tuple[str, str], Any]
     StrParam = click.ParamType[str, Any]
     IdsParam = click.ParamType[tuple[str, ...], Any]
+    IntParam = click.ParamType[int, Any]
 else:
-    FloatParam = PairParam = StrParam = IdsParam = click.ParamType
+    FloatParam = PairParam = StrParam = IdsParam = IntParam = click.ParamType
 
 
 class PositiveNumber(FloatParam):
@@ -36,6 +38,18 @@ class PositiveNumber(FloatParam):
         if not math.isfinite(number) or number <= 0 or number > 1e9:
             self.fail(f"must be a number > 0 (and at most 1e9), got {value!r}", param, ctx)
         return number
+
+
+class MemorySize(IntParam):
+    """A size such as 64M or 1.5G (binary units), or bytes: the bytes."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return memory_limit(value if isinstance(value, int) else str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class KeyValue(PairParam):

@@ -245,6 +245,7 @@ async def _serve(
                 task.cancel()
     finally:
         await api.stop()
+        worker.containment.close()
     log.info("stopped: %d finished, %d handed back", worker.finished, worker.handed_back)
     return 0
 

@@ -11,13 +11,11 @@ that it cannot reach etcd either, nobody can retry anything and the jobs keep ru
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 from collections.abc import Callable
 
 from schedagent.core import fencing
+from schedagent.daemon.running import RunningJob
 from schedagent.daemon.worker import LEASE_LOST, Worker
 from schedagent.etcd.session import Session
 
@@ -36,7 +34,7 @@ class Fence:
         self.worker = worker
         self.stop_by = stop_by
         self.problem: str | None = None  # for the STATUS= line
-        self._sigkill_at: dict[str, tuple[int, float]] = {}  # job id -> (pgid, when)
+        self._sigkill_at: dict[str, tuple[RunningJob, float]] = {}  # job id -> (job, when)
 
     def may_start(self) -> bool:
         """A job may start only while the lease is known to be alive."""
@@ -86,16 +84,15 @@ class Fence:
             return
         self.worker.interrupt_all(reason)
         for job in running:
-            if job.pid is not None and not job.ended and job.job_id not in self._sigkill_at:
-                self._sigkill_at[job.job_id] = (job.pid, now + fencing.FENCE_KILL_GRACE)
+            if job.group is not None and not job.ended and job.job_id not in self._sigkill_at:
+                self._sigkill_at[job.job_id] = (job, now + fencing.FENCE_KILL_GRACE)
 
     def _escalate(self, now: float) -> None:
-        for job_id, (pgid, when) in list(self._sigkill_at.items()):
+        for job_id, (job, when) in list(self._sigkill_at.items()):
             if job_id not in self.worker.running:
                 del self._sigkill_at[job_id]
-            elif now >= when:
+            elif now >= when and job.group is not None:
                 del self._sigkill_at[job_id]
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, 0)  # the group may be gone already (its end unrecorded)
-                    os.killpg(pgid, signal.SIGKILL)
-                    log.info("job %s: SIGKILL to what is left of its process group", job_id)
+                # Its cgroup (or process group) whole: forks and escaped daemons too.
+                job.group.kill()
+                log.info("job %s: SIGKILL to what is left of it", job_id)

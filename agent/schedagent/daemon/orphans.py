@@ -10,7 +10,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from schedagent.core.model import Job, JobState
+from schedagent.errors import NotFoundError
 from schedagent.etcd.jobstore import JobStore
+from schedagent.host.containment import Containment
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,11 @@ def stale_attempts(jobs: list[Job], node: str, lease: int) -> list[Job]:
     return stale
 
 
-async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> int:
-    """SIGKILL the processes of stale attempts still alive; returns how many.
+async def reap_previous_incarnation(
+    jobs: JobStore, node: str, lease: int, containment: Containment | None = None
+) -> int:
+    """SIGKILL the processes of stale attempts still alive (their cgroups first, then any
+    process carrying their ids); returns how many.
 
     Under systemd the unit's control group is killed when the agent dies; without
     it (dev clusters, tests) the job processes outlive a killed agent. Their
@@ -56,7 +61,10 @@ async def reap_previous_incarnation(jobs: JobStore, node: str, lease: int) -> in
     # This node's own work only, from the placement index, however long the history.
     for job in stale_attempts(await jobs.placed_records(node), node, lease):
         # Per job: a running total would log every later job as killed too.
-        count = _kill(job_processes(job.id, job.attempt))
+        count = 0
+        if containment is not None:
+            count += await containment.remove_leftover(f"job-{job.id}-{job.attempt}")
+        count += _kill(job_processes(job.id, job.attempt))
         if count:
             log.warning(
                 "killed job %s attempt %d (%d processes): left running by a previous incarnation",
@@ -77,3 +85,22 @@ def _kill(pids: Iterable[int]) -> int:
             os.kill(pid, signal.SIGKILL)
             killed += 1
     return killed
+
+
+async def remove_leftover_cgroups(jobs: JobStore, node: str, containment: Containment) -> int:
+    """Kill and remove the attempt cgroups an earlier incarnation left (it was killed,
+    or the leader closed its attempts before it came back); only those the records put
+    on this node: another cluster's agent of the same name may share the host."""
+    removed = 0
+    for job_id, attempt in sorted(containment.leftovers()):
+        try:
+            job, _ = await jobs.get(job_id)
+        except NotFoundError:
+            continue
+        if any(a.n == attempt and a.node == node for a in job.attempts):
+            count = await containment.remove_leftover(f"job-{job_id}-{attempt}")
+            removed += 1
+            log.info(
+                "removed the cgroup of job %s attempt %d (%d processes)", job_id, attempt, count
+            )
+    return removed

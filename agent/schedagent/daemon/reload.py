@@ -34,6 +34,10 @@ LIVE_KEYS = frozenset(
         "security.run_as_allowed",
         "security.max_env_bytes",
         "security.max_requests_per_second",
+        # The worker reads the default limits per attempt (containment.cgroups is fixed
+        # at start: the hierarchy is found then).
+        "containment.memory",
+        "containment.tasks",
     }
 )
 

@@ -7,6 +7,7 @@ import dataclasses
 
 from schedagent.core import tail
 from schedagent.core.model import Job
+from schedagent.host.containment import JobGroup
 
 
 @dataclasses.dataclass
@@ -18,6 +19,7 @@ class RunningJob:
     cpus: float
     cancel: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     pid: int | None = None
+    group: JobGroup | None = None  # its cgroup or process group, once started
     # Set when the agent, not the job, ends the attempt (the worker's reason: stopped,
     # lease lost).
     interrupted: str | None = None

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +16,7 @@ from schedagent.config import AgentConfig
 from schedagent.core import transitions, wire
 from schedagent.core.model import Job, Outcome
 from schedagent.daemon.gate import Gate, audit
-from schedagent.daemon.orphans import reap_previous_incarnation
+from schedagent.daemon.orphans import reap_previous_incarnation, remove_leftover_cgroups
 from schedagent.daemon.running import OutputTail, RunningJob
 from schedagent.daemon.starter import Busy, Refusal, Started, Starter
 from schedagent.errors import ConflictError, NotFoundError, StoreUnavailableError, WireError
@@ -28,6 +25,7 @@ from schedagent.etcd.jobstore import JobStore, Mutation
 from schedagent.etcd.session import Session
 from schedagent.etcd.updates import BatchedUpdates
 from schedagent.host import journal
+from schedagent.host.containment import Containment, JobGroup, Limits
 from schedagent.host.runner import Command, job_environment, run_command
 from schedagent.nats.bus import Bus
 from schedagent.nats.dispatches import DispatchConsumer
@@ -70,6 +68,7 @@ class Worker:
         self.finished = 0
         self.handed_back = 0
         self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
+        self.containment = Containment.setup(config.node_name, config.containment.cgroups)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def usage(self) -> tuple[float, int]:
@@ -90,7 +89,8 @@ class Worker:
         """Kill what a previous incarnation left running. Call before registering: once
         the leader sees our new lease it closes those attempts, and they are harder to find."""
         try:
-            await reap_previous_incarnation(self.jobs, self.node, self.lease())
+            await reap_previous_incarnation(self.jobs, self.node, self.lease(), self.containment)
+            await remove_leftover_cgroups(self.jobs, self.node, self.containment)
         except StoreUnavailableError as exc:
             log.warning("could not look for a previous incarnation's jobs: %s", exc)
 
@@ -201,7 +201,8 @@ class Worker:
             outcome = await self._execute(job, running, tail)
         except Exception as exc:
             log.exception("job %s attempt %d: running it failed", job.id, ids["attempt"], extra=ids)
-            _kill_group(running.pid)
+            if running.group is not None:
+                running.group.kill()
             what = "cannot start" if running.pid is None else "the worker failed running it"
             outcome = Outcome(started_at, time.time(), error=f"{what}: {exc!r}")
         running.ended = True
@@ -239,12 +240,16 @@ class Worker:
             kill_grace=self.config.jobs.kill_grace,
             chunk_bytes=self.config.output.chunk_bytes,
             user=job.spec.user,
+            name=f"job-{job.id}-{running.attempt}",
+            limits=self._limits(job),
         )
 
-        def on_start(pid: int) -> None:
-            running.pid = pid
+        def on_start(group: JobGroup) -> None:
+            running.pid, running.group = group.pid, group
 
-        run = asyncio.create_task(run_command(command, on_output, running.cancel, on_start))
+        run = asyncio.create_task(
+            run_command(command, on_output, running.cancel, on_start, self.containment)
+        )
         # Once the command has ended, its outcome is its own, whatever interrupt comes
         # while its end is being written (a lost lease, a stop, the fence).
         run.add_done_callback(lambda _: setattr(running, "ended", True))
@@ -262,6 +267,15 @@ class Worker:
         echo.close()
         await self.bus.publish(subject, wire.output_end(job.id, running.attempt))
         return outcome
+
+    def _limits(self, job: Job) -> Limits:
+        """The job's own limits, else this agent's defaults; its CPUs as a quota."""
+        defaults = self.config.containment
+        return Limits(
+            memory=job.spec.memory if job.spec.memory is not None else defaults.memory,
+            tasks=job.spec.tasks if job.spec.tasks is not None else defaults.tasks,
+            cpus=job.spec.cpus,
+        )
 
     async def _record_pid(self, job_id: str, running: RunningJob) -> None:
         """Best effort: the PID helps an operator find the job on the host."""
@@ -392,13 +406,6 @@ class Worker:
         while True:
             await session.renewed.wait()
             self.interrupt_all(LEASE_LOST)
-
-
-def _kill_group(pgid: int | None) -> None:
-    """SIGKILL a job's process group (it has its own, led by the shell)."""
-    if pgid is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
 
 
 def _signer_of(job: Job) -> str | None:

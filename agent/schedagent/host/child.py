@@ -13,6 +13,11 @@ from collections.abc import Mapping, Sequence
 log = logging.getLogger(__name__)
 
 STREAMS = ("stdout", "stderr")
+# A gated child's first program: it waits for a line on stdin (its gate) before it execs
+# the command, with stdin from /dev/null as an ungated one has. The agent opens the gate
+# once it has placed the child (in its cgroup), so the command cannot fork before that;
+# if the agent dies first, the gate reads end of file and nothing runs.
+GATE_SCRIPT = 'read -r gate || exit 125; exec "$0" "$@" </dev/null'
 
 
 class Child:
@@ -24,8 +29,9 @@ class Child:
     (bench/spawn_bench.py measures both).
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], gate: int | None = None) -> None:
         self.proc = proc
+        self._gate = gate
         self.pid = proc.pid
         loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = loop.create_future()
@@ -48,14 +54,39 @@ class Child:
         user: int | None = None,
         group: int | None = None,
         extra_groups: Sequence[int] | None = None,
+        gated: bool = False,
     ) -> Child:
-        """Start argv with stdin from /dev/null and stdout/stderr into pipes.
+        """Start argv with stdin from /dev/null and stdout/stderr into pipes; if gated,
+        argv starts only once open_gate() is called.
 
         Raises OSError (as subprocess does) if it cannot start.
         """
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
+        gate_read, gate = os.pipe() if gated else (subprocess.DEVNULL, None)
+        try:
+            proc = cls._popen(argv, env, cwd, gate_read, user, group, extra_groups, gated)
+        except BaseException:
+            if gate is not None:
+                os.close(gate)
+            raise
+        finally:
+            if gate is not None:
+                os.close(gate_read)
+        return cls(proc, gate)
+
+    @staticmethod
+    def _popen(
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        stdin: int,
+        user: int | None,
+        group: int | None,
+        extra_groups: Sequence[int] | None,
+        gated: bool,
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", GATE_SCRIPT, *argv] if gated else list(argv),
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(env),
@@ -65,7 +96,17 @@ class Child:
             group=group,
             extra_groups=extra_groups,
         )
-        return cls(proc)
+
+    def open_gate(self) -> None:
+        """Let a gated child go on to its command."""
+        if self._gate is not None:
+            os.write(self._gate, b"\n")
+            self._close_gate()
+
+    def _close_gate(self) -> None:
+        if self._gate is not None:
+            os.close(self._gate)
+            self._gate = None
 
     @property
     def returncode(self) -> int | None:
@@ -91,6 +132,7 @@ class Child:
 
     def close_pipes(self) -> None:
         """Stop reading: close our ends of the pipes (a writer left behind gets EPIPE)."""
+        self._close_gate()
         for pipe in self._pipes.values():
             if pipe is not None:
                 pipe.close()

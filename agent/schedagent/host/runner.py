@@ -1,9 +1,8 @@
-"""Runs one shell command in its own process group: output, timeout, cancel, no strays."""
+"""Runs one shell command in its own cgroup or process group: output, timeout, cancel, no strays."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -14,7 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from schedagent.core.model import Outcome
+from schedagent.errors import ContainmentError
 from schedagent.host.child import STREAMS, Child
+from schedagent.host.containment import Containment, JobGroup, Limits, ProcessGroup
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class Command:
     kill_grace: float
     chunk_bytes: int = 16384
     user: str | None = None  # run as this user (the gate checked it is allowed)
+    name: str = "job"  # its cgroup's name: unique on this node
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
 
 def job_environment(spec_env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -49,23 +52,28 @@ async def run_command(
     command: Command,
     on_output: OnOutput,
     cancel: asyncio.Event,
-    on_start: Callable[[int], None] = lambda _pid: None,
+    on_start: Callable[[JobGroup], None] = lambda _group: None,
+    containment: Containment | None = None,
 ) -> Outcome:
+    """Run the command to its end, timeout or cancel; whatever it started dies with it."""
     started = time.time()
     try:
-        child = Child.spawn(["/bin/sh", "-c", command.cmd], cwd=command.cwd, **_identity(command))
-    except OSError as exc:
-        return Outcome(started, time.time(), error=f"cannot start: {exc.strerror or exc}")
-    except KeyError as exc:  # the run-as user vanished since the gate checked it
-        return Outcome(started, time.time(), error=f"cannot start: no user {exc}")
-    on_start(child.pid)
+        group = await _group(containment, command)
+    except ContainmentError as exc:  # a limit this host cannot enforce: nothing ran
+        return Outcome(started, time.time(), error=str(exc))
+    child = await _start(command, group)
+    if isinstance(child, str):
+        return Outcome(started, time.time(), error=child)
+    on_start(group)
     try:
-        timed_out, canceled = await _supervise(child, command, on_output, cancel)
+        timed_out, canceled = await _supervise(child, group, command, on_output, cancel)
     finally:
         if child.returncode is None:  # cancelled, or failed: nothing of the job stays
-            _signal_group(child.pid, signal.SIGKILL)
+            group.kill()
         child.close_pipes()
+        ending = await group.close()
     code = child.returncode
+    oom = None if timed_out or canceled or code == 0 else ending.oom_reason(command.limits)
     return Outcome(
         started_at=started,
         ended_at=time.time(),
@@ -73,11 +81,44 @@ async def run_command(
         signal=-code if code is not None and code < 0 else None,
         timed_out=timed_out,
         canceled=canceled,
+        error=oom,
+        usage=ending.usage or None,
     )
 
 
+async def _group(containment: Containment | None, command: Command) -> JobGroup:
+    if containment is None:
+        return ProcessGroup()
+    return await containment.group(command.name, command.limits)
+
+
+async def _start(command: Command, group: JobGroup) -> Child | str:
+    """The child, placed in its group before its command runs; or why it did not start."""
+    try:
+        child = Child.spawn(
+            ["/bin/sh", "-c", command.cmd],
+            cwd=command.cwd,
+            gated=group.gated,
+            **_identity(command),
+        )
+    except (OSError, KeyError) as exc:  # KeyError: the run-as user vanished since the gate
+        await group.close()
+        what = f"no user {exc}" if isinstance(exc, KeyError) else exc.strerror or exc
+        return f"cannot start: {what}"
+    try:
+        await group.join(child.pid)
+    except OSError as exc:
+        os.kill(child.pid, signal.SIGKILL)  # still at its gate: nothing of the job ran
+        await asyncio.shield(child.exited)
+        child.close_pipes()
+        await group.close()
+        return f"cannot start: cannot place it in its cgroup: {exc.strerror or exc}"
+    child.open_gate()
+    return child
+
+
 async def _supervise(
-    child: Child, command: Command, on_output: OnOutput, cancel: asyncio.Event
+    child: Child, group: JobGroup, command: Command, on_output: OnOutput, cancel: asyncio.Event
 ) -> tuple[bool, bool]:
     """Pump the output until the end, the timeout or a cancel: (timed_out, canceled)."""
     async with asyncio.TaskGroup() as tg:
@@ -85,9 +126,9 @@ async def _supervise(
             tg.create_task(_pump(child, stream, on_output, command.chunk_bytes))
             for stream in STREAMS
         ]
-        timed_out, canceled = await _wait(child, command, cancel)
+        timed_out, canceled = await _wait(child, group, command, cancel)
         # The shell is gone; anything it left behind in its group goes with it.
-        _signal_group(child.pid, signal.SIGKILL)
+        group.kill()
         await _finish_readers(readers)
     return timed_out, canceled
 
@@ -107,7 +148,9 @@ def _identity(command: Command) -> dict[str, Any]:
     }
 
 
-async def _wait(child: Child, command: Command, cancel: asyncio.Event) -> tuple[bool, bool]:
+async def _wait(
+    child: Child, group: JobGroup, command: Command, cancel: asyncio.Event
+) -> tuple[bool, bool]:
     """Wait for exit, timeout or cancel; returns (timed_out, canceled)."""
     exited = child.exited
     canceled = asyncio.create_task(cancel.wait())
@@ -120,22 +163,17 @@ async def _wait(child: Child, command: Command, cancel: asyncio.Event) -> tuple[
         canceled.cancel()
     if exited in done:
         return False, False
-    await _kill_group(child, exited, command.kill_grace)
+    await _kill_group(group, exited, command.kill_grace)
     return canceled not in done, canceled in done
 
 
-async def _kill_group(child: Child, exited: asyncio.Future[int], grace: float) -> None:
-    _signal_group(child.pid, signal.SIGTERM)
+async def _kill_group(group: JobGroup, exited: asyncio.Future[int], grace: float) -> None:
+    group.signal(signal.SIGTERM)
     try:
         await asyncio.wait_for(asyncio.shield(exited), grace)
     except TimeoutError:
-        _signal_group(child.pid, signal.SIGKILL)
+        group.kill()
         await asyncio.shield(exited)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 async def _pump(child: Child, stream: str, on_output: OnOutput, chunk: int) -> None:

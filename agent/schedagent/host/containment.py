@@ -1,0 +1,171 @@
+"""Where a job runs: its own cgroup where this agent can write one, else its own process group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Protocol
+
+from schedagent.errors import ContainmentError
+from schedagent.host import cgroups
+from schedagent.host.cgroups import Layout
+from schedagent.host.jobcgroup import Ending, JobCgroup, Limits
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_DIR_RE = re.compile(r"^job-([0-9a-f]{20})-([0-9]+)$")  # as the worker names them
+
+__all__ = ["Containment", "Ending", "JobGroup", "Limits", "ProcessGroup"]
+
+
+class JobGroup(Protocol):
+    """An attempt's processes, whichever way they are held together."""
+
+    gated: bool  # the child must wait at a gate until join() has placed it
+    pid: int | None
+
+    async def join(self, pid: int) -> None: ...
+
+    def signal(self, sig: signal.Signals) -> None: ...
+
+    def kill(self) -> None: ...
+
+    async def close(self) -> Ending: ...
+
+
+class ProcessGroup:
+    """The fallback: the job's shell leads a session and process group of its own; what
+    leaves it (setsid) is out of reach, and nothing is limited or accounted."""
+
+    gated = False
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+
+    async def join(self, pid: int) -> None:
+        self.pid = pid  # Child.spawn made it a session leader: its PID names the group
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    async def close(self) -> Ending:
+        self.kill()
+        return Ending({})
+
+
+class Containment:
+    """Makes each attempt's JobGroup: a cgroup in the layout found at start, or, with no
+    writable hierarchy (or cgroups turned off), a process group."""
+
+    def __init__(self, layout: Layout | None) -> None:
+        self.layout = layout
+
+    @classmethod
+    def setup(cls, node: str, use_cgroups: bool, proc: Path = Path("/proc/self")) -> Containment:
+        layout = cgroups.discover(node, proc) if use_cgroups else None
+        if layout is None:
+            why = "turned off (containment.cgroups)" if not use_cgroups else "none writable"
+            log.warning(
+                "cgroups %s: jobs run in process groups; --memory and --tasks are refused, "
+                "--cpus only reserves placement, and a process that leaves its group "
+                "(setsid) outlives the job",
+                why,
+            )
+        else:
+            log.info("job cgroups: %s", layout.describe())
+            if layout.source("cpu") is None:
+                log.warning("no writable cpu controller: --cpus only reserves placement here")
+        return cls(layout)
+
+    def refusal(self, limits: Limits) -> str | None:
+        """Why an attempt with these limits cannot run here, or None."""
+        missing = []
+        if limits.memory is not None and not self._can("memory"):
+            missing.append("--memory (no writable memory controller)")
+        if limits.tasks is not None and not self._can("pids"):
+            missing.append("--tasks (no writable pids controller)")
+        if limits.memory is not None and self._can("memory") and not self._swap_bounded():
+            missing.append("--memory (swap is on and the memory controller cannot limit it)")
+        if not missing:
+            return None
+        return f"cannot enforce {' and '.join(missing)} on this node"
+
+    async def group(self, name: str, limits: Limits) -> JobGroup:
+        """The attempt's group, its cgroup made with its limits; ContainmentError if a
+        limit cannot be enforced here (before anything runs)."""
+        refusal = self.refusal(limits)
+        if refusal is not None:
+            raise ContainmentError(refusal)
+        if self.layout is None:
+            return ProcessGroup()
+        cpus = limits.cpus if self._can("cpu") else None
+        group = JobCgroup(self.layout, name, Limits(limits.memory, limits.tasks, cpus))
+        # In a thread: a cgroup's mkdir can take the kernel a millisecond of waiting.
+        await asyncio.to_thread(group.create)
+        return group
+
+    async def remove_leftover(self, name: str) -> int:
+        """Kill and remove an attempt's cgroup a previous incarnation left behind; how
+        many processes it still held."""
+        if self.layout is None:
+            return 0
+        group = JobCgroup.left_behind(self.layout, name)
+        if group is None:
+            return 0
+        count = len(group.members())
+        await group.close()
+        return count
+
+    def leftovers(self) -> set[tuple[str, int]]:
+        """(job id, attempt) of every attempt cgroup under this agent's bases: at start,
+        before anything runs, each is left by an earlier incarnation (or by another
+        agent of the same name on this host: the caller asks the records)."""
+        found: set[tuple[str, int]] = set()
+        for base in self._bases():
+            with contextlib.suppress(OSError):
+                for name in os.listdir(base):
+                    match = ATTEMPT_DIR_RE.match(name)
+                    if match is not None:
+                        found.add((match[1], int(match[2])))
+        return found
+
+    def close(self) -> None:
+        """Remove this agent's (empty) base directories."""
+        for base in self._bases():
+            with contextlib.suppress(OSError):  # a job's cgroup left behind keeps it
+                base.rmdir()
+
+    def _bases(self) -> set[Path]:
+        if self.layout is None:
+            return set()
+        bases = {h.base for h in self.layout.v1.values()}
+        return bases | ({self.layout.unified.base} if self.layout.unified is not None else set())
+
+    def _can(self, controller: str) -> bool:
+        return self.layout is not None and self.layout.source(controller) is not None
+
+    def _swap_bounded(self) -> bool:
+        """Whether a memory limit also bounds swap: no swap, or a swap limit to set."""
+        source = self.layout.source("memory") if self.layout is not None else None
+        if source is None:
+            return False
+        swap_limit = "memory.swap.max" if source.unified else "memory.memsw.limit_in_bytes"
+        return source.has(swap_limit) or _no_swap()
+
+
+def _no_swap(meminfo: Path = Path("/proc/meminfo")) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("SwapTotal:"):
+                return int(line.split()[1]) == 0
+    return False
