@@ -249,7 +249,12 @@ async def test_paused_leader_is_deposed_fenced_and_steps_down(
         # Every job placed once and run once: no stale placement of the old leader's
         # reached a record or a node.
         found = await records(api)
-        assert all([a.n for a in found[i].attempts] == [1] for i in ids + after)
+        again = {
+            i: [(a.n, a.node, a.state, a.reason) for a in found[i].attempts] for i in ids + after
+        }
+        assert all(len(tries) == 1 for tries in again.values()), {
+            i: tries for i, tries in again.items() if len(tries) != 1
+        }
         await assert_invariants(api, ids + after, ran)
         assert sorted(marks.by_attempt(marks.read_file(ran))) == sorted((i, 1) for i in ids + after)
     assert "no longer leader" in cluster.agents[old].log_tail(300)  # and it says so
