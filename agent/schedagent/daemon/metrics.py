@@ -43,8 +43,11 @@ class AgentMetrics:
             ["state", "reason"],
             registry=r,
         )
-        for state, reason in SEEDED_ENDS:  # at 0 from the start, so rate() sees the first
-            self.jobs_finished.labels(state, reason)
+        # The series in use; the common ones at 0 from the start, so rate() sees the first.
+        self._ends: dict[tuple[str, str], Counter] = {
+            (str(state), reason): self.jobs_finished.labels(state, reason)
+            for state, reason in SEEDED_ENDS
+        }
         self.jobs_refused = Counter(
             "schedagent_jobs_refused", "Dispatches this agent refused to run.", registry=r
         )
@@ -120,7 +123,11 @@ class AgentMetrics:
             self.schedule_slots.labels(outcome)
 
     def attempt_ended(self, state: str, reason: str | None, seconds: float) -> None:
-        self.jobs_finished.labels(state, reason_class(state, reason)).inc()
+        labels = (state, reason_class(state, reason))
+        child = self._ends.get(labels)
+        if child is None:  # labels() costs more than the increment: once per pair
+            child = self._ends[labels] = self.jobs_finished.labels(*labels)
+        child.inc()
         self.attempt_duration.observe(seconds)
 
     def etcd_call(self, seconds: float, failed: bool) -> None:
