@@ -78,11 +78,11 @@ async def test_counters_move_with_the_jobs_that_ran(
     runs = marks.runs(marks.read_file(ran))
     assert len(runs) == 6  # the evidence: each job's shell marked its one run
 
-    def counted(s: Samples) -> bool:
-        return (
-            finished(s, "SUCCEEDED", "exit_code") - finished(before, "SUCCEEDED", "exit_code") >= 5
-            and finished(s, "FAILED", "exit_code") - finished(before, "FAILED", "exit_code") >= 1
-        )
+    def rise(now: Samples, state: str) -> float:
+        return finished(now, state, "exit_code") - finished(before, state, "exit_code")
+
+    def counted(now: Samples) -> bool:
+        return rise(now, "SUCCEEDED") >= 5 and rise(now, "FAILED") >= 1
 
     after = await until(counted, cluster, "the six attempt ends")
     delta = {
@@ -104,10 +104,7 @@ async def test_counters_move_with_the_jobs_that_ran(
         "schedagent_placement_latency_seconds_count": len(runs),
         "schedagent_output_bytes_total": 5 * len(b"hello\n"),
     }
-    assert (
-        finished(after, "SUCCEEDED", "exit_code") - finished(before, "SUCCEEDED", "exit_code") == 5
-    )
-    assert finished(after, "FAILED", "exit_code") - finished(before, "FAILED", "exit_code") == 1
+    assert (rise(after, "SUCCEEDED"), rise(after, "FAILED")) == (5, 1)
     # State read at scrape time: nothing runs or waits now; both nodes are up, one leads.
     assert get(after, "schedagent_running_jobs") == 0
     assert get(after, "schedagent_pending_jobs") == 0
