@@ -22,7 +22,7 @@ from schedagent.daemon.metrics_cluster import LeaderCollector
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 DASHBOARD = CONTRIB / "grafana" / "schedagent.json"
 ALERTS = CONTRIB / "prometheus" / "alerts.yml"
-METRIC_NAME = re.compile(r"\bschedagent_[a-z_]+\b")
+METRIC_NAME = re.compile(r"\b(?:schedagent|process)_[a-z_]+\b")
 # What Prometheus adds to every series, and the histograms' bucket label.
 SCRAPE_LABELS = {"instance", "job", "le"}
 
@@ -116,6 +116,7 @@ def test_the_alerts_query_only_exported_metrics() -> None:
 def test_the_check_finds_a_metric_or_label_the_agent_does_not_export() -> None:
     # The two tests above must be able to fail.
     assert unknown(["rate(schedagent_jobs_started_totl[5m])"])
+    assert unknown(["process_cpu_secs_total"])
     assert unknown(["sum by (node) (schedagent_running_jobs)"])
     assert not unknown(["sum by (instance) (schedagent_running_jobs)"])
 

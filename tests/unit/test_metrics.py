@@ -160,13 +160,17 @@ async def test_metrics_are_served_on_the_loop_and_other_paths_are_not_found() ->
         assert families["schedagent_jobs_started"].samples[0].value == 3
         missing = await scrape(server.port, b"GET /other HTTP/1.1\r\n\r\n")
         assert missing.startswith(b"HTTP/1.1 404")
-        # A client that never finishes its request does not hold up the others.
+        # A client that never finishes its request does not hold up the others, and one
+        # that sends too much is cut off.
         _, silent = await asyncio.open_connection("127.0.0.1", server.port)
-        again = await scrape(server.port, b"GET /metrics HTTP/1.0\r\n\r\n")
-        assert again.startswith(b"HTTP/1.1 200 OK")
+        try:
+            again = await scrape(server.port, b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert again.startswith(b"HTTP/1.1 200 OK")
+            assert await scrape(server.port, b"GET /metrics HTTP/1.1\r\nX: " + b"x" * 9000) == b""
+        finally:
+            silent.close()
     finally:
         await server.stop()
-        silent.close()
 
 
 async def test_an_address_in_use_is_a_clear_error() -> None:

@@ -61,7 +61,7 @@ class MetricsServer:
         self._clients.add(task)
         try:
             await asyncio.wait_for(self._answer(reader, writer), REQUEST_TIMEOUT)
-        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError):
+        except (TimeoutError, ConnectionError, EOFError, asyncio.LimitOverrunError):
             pass  # a slow, oversized or vanished client: nothing to tell it
         finally:
             self._clients.discard(task)
