@@ -141,3 +141,19 @@ def test_promtool_accepts_the_alert_rules() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 6 rules found" in result.stdout
+
+
+@pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (Debian's prometheus package; scripts/setup)"
+)
+def test_each_alert_fires_on_its_series_and_not_before_its_time() -> None:
+    assert PROMTOOL is not None
+    tests = ALERTS.with_name("alerts_test.yml")
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", tests.name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tests.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
