@@ -150,10 +150,8 @@ async def _run(
         stack.push_async_callback(store.close)
         await store.connect()
         bus = Bus(config.nats, config.output, config.node_name)
-        bus.on_round_trip, bus.on_publish_error = (
-            metrics.nats_round_trip,
-            metrics.nats_publish_failed,
-        )
+        bus.on_round_trip = metrics.nats_round_trip
+        bus.on_publish_error = metrics.nats_publish_failed
         nats_where = f"NATS at {without_secrets(config.nats.urls)}"
         if not await until_ready(nats_where, bus.connect, signals.stop, heartbeat.status):
             heartbeat.stopping(f"stopped before reaching {nats_where}")
