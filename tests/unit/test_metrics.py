@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -124,13 +125,17 @@ def test_the_leader_figures_come_from_its_view_and_only_while_it_leads() -> None
     view.set_node("nodes/b", node("b", draining=True))
     view.set_node("nodes/c", node("c"))
     view.set_suspects({"c"})
-    now = 1_000_000.0
+    now = time.time()
     view.set_job("jobs/1", pending(1, now - 400), 1, now)
     view.set_job("jobs/2", pending(2, now - 10), 1, now)
     view.set_job("jobs/3", pending(3, now - 900, JobState.RUNNING), 1, now)
+    backoff = pending(4, now - 3600)  # retried, waiting out its backoff: not for a node
+    backoff.not_before = now + 60
+    view.set_job("jobs/4", backoff, 1, now)
     collector.view = view
-    assert value(metrics, "schedagent_pending_jobs") == 2
-    assert value(metrics, "schedagent_oldest_pending_age_seconds") >= 400  # type: ignore[operator]
+    assert value(metrics, "schedagent_pending_jobs") == 3
+    age = value(metrics, "schedagent_oldest_pending_age_seconds")
+    assert age is not None and 400 <= age < 430  # jobs/1's, not the older one in backoff
     for state in ("ready", "draining", "suspect"):
         assert value(metrics, "schedagent_nodes", state=state) == 1
     collector.view = None

@@ -52,20 +52,21 @@ def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
         ),
         GaugeMetricFamily(
             "schedagent_oldest_pending_age_seconds",
-            "Seconds since the oldest pending job was submitted (leader only; 0: none).",
+            "Seconds the oldest job waiting for a node has been placeable (leader only; 0: none).",
         ),
     )
 
 
 def pending_figures(view: LeaderView) -> tuple[int, float | None]:
-    """How many jobs are PENDING, and the submit time of the oldest (None: none)."""
-    count, oldest = 0, None
-    for tracked in view.jobs.values():
-        job = tracked.job
-        if job.state == JobState.PENDING:
-            count += 1
-            if oldest is None or job.submitted_at < oldest:
-                oldest = job.submitted_at
+    """How many jobs are PENDING, and since when the oldest of those waiting for a node
+    (queued: not in backoff, not held by --after) has been placeable (None: none)."""
+    count = sum(1 for tracked in view.jobs.values() if tracked.job.state == JobState.PENDING)
+    oldest = None
+    for key in view.queue.members:
+        job = view.jobs[key].job
+        since = max(job.updated_at, job.not_before)
+        if oldest is None or since < oldest:
+            oldest = since
     return count, oldest
 
 
