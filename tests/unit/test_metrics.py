@@ -183,7 +183,8 @@ async def test_an_address_in_use_is_a_clear_error() -> None:
     await first.start()
     try:
         second = MetricsServer(AgentMetrics().registry, "127.0.0.1", first.port)
-        with pytest.raises(ListenError, match=f"metrics.listen 127.0.0.1:{first.port}: cannot"):
+        expected = f"metrics.listen 127.0.0.1:{first.port}: cannot listen: Address already in use$"
+        with pytest.raises(ListenError, match=expected):
             await second.start()
     finally:
         await first.stop()

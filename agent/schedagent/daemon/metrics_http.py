@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -42,9 +43,10 @@ class MetricsServer:
                 self._on_client, self.host, self.port, limit=MAX_HEAD
             )
         except OSError as exc:
-            raise ListenError(
-                f"metrics.listen {self.address}: cannot listen: {exc.strerror or exc}"
-            ) from exc
+            # asyncio words it "error while attempting to bind on address ...": the
+            # errno's own text is the line an operator needs.
+            problem = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"metrics.listen {self.address}: cannot listen: {problem}") from exc
         self.port = self._server.sockets[0].getsockname()[1]  # port 0 asks for a free one
         log.info("metrics on http://%s/metrics", self.address)
 
