@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -95,6 +96,13 @@ class ContainmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    # host:port of the Prometheus /metrics endpoint; None: no endpoint. Loopback by
+    # default: opening it to a Prometheus host is a decision (a firewall rule, a port).
+    listen: tuple[str, int] | None = ("127.0.0.1", 9464)
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentConfig:
     node_name: str = dataclasses.field(default_factory=lambda: default_node_name())
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -108,6 +116,7 @@ class AgentConfig:
     jobs: JobsConfig = dataclasses.field(default_factory=JobsConfig)
     security: SecurityConfig = dataclasses.field(default_factory=SecurityConfig)
     containment: ContainmentConfig = dataclasses.field(default_factory=ContainmentConfig)
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
 
 
 def default_node_name() -> str:
@@ -300,7 +309,31 @@ _SECTIONS: dict[str, type] = {
     "jobs": JobsConfig,
     "containment": ContainmentConfig,
     "security": SecurityConfig,
+    "metrics": MetricsConfig,
 }
+
+
+def _listen_address(value: object) -> tuple[str, int] | None:
+    """host:port ([v6]:port for IPv6), or null for no endpoint."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"must be host:port or null, not {_kind(value)} {value!r}")
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535)")
+    if not _is_ip(host) and not HOST_RE.match(host):
+        raise ValueError(f"{value!r}: {host!r} is not an IP address or host name")
+    return host, int(port)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _public_keys(value: object) -> tuple[str, ...]:
@@ -362,6 +395,7 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "containment.cgroups": _bool,
     "containment.memory": lambda v: None if v is None else memory_limit(v, "a memory limit"),
     "containment.tasks": lambda v: None if v is None else task_limit(v, "a task limit"),
+    "metrics.listen": _listen_address,
 }
 
 

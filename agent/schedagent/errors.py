@@ -45,3 +45,7 @@ class WireError(SpecError):
 
 class ContainmentError(SchedagentError):
     """A job's limits cannot be enforced on this host, or its cgroup cannot be made."""
+
+
+class ListenError(SchedagentError):
+    """An address the agent should serve on cannot be bound (in use, not this host's)."""

@@ -61,6 +61,10 @@ def test_full_file_is_read(tmp_path: Path) -> None:
         ("containment: {memory: 1024}\n", "containment.memory", "from 1M to 1P"),
         ("containment: {tasks: 0}\n", "containment.tasks", "from 1 to 4194304"),
         ("containment: {cgroups: maybe}\n", "containment.cgroups", "true or false"),
+        ("metrics: {listen: 9464}\n", "metrics.listen", "must be host:port or null"),
+        ("metrics: {listen: 'localhost'}\n", "metrics.listen", "is not host:port"),
+        ("metrics: {listen: '127.0.0.1:0'}\n", "metrics.listen", "a port from 1 to 65535"),
+        ("metrics: {listen: 'a b:9464'}\n", "metrics.listen", "not an IP address or host"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -70,6 +74,13 @@ def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str, probl
     assert info.value.key == key
     assert problem in info.value.problem
     assert str(path) in str(info.value)
+
+
+def test_metrics_listen_is_host_and_port_or_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "{}\n")).metrics.listen == ("127.0.0.1", 9464)
+    text = "metrics: {listen: '[::1]:9100'}\n"
+    assert load_config(write(tmp_path, text)).metrics.listen == ("::1", 9100)
+    assert load_config(write(tmp_path, "metrics: {listen: null}\n")).metrics.listen is None
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:

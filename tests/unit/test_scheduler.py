@@ -14,6 +14,7 @@ from schedagent.core.model import Job, JobSpec, JobState, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.core.placement import PlacementIndex
 from schedagent.daemon import scheduler as scheduler_module
+from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.scheduler import Scheduler
 from schedagent.dev.memstore import MemStore
 from schedagent.errors import FencedError
@@ -317,3 +318,29 @@ async def test_every_dispatch_carries_the_record_as_etcd_holds_it_and_its_revisi
     for record, revision in cluster.bus.carried:
         kv = cluster.store.data[cluster.keys.job(Job.from_json(record).id)]
         assert (record, revision) == (kv.value, kv.mod_revision)
+
+
+async def test_placements_their_latency_and_lost_nodes_are_counted(make: Any, clock: Clock) -> None:
+    cluster = Cluster(MemStore(), set())
+    metrics = cluster.scheduler.metrics = AgentMetrics()
+    cluster.put_node(node("n0"))
+    cluster.put_node(node("n1", cpus=2))
+    cluster.put_node(NodeRecord("n2", "n2", 1.0, 1, 0, (0.0,) * 3, {}, "t", 1.0, 1, draining=True))
+    for n in range(3):
+        job = Job(id=job_id(n), spec=JobSpec(cmd="true"), state=JobState.PENDING, submitted_at=0.0)
+        job.updated_at = clock.now - 2.5  # placeable since 2.5 s
+        cluster.put_job(job)
+    await make(cluster)
+    sample = metrics.registry.get_sample_value
+    assert sample("schedagent_placements_total") == 3
+    assert sample("schedagent_placement_latency_seconds_count") == 3
+    assert sample("schedagent_placement_latency_seconds_sum") == pytest.approx(7.5)
+    # A drained node that leaves (an agent that stopped) is not lost; one that vanishes is.
+    cluster.store.delete(cluster.keys.node("n2"))
+    await cluster.settle()
+    assert sample("schedagent_nodes_lost_total") == 0
+    cluster.store.delete(cluster.keys.node("n0"))
+    await cluster.settle()
+    assert sample("schedagent_nodes_lost_total") == 1
+    # Its job went back to the queue, and waits: n1 is full (2 CPUs, 2 jobs).
+    assert sample("schedagent_placements_total") == 3

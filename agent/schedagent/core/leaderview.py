@@ -33,6 +33,8 @@ class Decision:
     job: Job
     revision: int
     reason: str = ""
+    # A placement: since when the job was placeable (its last change or not_before).
+    placeable_since: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +226,8 @@ class LeaderView:
             if new is None:  # only PENDING jobs are queued; never loop on one that is not
                 self.queue.remove(key)
                 continue
-            found.append(Decision(key, new, tracked.revision))
+            since = min(now, max(tracked.job.updated_at, tracked.job.not_before))
+            found.append(Decision(key, new, tracked.revision, placeable_since=since))
             self.set_job(key, new, tracked.revision, now)
             self._sent(key, now, 1)
         return found

@@ -15,6 +15,9 @@ from schedagent.daemon.api import Api
 from schedagent.daemon.etcd_reach import EtcdReach
 from schedagent.daemon.fence import Fence
 from schedagent.daemon.leader_heartbeat import LeaderHeartbeat
+from schedagent.daemon.metrics import AgentMetrics
+from schedagent.daemon.metrics_cluster import LeaderCollector
+from schedagent.daemon.metrics_http import MetricsServer
 from schedagent.daemon.reconciler import Reconciler
 from schedagent.daemon.registry import Registry
 from schedagent.daemon.reload import Reloader
@@ -22,7 +25,7 @@ from schedagent.daemon.retention import Retention
 from schedagent.daemon.scheduler import Scheduler
 from schedagent.daemon.schedules import ScheduleLoop
 from schedagent.daemon.worker import Worker
-from schedagent.errors import StoreUnavailableError
+from schedagent.errors import ListenError, StoreUnavailableError
 from schedagent.etcd.election import Election
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.session import Session
@@ -138,11 +141,17 @@ async def _run(
     heartbeat: Heartbeat,
 ) -> int:
     keys = Keys(config.etcd.prefix)
+    metrics = AgentMetrics()
     async with contextlib.AsyncExitStack() as stack:
+        if not await _serve_metrics(config, metrics, stack):
+            return EXIT_CONFIG
         store = Store(config.etcd.endpoints, config.etcd.timeout, etcd_tls)
+        store.on_call = metrics.etcd_call
         stack.push_async_callback(store.close)
         await store.connect()
         bus = Bus(config.nats, config.output, config.node_name)
+        bus.on_round_trip = metrics.nats_round_trip
+        bus.on_publish_error = metrics.nats_publish_failed
         nats_where = f"NATS at {without_secrets(config.nats.urls)}"
         if not await until_ready(nats_where, bus.connect, signals.stop, heartbeat.status):
             heartbeat.stopping(f"stopped before reaching {nats_where}")
@@ -154,23 +163,42 @@ async def _run(
             heartbeat.stopping(f"stopped before reaching {etcd_where}")
             return 0
         stack.push_async_callback(session.revoke)
-        return await _serve(config, store, keys, bus, session, signals, heartbeat, config_path)
+        parts = (store, keys, bus, session, metrics)
+        return await _serve(config, parts, signals, heartbeat, config_path)
     return 0  # pragma: no cover - the stack's exit is above
+
+
+async def _serve_metrics(
+    config: AgentConfig, metrics: AgentMetrics, stack: contextlib.AsyncExitStack
+) -> bool:
+    """Serve /metrics from the start (etcd and NATS troubles show there too); False if
+    metrics.listen cannot be bound, which the operator must fix."""
+    if config.metrics.listen is None:
+        return True
+    server = MetricsServer(metrics.registry, *config.metrics.listen)
+    try:
+        await server.start()
+    except ListenError as exc:
+        log.error("%s", exc)
+        return False
+    stack.push_async_callback(server.stop)
+    return True
 
 
 async def _serve(
     config: AgentConfig,
-    store: Store,
-    keys: Keys,
-    bus: Bus,
-    session: Session,
+    parts: tuple[Store, Keys, Bus, Session, AgentMetrics],
     signals: Signals,
     heartbeat: Heartbeat,
     config_path: str | None,
 ) -> int:
+    store, keys, bus, session, metrics = parts
     jobs = JobStore(store, keys)
-    worker = Worker(config, jobs, bus, lambda: session.lease_id)
+    worker = Worker(config, jobs, bus, lambda: session.lease_id, metrics)
     election = Election(store, keys, session, config.node_name)
+    metrics.watch_agent(worker.usage, session.age, config.node_ttl, lambda: election.is_leader)
+    leader_figures = LeaderCollector()
+    metrics.registry.register(leader_figures)
     reach = EtcdReach(
         bus,
         session,
@@ -192,18 +220,21 @@ async def _serve(
     leader_beat = LeaderHeartbeat(bus, store, election)
 
     async def lead(fence: Sequence[Compare]) -> None:
+        metrics.leaderships.inc()
         token = fence[0].revision if isinstance(fence[0], CreateRevisionIs) else 0
         beat = asyncio.create_task(leader_beat.beat(token), name="leader-heartbeat")
         retention = Retention(lambda: config.jobs, jobs, fence)
         sweeper = asyncio.create_task(retention.run(), name="retention")
         # Its fenced writes fail once another agent leads; the scheduler notices too.
-        slots = asyncio.create_task(ScheduleLoop(keys, jobs, bus, fence).run(), name="schedules")
+        loop = ScheduleLoop(keys, jobs, bus, fence, metrics)
+        slots = asyncio.create_task(loop.run(), name="schedules")
+        suspects = functools.partial(leader_beat.suspects, config.node_ttl + 1.0)
+        scheduler = Scheduler(config, store, keys, jobs, bus, fence, suspects, metrics)
+        leader_figures.view = scheduler.view
         try:
-            suspects = functools.partial(leader_beat.suspects, config.node_ttl + 1.0)
-            await _lead_until_either_ends(
-                Scheduler(config, store, keys, jobs, bus, fence, suspects).run(), slots
-            )
+            await _lead_until_either_ends(scheduler.run(), slots)
         finally:
+            leader_figures.view = None
             await cancel_and_wait(beat, sweeper, slots)
 
     async def republish() -> None:

@@ -28,6 +28,7 @@ class RunningJob:
     record: Job | None = None
     revision: int = 0
     seq: int = 0  # the worker's count of attempts started when this one started
+    taken_at: float = 0.0  # when its dispatch was taken (perf_counter): spawn latency
 
 
 class OutputTail:

@@ -16,6 +16,7 @@ from schedagent.core import fencing, transitions
 from schedagent.core.leaderview import Decision, LeaderView
 from schedagent.core.model import Job, JobState, NodeRecord
 from schedagent.core.names import Keys
+from schedagent.daemon.metrics import AgentMetrics
 from schedagent.errors import FencedError, NotFoundError
 from schedagent.etcd.jobstore import JobStore, decode_job, decode_node
 from schedagent.etcd.mirror import Entry, Mirror
@@ -45,8 +46,10 @@ class Scheduler:
         bus: Bus,
         fence: Sequence[Compare],
         suspects: Callable[[], set[str]] = set,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or AgentMetrics()
         self.suspects = suspects
         self.store = store
         self.jobs = jobs
@@ -123,6 +126,8 @@ class Scheduler:
         nodes, self.changed_nodes = self.changed_nodes, {}
         for key in nodes:
             node = self.node_view.items.get(key)
+            if node is None:
+                self._count_loss(key)
             self.view.set_node(key, None if node is None else node.value)
             if node is None:
                 self.node_revisions.pop(key, None)
@@ -225,8 +230,24 @@ class Scheduler:
                     placed.append((decision, revision))
                 else:
                     self.view.forget(decision.key)
+        self._count_placements([d for d, _ in placed])
         await asyncio.gather(*(self.bus.publish_event(d.job) for d, _ in placed if written))
         await asyncio.gather(*(self._dispatch(d.job, revision) for d, revision in placed))
+
+    def _count_loss(self, key: str) -> None:
+        """A node record gone without draining first (an agent that stops drains)."""
+        record = self.view.records.get(self.view.node_names.get(key, ""))
+        if record is not None and not record.draining:
+            self.metrics.nodes_lost.inc()
+
+    def _count_placements(self, placed: list[Decision]) -> None:
+        now = time.time()
+        for decision in placed:
+            if decision.job.state != JobState.ASSIGNED:
+                continue  # a cancel settled on the way
+            self.metrics.placements.inc()
+            if decision.placeable_since:
+                self.metrics.placement_latency.observe(max(0.0, now - decision.placeable_since))
 
     async def _dispatch(self, job: Job, revision: int) -> None:
         """Send the attempt to its node, with the record as written at revision."""

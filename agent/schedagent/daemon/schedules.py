@@ -27,6 +27,7 @@ from schedagent.core.names import Keys
 from schedagent.core.schedplan import Fire, ScheduleState, Skip, Step
 from schedagent.core.schedule import Schedule
 from schedagent.core.slots import slot_job_id
+from schedagent.daemon.metrics import AgentMetrics
 from schedagent.errors import FencedError, NotFoundError, StoreUnavailableError
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.mirror import Entry, Mirror
@@ -43,7 +44,15 @@ WAIT_FLOOR = 0.1  # a child waiting for a parent that is itself behind looks aga
 
 
 class ScheduleLoop:
-    def __init__(self, keys: Keys, jobs: JobStore, bus: Bus, fence: Sequence[Compare]) -> None:
+    def __init__(
+        self,
+        keys: Keys,
+        jobs: JobStore,
+        bus: Bus,
+        fence: Sequence[Compare],
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics or AgentMetrics()
         self.jobs = jobs
         self.bus = bus
         self.fence = list(fence)
@@ -155,6 +164,7 @@ class ScheduleLoop:
         where = (schedule.name, read_at)
         if await self.schedules.step(where, (new, revision), job, self.fence):
             _log_step(schedule, step, job)
+            self._count(step)
             if job is not None:
                 await self.bus.publish_event(job)
             return True
@@ -165,6 +175,13 @@ class ScheduleLoop:
             # version): record the step without making a second one.
             return await self.schedules.step(where, (new, revision), None, self.fence)
         return False
+
+    def _count(self, step: Step) -> None:
+        if isinstance(step, Skip):
+            # A skip too long to count (count None) is counted as one.
+            self.metrics.schedule_slots.labels("skipped").inc(step.count or 1)
+        else:
+            self.metrics.schedule_slots.labels("fired").inc()
 
     async def _exists(self, job_id: str) -> bool:
         try:

@@ -14,8 +14,10 @@ import nats.js.errors
 
 from schedagent.config import AgentConfig
 from schedagent.core import transitions, wire
-from schedagent.core.model import Job, Outcome
+from schedagent.core.model import Job, JobState, Outcome
+from schedagent.core.reasons import HANDED_BACK, INTERRUPTED
 from schedagent.daemon.gate import Gate, audit
+from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.orphans import reap_previous_incarnation, remove_leftover_cgroups
 from schedagent.daemon.running import OutputTail, RunningJob
 from schedagent.daemon.starter import Busy, Refusal, Started, Starter
@@ -41,9 +43,15 @@ LEASE_LOST = "agent lost its etcd lease"
 
 class Worker:
     def __init__(
-        self, config: AgentConfig, jobs: JobStore, bus: Bus, lease: Callable[[], int]
+        self,
+        config: AgentConfig,
+        jobs: JobStore,
+        bus: Bus,
+        lease: Callable[[], int],
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.lease = lease
+        self.metrics = metrics or AgentMetrics()
         self.gate = Gate(lambda: self.config.security, jobs.store, jobs.keys)
         self.config = config
         self.node = config.node_name
@@ -130,6 +138,7 @@ class Worker:
 
     async def _refuse(self, msg: Any, job_id: str, attempt: int, reason: str) -> None:
         """End an attempt this worker will not run: the job fails with the reason."""
+        self.metrics.jobs_refused.inc()
         stored, changed = await self._write_until_done(
             job_id, lambda j: transitions.refuse(j, self.node, attempt, reason, time.time())
         )
@@ -143,6 +152,7 @@ class Worker:
             log.info("dropping a second dispatch of job %s attempt %d", job_id, attempt)
             await msg.ack()
             return
+        taken = time.perf_counter()
         self.starting.add(job_id)
         try:
             outcome = await self.starter.start(dispatch)
@@ -155,7 +165,7 @@ class Worker:
             await self._refuse(msg, job_id, attempt, outcome.reason)
         elif isinstance(outcome, Started):
             audit("start", job_id, outcome.signer, f"attempt {attempt} on {self.node}")
-            await self._launch(msg, outcome)
+            await self._launch(msg, outcome, taken)
         else:
             job = outcome.job
             log.info(
@@ -169,7 +179,7 @@ class Worker:
             )
             await msg.ack()
 
-    async def _launch(self, msg: Any, outcome: Started) -> None:
+    async def _launch(self, msg: Any, outcome: Started, taken: float) -> None:
         # Recorded RUNNING: start it before anything else can fail. A lost ack only means
         # a redelivery, which finds the job RUNNING here and is dropped as stale.
         started = outcome.job
@@ -181,7 +191,8 @@ class Worker:
             record=started,
             revision=outcome.revision,
         )
-        running.seq = self.starts
+        running.seq, running.taken_at = self.starts, taken
+        self.metrics.jobs_started.inc()
         self.running[started.id] = running
         task = asyncio.create_task(self._run(started, running), name=f"job-{started.id}")
         self._tasks.add(task)
@@ -223,6 +234,7 @@ class Worker:
         echo = journal.job_output(job.id, running.attempt, self.node, self.config.output.journal)
 
         async def on_output(stream: str, data: bytes) -> None:
+            self.metrics.output_bytes.inc(len(data))
             tail.add(data)
             echo.feed(stream, data)
             text = decoders[stream].decode(data)
@@ -246,6 +258,7 @@ class Worker:
 
         def on_start(group: JobGroup) -> None:
             running.pid, running.group = group.pid, group
+            self.metrics.spawn_latency.observe(time.perf_counter() - running.taken_at)
 
         run = asyncio.create_task(
             run_command(command, on_output, running.cancel, on_start, self.containment)
@@ -321,6 +334,7 @@ class Worker:
         handed_back = running.interrupted == AGENT_STOPPED
         self.handed_back += handed_back
         self.finished += not handed_back
+        self._count_end(job, running, outcome)
         log.info(
             "job %s attempt %d ended: %s (%s)",
             job.id,
@@ -330,6 +344,18 @@ class Worker:
             extra={"job_id": job.id, "attempt": running.attempt, "exit_code": stored.exit_code},
         )
         await self.bus.publish_event(stored)
+
+    def _count_end(self, job: Job, running: RunningJob, outcome: Outcome) -> None:
+        """The attempt's end in the metrics: how it ended, not the job (which may retry)."""
+        if running.interrupted is not None:
+            state = HANDED_BACK if running.interrupted == AGENT_STOPPED else INTERRUPTED
+            reason: str | None = running.interrupted
+        elif outcome.error is not None and running.pid is None:
+            state, reason = str(JobState.FAILED), "cannot start"
+        else:
+            end, reason = transitions.outcome_state(outcome, job.spec.timeout)
+            state = str(end)
+        self.metrics.attempt_ended(state, reason, outcome.ended_at - outcome.started_at)
 
     async def _write_end(
         self, job_id: str, running: RunningJob, mutate: Mutation

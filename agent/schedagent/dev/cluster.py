@@ -60,6 +60,8 @@ class AgentProcess(ManagedProcess):
             "etcd": {"endpoints": etcd_endpoint.split(","), "prefix": etcd_prefix},
             "nats": {"urls": [nats_url], "prefix": nats_prefix},
             "security": {"trusted_keys": [public_text(harness_key()[0].public)]},
+            # A port of its own: agents share this host, and tests run side by side.
+            "metrics": {"listen": f"{HOST}:{free_port()}"},
         }
         _merge(self.config, overrides or {})
         # Unbuffered so a failing test's log tail shows the agent's last words.
@@ -70,6 +72,12 @@ class AgentProcess(ManagedProcess):
         # The job processes of an incarnation that was SIGKILLed: outside systemd they
         # outlive it, and the cluster ends those still running when it stops.
         self.orphans: list[psutil.Process] = []
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where this agent serves /metrics (None: metrics.listen is null)."""
+        listen = self.config.get("metrics", {}).get("listen")
+        return None if listen is None else f"http://{listen}/metrics"
 
     def write_config(self) -> Path:
         """Validate the config with the agent's own parser, then write it."""

@@ -99,6 +99,7 @@ def _banner(cluster: LocalCluster) -> str:
         f"schedagent dev: {len(cluster.agents)} agents up in {cluster.base_dir} (Ctrl-C stops)"
     ]
     lines += [f"  {name:<8} {what:<26} log {p.log_path}" for name, what, p in rows]
+    lines += [f"  {a.name:<8} metrics {a.metrics_url or 'off'}" for a in cluster.agents.values()]
     lines.append("Try:")
     lines.append(
         f"  export SCHEDCTL_KEY={cluster.key_path}   # the operator key jobs are signed with"

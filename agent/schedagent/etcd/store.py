@@ -7,7 +7,8 @@ import dataclasses
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -176,6 +177,8 @@ class Store:
             if tls is None
             else TlsClient(tls, GRPC_OPTIONS, **where)
         )
+        # Hears every request's round trip (seconds, whether it failed): the metrics.
+        self.on_call: Callable[[float, bool], None] = _not_observed
 
     async def connect(self) -> None:
         await self._call(self._client.connect())
@@ -184,16 +187,21 @@ class Store:
         await self._client.close()
 
     async def _call(self, coro: Any) -> Any:
+        sent = time.perf_counter()
         try:
-            return await coro
+            result = await coro
         except _UNAVAILABLE as exc:
             _reraise_cancel(exc)
+            self.on_call(time.perf_counter() - sent, True)
             raise StoreUnavailableError(
                 f"etcd at {','.join(self.endpoints)}: {_one_line(exc)}"
             ) from exc
         except aetcd.exceptions.ClientError as exc:
             _reraise_cancel(exc)
+            self.on_call(time.perf_counter() - sent, True)
             raise StoreUnavailableError(f"etcd error: {_one_line(exc)}") from exc
+        self.on_call(time.perf_counter() - sent, False)
+        return result
 
     async def get(self, key: str) -> KV | None:
         item = await self._call(self._client.get(key.encode()))
@@ -382,6 +390,10 @@ async def _quietly_cancel(watch: Any) -> None:
         await asyncio.wait_for(watch.cancel(), WATCH_CANCEL_TIMEOUT)
     except Exception:  # the stream may already be gone; nothing to clean up then
         log.debug("watch cancel failed", exc_info=True)
+
+
+def _not_observed(seconds: float, failed: bool) -> None:
+    pass
 
 
 def _reraise_cancel(exc: BaseException) -> None:

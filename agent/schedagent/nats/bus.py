@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -41,6 +42,10 @@ class Bus:
         # consumer check, the reconciler) compares it or waits on `reconnected`.
         self.reconnects = 0
         self.reconnected = asyncio.Event()
+        # The metrics' ears: a JetStream publish's round trip (seconds, whether it
+        # failed), and each fire-and-forget publish that failed.
+        self.on_round_trip: Callable[[float, bool], None] = _not_observed
+        self.on_publish_error: Callable[[], None] = _nothing
 
     @property
     def connected(self) -> bool:
@@ -137,12 +142,21 @@ class Bus:
         body = wire.dispatch(job.id, job.attempt, job.to_json(), revision)
         subject = self.subjects.dispatch(node)
         try:
-            await self.js.publish(subject, body, timeout=5)
+            await self._acked_publish(subject, body)
         except nats.js.errors.NoStreamResponseError:
             # No stream answers: NATS lost its storage (or someone deleted it).
             log.warning("no stream takes dispatches; making the streams again")
             await self.ensure_streams()
+            await self._acked_publish(subject, body)
+
+    async def _acked_publish(self, subject: str, body: bytes) -> None:
+        sent = time.perf_counter()
+        try:
             await self.js.publish(subject, body, timeout=5)
+        except Exception:
+            self.on_round_trip(time.perf_counter() - sent, True)
+            raise
+        self.on_round_trip(time.perf_counter() - sent, False)
 
     def max_payload(self) -> int:
         """The largest message the server takes (1 MiB unless configured otherwise)."""
@@ -158,4 +172,13 @@ class Bus:
         try:
             await self.nc.publish(subject, body)
         except (nats.errors.Error, OSError) as exc:
+            self.on_publish_error()
             log.info("could not publish on %s: %s", subject, exc)
+
+
+def _not_observed(seconds: float, failed: bool) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass

@@ -1,0 +1,90 @@
+"""GET /metrics over HTTP/1.x, served on the agent's event loop (asyncio.start_server).
+
+On the loop, not in prometheus-client's own server thread: the figures read at scrape
+time (running jobs, the leader's view) are the loop's data structures, which another
+thread could see half-changed (a dict resized under its iteration). A scrape costs the
+loop a millisecond or so every scrape interval; slow or silent clients cost it nothing
+(each connection is bounded in time and size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from schedagent.errors import ListenError
+from schedagent.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 5.0
+MAX_HEAD = 8192
+
+
+class MetricsServer:
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self.registry = registry
+        self.host, self.port = host, port
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._on_client, self.host, self.port, limit=MAX_HEAD
+            )
+        except OSError as exc:
+            # asyncio words it "error while attempting to bind on address ...": the
+            # errno's own text is the line an operator needs.
+            problem = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"metrics.listen {self.address}: cannot listen: {problem}") from exc
+        self.port = self._server.sockets[0].getsockname()[1]  # port 0 asks for a free one
+        log.info("metrics on http://%s/metrics", self.address)
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        await cancel_and_wait(*self._clients)
+        await self._server.wait_closed()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # the server runs each client in a task of its own
+        self._clients.add(task)
+        try:
+            await asyncio.wait_for(self._answer(reader, writer), REQUEST_TIMEOUT)
+        except (TimeoutError, ConnectionError, EOFError, asyncio.LimitOverrunError):
+            pass  # a slow, oversized or vanished client: nothing to tell it
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, _, rest = head.partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            status, body, kind = "405 Method Not Allowed", b"GET only\n", "text/plain"
+        elif path != b"/metrics":
+            status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
+        else:
+            status, body, kind = "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        if method != b"HEAD":
+            writer.write(body)
+        await writer.drain()
