@@ -101,7 +101,7 @@ def test_conffile_shows_every_key_commented_with_its_default() -> None:
         return {f.name for f in dataclasses.fields(cls)}
 
     assert set(raw) == names(AgentConfig)
-    for section in ("etcd", "nats", "output", "jobs", "containment"):
+    for section in ("etcd", "nats", "output", "jobs", "containment", "metrics"):
         assert set(raw[section]) == names(type(getattr(config, section)))
     # The values shown are the defaults, but for the two examples.
     shown = dataclasses.replace(config, node_name="x", labels={})
