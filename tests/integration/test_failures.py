@@ -109,6 +109,9 @@ async def test_late_report_of_a_lost_node_is_fenced(cluster_factory: Any, tmp_pa
         # Shorter than the TTL: it is over before the leader retries it elsewhere.
         job_id = await api.submit(marks.marked("sleep 1; echo late", ran), retries=1)
         victim = (await api.wait_for(job_id, {"RUNNING"}))["node"]
+        # RUNNING is written before the command starts (in its cgroup, released by the
+        # agent): freeze the agent only once the command itself has begun.
+        await wait_until(lambda: _started(ran, job_id), 10, "attempt 1's command to start")
         cluster.agents[victim].pause()  # frozen past its lease: the cluster moves on
         try:
             await wait_until_attempt(api, job_id, 2, TTL + 5)
@@ -128,6 +131,10 @@ async def test_late_report_of_a_lost_node_is_fenced(cluster_factory: Any, tmp_pa
     assert check_executions(marks.read_file(ran), {job_id: Job.from_dict(done)}) == []
     log = cluster.agents[victim].log_tail(400)
     assert "result not recorded" in log or "killing it" in log  # and it says so
+
+
+def _started(ran: Path, job_id: str) -> bool:
+    return ran.exists() and marks.starts(marks.read_file(ran))[(job_id, 1)] > 0
 
 
 def _runs_nothing(cluster: LocalCluster, node: str) -> bool:
