@@ -69,6 +69,13 @@ async def test_a_job_whose_node_is_lost_after_its_cancel_is_not_retried(
     async with ApiClient(cluster.nats_url) as api:
         job_id = await api.submit(marks.marked("sleep 600", ran, beat=True), retries=2)
         victim = cluster.agents[(await api.wait_for(job_id, {"RUNNING"}))["node"]]
+        # Frozen once the command has begun (RUNNING is written before its cgroup lets
+        # it start), so there is a process for the kill to stop.
+        await wait_until(
+            lambda: ran.exists() and (job_id, 1) in marks.by_attempt(marks.read_file(ran)),
+            10,
+            "the command to start",
+        )
         paused_at = time.time()
         victim.pause()
         try:
