@@ -638,6 +638,10 @@ def cluster(debian_render: Render, request: pytest.FixtureRequest) -> Iterator[R
                 f"NATS on {host}",
             )
         for host in HOSTS:
+            # Three agents on one machine: each its own metrics port (the role leaves the
+            # default, 127.0.0.1:9464, which only one of them could listen on).
+            with render.file(host, "agent.yaml").open("a") as config:
+                config.write(f"metrics:\n  listen: 127.0.0.1:{free_port()}\n")
             argv = [sys.executable, "-m", "schedagent", "run", "--config"]
             argv.append(str(render.file(host, "agent.yaml")))
             agent_env = {**base_env, "PYTHONUNBUFFERED": "1"}
