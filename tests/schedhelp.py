@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from apiclient import ApiClient
-from schedagent.core.model import Attempt, Job, JobSpec, JobState
-from schedagent.core.names import Keys
 from schedagent.core.schedule import parse_definition
 from schedagent.core.slots import slot_job_id
 from schedagent.dev import marks
-from schedagent.etcd.store import Put, Store
 
 
 async def create(api: ApiClient, name: str, cmd: str, **fields: Any) -> dict[str, Any]:
@@ -32,23 +28,6 @@ async def action(api: ApiClient, verb: str, name: str) -> dict[str, Any]:
     schedule = (await api.call("schedule_get", name=name))["schedule"]
     signature = api.key.sign_schedule_action(verb, name, schedule["signature"]["value"])
     return await api.call(f"schedule_{verb}", name=name, signature=signature.to_dict())
-
-
-async def inject(store: Store, api: ApiClient, job_id: str, spec: JobSpec) -> str:
-    """Write an ASSIGNED record and dispatch it, as a compromised leader could."""
-    now = time.time()
-    job = Job(
-        id=job_id,
-        spec=spec,
-        state=JobState.ASSIGNED,
-        submitted_at=now,
-        node="node1",
-        attempts=[Attempt(n=1, node="node1", assigned_at=now)],
-    )
-    await store.txn([], [Put(Keys("/schedagent").job(job.id), job.to_json())])
-    body = json.dumps({"v": 1, "job": job.id, "attempt": 1}).encode()
-    await api.nc.jetstream().publish("sched.dispatch.node1", body)
-    return job.id
 
 
 def slot_of(job_id: str) -> int:

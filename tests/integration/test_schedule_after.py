@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from apiclient import ApiClient
+from forge import dispatch_assigned
 from schedagent.core.model import Job
 from schedagent.core.names import Keys
 from schedagent.core.schedplan import MISSED_NONE
@@ -29,7 +30,7 @@ from schedagent.dev.cluster import LocalCluster
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.schedstore import ScheduleStore
 from schedagent.etcd.store import KV, Store
-from schedhelp import action, create, inject, quiesce, slot_of, slot_starts, wait_for_slots
+from schedhelp import action, create, quiesce, slot_of, slot_starts, wait_for_slots
 
 KEYS = Keys("/schedagent")
 FAST = {"node_ttl": 3, "jobs": {"retry_backoff": 0.2, "dispatch_timeout": 2.0}}
@@ -197,9 +198,11 @@ async def test_a_forged_run_with_a_parent_dropped_is_refused_by_the_agent(
             # Injected as a compromised leader would: the genuine run (its after as signed;
             # the leader's hold is bypassed, so it runs), and the next slot's with after
             # dropped, which would run at once without waiting for the parent.
-            genuine = await inject(store, api, child.slot_job_id(slot), child.slot_spec(slot))
+            genuine = await dispatch_assigned(
+                store, api, child.slot_job_id(slot), child.slot_spec(slot)
+            )
             forged_spec = msgspec.structs.replace(child.slot_spec(slot + 60), after=())
-            forged = await inject(store, api, child.slot_job_id(slot + 60), forged_spec)
+            forged = await dispatch_assigned(store, api, child.slot_job_id(slot + 60), forged_spec)
             ok = await api.wait_for(genuine, deadline=20)
             refused = await api.wait_for(forged, deadline=20)
     finally:

@@ -20,12 +20,13 @@ import msgspec
 import pytest
 
 from apiclient import ApiClient
+from forge import dispatch_assigned
 from schedagent.core.model import JobSpec, new_job_id
 from schedagent.core.schedule import Schedule, parse_definition
 from schedagent.core.signing import SigningKey
 from schedagent.dev.cluster import LocalCluster, harness_key
 from schedagent.etcd.store import Store
-from schedhelp import action, create, inject
+from schedhelp import action, create
 
 STRANGER = SigningKey.generate()
 
@@ -110,7 +111,7 @@ async def test_forged_runs_are_refused_by_the_agent_and_audited(
     pwned = tmp_path / "pwned"
     good = await paused_schedule(api, f"sec-{case}", f"touch {tmp_path / 'ran'}")
     job_id, spec, why = forged_runs(good, pwned)[case]
-    await inject(store, api, job_id, spec)
+    await dispatch_assigned(store, api, job_id, spec)
     job = await api.wait_for(job_id, deadline=20)
     assert job["state"] == "FAILED" and job["reason"].startswith("signature rejected"), job
     assert why in job["reason"], job["reason"]

@@ -14,15 +14,15 @@ import pytest
 
 import etcdhttp
 from apiclient import ApiClient
+from forge import dispatch_assigned
 from helpers import marker, wait_until
-from schedagent.core.model import Attempt, Job, JobState, new_job_id
-from schedagent.core.names import Keys
+from schedagent.core.model import Job, new_job_id
 from schedagent.core.signing import SigningKey
 from schedagent.core.spec import parse_spec
 from schedagent.dev import marks
 from schedagent.dev.cluster import LocalCluster, harness_key
 from schedagent.dev.invariants import check_executions
-from schedagent.etcd.store import Put, Store
+from schedagent.etcd.store import Store
 from schedagent.host.jobprocs import job_attempts
 
 
@@ -48,19 +48,7 @@ async def store(cluster: LocalCluster) -> AsyncIterator[Store]:
 
 async def inject(store: Store, api: ApiClient, spec: dict[str, Any], node: str = "node1") -> str:
     """What a compromised leader can do: write an ASSIGNED record and dispatch it."""
-    now = time.time()
-    job = Job(
-        id=new_job_id(now),
-        spec=parse_spec(spec),
-        state=JobState.ASSIGNED,
-        submitted_at=now,
-        node=node,
-        attempts=[Attempt(n=1, node=node, assigned_at=now)],
-    )
-    await store.txn([], [Put(Keys("/schedagent").job(job.id), job.to_json())])
-    body = json.dumps({"v": 1, "job": job.id, "attempt": 1}).encode()
-    await api.nc.jetstream().publish(f"sched.dispatch.{node}", body)
-    return job.id
+    return await dispatch_assigned(store, api, new_job_id(time.time()), parse_spec(spec), node)
 
 
 def signed(spec: dict[str, Any], key: SigningKey | None = None) -> dict[str, Any]:
