@@ -7,14 +7,13 @@ import select
 import signal
 import sys
 import uuid
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import click
 
 from schedagent import __version__
 from schedagent.core import tail
 from schedagent.core.model import JobState
-from schedagent.core.spec import ENV_NAME_RE
 from schedagent.ctl import format as fmt
 from schedagent.ctl.batch import read_lines, refuse_options_beside_file, report, submit_lines
 from schedagent.ctl.client import (
@@ -34,18 +33,15 @@ from schedagent.ctl.command import (
     write_chunk,
 )
 from schedagent.ctl.follow import JobFollower, dump_output
+from schedagent.ctl.jobopts import cmd_option, job_fields, job_options
 from schedagent.ctl.keys import find_key, keygen, sign_spec
 from schedagent.ctl.params import (
     JobId,
     JobIds,
-    KeyValue,
     MemorySize,
     PositiveNumber,
-    check_cmd,
-    check_cwd,
     check_name,
     check_prefix,
-    check_user,
     parent_list,
 )
 from schedagent.ctl.schedules import schedule
@@ -123,7 +119,7 @@ cli.add_command(schedule)
 
 
 @cli.command()
-@click.option("--cmd", callback=check_cmd, help="Shell command to run.")
+@cmd_option
 @click.option(
     "--file",
     "spec_file",
@@ -131,17 +127,8 @@ cli.add_command(schedule)
     help="Submit many jobs: one JSON object per line with the fields of these options "
     '({"cmd": "...", "cpus": 2, "labels": {"zone": "a"}, ...}); - reads stdin.',
 )
-@click.option("--cpus", type=PositiveNumber(), default=1.0, show_default=True)
-@click.option(
-    "--timeout", "job_timeout", type=PositiveNumber(), help="Seconds before the job is killed."
-)
-@click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True)
-@click.option("--node", callback=check_name, help="Run only on this node.")
-@click.option("--label", "labels", type=KeyValue(), multiple=True, help="Required node label.")
-@click.option("--env", type=KeyValue(ENV_NAME_RE), multiple=True, help="Environment variable.")
-@click.option("--cwd", callback=check_cwd, help="Absolute working directory on the node.")
+@job_options
 @click.option("--idempotency-key", callback=check_name, help="Default: a fresh random key.")
-@click.option("--user", callback=check_user, help="Run as this user (if the agent allows it).")
 @click.option(
     "--after",
     type=JobIds(),
@@ -161,20 +148,13 @@ cli.add_command(schedule)
 def submit(
     cmd: str | None,
     spec_file: TextIO | None,
-    cpus: float,
-    job_timeout: float | None,
-    retries: int,
-    node: str | None,
-    labels: tuple[tuple[str, str], ...],
-    env: tuple[tuple[str, str], ...],
-    cwd: str | None,
     idempotency_key: str | None,
-    user: str | None,
     after: list[str],
     memory: int | None,
     tasks: int | None,
     wait: bool,
     as_json: bool,
+    **job: Any,
 ) -> None:
     """Submit a job and print its id.
 
@@ -188,15 +168,8 @@ def submit(
         raise click.UsageError("give --cmd, or --file with one job per line")
     spec = {
         "cmd": cmd,
-        "cpus": cpus,
-        "timeout": job_timeout,
-        "retries": retries,
-        "env": dict(env),
-        "cwd": cwd,
-        "node": node,
-        "labels": dict(labels),
+        **job_fields(job),
         "idempotency_key": idempotency_key or str(uuid.uuid4()),
-        "user": user,
     }
     # Each left out unless given: an agent older than the field refuses it.
     optional = {"after": after, "memory": memory, "tasks": tasks}

@@ -16,20 +16,15 @@ from schedagent.core.schedule import (
     parse_definition,
 )
 from schedagent.core.signing import SigningKey
-from schedagent.core.spec import ENV_NAME_RE
 from schedagent.ctl.client import Client, Record, field
 from schedagent.ctl.command import json_option, print_json, run, show
 from schedagent.ctl.format import format_schedule, format_schedules
+from schedagent.ctl.jobopts import job_fields, job_options
 from schedagent.ctl.keys import find_key
 from schedagent.ctl.params import (
     FloatParam,
     IdsParam,
-    KeyValue,
-    PositiveNumber,
     check_cmd,
-    check_cwd,
-    check_name,
-    check_user,
 )
 from schedagent.errors import ScheduleError
 
@@ -94,32 +89,14 @@ name_argument = click.argument("name", callback=check_schedule_name)
 
 def _options(command: Callable[..., None]) -> Callable[..., None]:
     """The options of `submit` (the job each slot runs) and the schedule's own."""
-    decorators = [
+    decorators: list[Callable[[Callable[..., None]], Callable[..., None]]] = [
         click.option(
             "--cron", help="5 cron fields, or @hourly, @daily, @weekly, @monthly, @yearly."
         ),
         click.option("--tz", default="UTC", show_default=True, help="IANA time zone of --cron."),
         click.option("--every", type=Duration(), help="Run every DURATION, aligned to the epoch."),
         click.option("--cmd", required=True, callback=check_cmd, help="Shell command to run."),
-        click.option("--cpus", type=PositiveNumber(), default=1.0, show_default=True),
-        click.option(
-            "--timeout",
-            "job_timeout",
-            type=PositiveNumber(),
-            help="Seconds before a run is killed.",
-        ),
-        click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True),
-        click.option("--node", callback=check_name, help="Run only on this node."),
-        click.option(
-            "--label", "labels", type=KeyValue(), multiple=True, help="Required node label."
-        ),
-        click.option(
-            "--env", type=KeyValue(ENV_NAME_RE), multiple=True, help="Environment variable."
-        ),
-        click.option("--cwd", callback=check_cwd, help="Absolute working directory on the node."),
-        click.option(
-            "--user", callback=check_user, help="Run as this user (if the agent allows it)."
-        ),
+        job_options,
         click.option(
             "--concurrency",
             type=click.Choice(CONCURRENCY),
@@ -169,17 +146,7 @@ def definition_from(name: str, options: dict[str, Any]) -> dict[str, Any]:
         raise click.UsageError("--every must be whole seconds")
     if every is not None and options["tz"] != "UTC":
         raise click.UsageError("--tz applies to --cron only (--every is aligned to the epoch)")
-    job = {
-        "cmd": options["cmd"],
-        "cpus": options["cpus"],
-        "timeout": options["job_timeout"],
-        "retries": options["retries"],
-        "env": dict(options["env"]),
-        "cwd": options["cwd"],
-        "node": options["node"],
-        "labels": dict(options["labels"]),
-        "user": options["user"],
-    }
+    job = {"cmd": options["cmd"], **job_fields(options)}
     raw = {
         "name": name,
         "cron": cron,
