@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import TypeVar
 
 from schedagent.core.batch import MAX_TXN_BYTES, MAX_TXN_OPS
 from schedagent.core.model import Job, JobSpec, JobState, NodeRecord, new_job_id
@@ -41,26 +40,16 @@ MAX_CAS_TRIES = 20
 OPS_PER_WRITE = 3
 
 Mutation = Callable[[Job], Job | None]
-T = TypeVar("T")
 
 
 def decode_job(kv: KV) -> Job | None:
     """The job in a KV, or None (logged) if the stored value is not a job record."""
-    return _decode(kv, Job.from_json, "job")
+    return malformed.decode("job", kv.key, kv.value, Job.from_json)
 
 
 def decode_node(kv: KV) -> NodeRecord | None:
     """The node in a KV, or None (logged) if the stored value is not a node record."""
-    return _decode(kv, NodeRecord.from_json, "node")
-
-
-def _decode(kv: KV, parse: Callable[[bytes], T], kind: str) -> T | None:
-    # One place decides what counts as a malformed record, for jobs and nodes alike.
-    try:
-        return parse(kv.value)
-    except ValueError as exc:
-        malformed.note(kind, kv.key, kv.value, exc)
-        return None
+    return malformed.decode("node", kv.key, kv.value, NodeRecord.from_json)
 
 
 class JobStore:

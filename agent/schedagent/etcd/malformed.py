@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -28,3 +32,13 @@ def note(kind: str, key: str, raw: bytes, problem: object) -> None:
     while len(_seen) > REMEMBERED:
         _seen.popitem(last=False)
     log.warning("ignoring malformed %s record at %s: %s", kind, key, problem)
+
+
+def decode(kind: str, key: str, raw: bytes, parse: Callable[[bytes], T]) -> T | None:
+    """parse(raw), or None (noted) if it raises ValueError: one place decides what
+    counts as a malformed record, for every kind of record."""
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        note(kind, key, raw, exc)
+        return None

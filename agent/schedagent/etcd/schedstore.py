@@ -20,19 +20,11 @@ from schedagent.etcd.store import KV, Absent, Compare, Delete, ModRevisionIs, Op
 
 def decode_schedule(kv: KV) -> Schedule | None:
     """The schedule in a KV, or None (logged once) if it is not a schedule record."""
-    try:
-        return Schedule.from_json(kv.value)
-    except ValueError as exc:
-        malformed.note("schedule", kv.key, kv.value, exc)
-        return None
+    return malformed.decode("schedule", kv.key, kv.value, Schedule.from_json)
 
 
 def decode_state(kv: KV) -> ScheduleState | None:
-    try:
-        return ScheduleState.from_json(kv.value)
-    except ValueError as exc:
-        malformed.note("schedule state", kv.key, kv.value, exc)
-        return None
+    return malformed.decode("schedule state", kv.key, kv.value, ScheduleState.from_json)
 
 
 def _revision_is(key: str, revision: int) -> Compare:
