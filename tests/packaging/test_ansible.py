@@ -96,6 +96,12 @@ def _inventory(base: Path) -> tuple[dict[str, object], dict[str, dict[str, int]]
             **ports[host],
             "etcd_data_dir": str(base / "state" / host / "etcd"),
             "nats_store_dir": str(base / "state" / host / "nats"),
+            # Three agents on one machine: each its own metrics port (the default,
+            # 127.0.0.1:9464, only one of them could listen on).
+            "schedagent_config_extra": {
+                "jobs": {"drain_timeout": 5},
+                "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+            },
         }
         for host in HOSTS
     }
@@ -109,7 +115,6 @@ def _inventory(base: Path) -> tuple[dict[str, object], dict[str, dict[str, int]]
                 "etcd_address": "127.0.0.1",
                 "nats_address": "127.0.0.1",
                 "schedagent_labels": {"zone": "a"},
-                "schedagent_config_extra": {"jobs": {"drain_timeout": 5}},
             },
             "hosts": hosts,
             "children": {
@@ -638,10 +643,6 @@ def cluster(debian_render: Render, request: pytest.FixtureRequest) -> Iterator[R
                 f"NATS on {host}",
             )
         for host in HOSTS:
-            # Three agents on one machine: each its own metrics port (the role leaves the
-            # default, 127.0.0.1:9464, which only one of them could listen on).
-            with render.file(host, "agent.yaml").open("a") as config:
-                config.write(f"metrics:\n  listen: 127.0.0.1:{free_port()}\n")
             argv = [sys.executable, "-m", "schedagent", "run", "--config"]
             argv.append(str(render.file(host, "agent.yaml")))
             agent_env = {**base_env, "PYTHONUNBUFFERED": "1"}
