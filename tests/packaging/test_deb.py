@@ -111,7 +111,7 @@ def test_conffile_shows_every_key_commented_with_its_default() -> None:
 def test_lock_pins_every_dependency_within_its_range() -> None:
     # Fast here; the build's `pip check` also catches what the dependencies need.
     lock = (REPO / "packaging" / "requirements.lock").read_text()
-    pins = dict(re.findall(r"(?m)^([\w.-]+)==(\S+)$", lock))
+    pins = dict(re.findall(r"(?m)^([\w.-]+)==(\S+) \\\n    --hash=sha256:[0-9a-f]{64}$", lock))
     pins = {canonicalize_name(name): version for name, version in pins.items()}
     for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         req = Requirement(text)
@@ -126,6 +126,23 @@ def test_lintian_passes_the_package(debs: Debs) -> None:
     # Every tag that remains is overridden in packaging/debian/schedagent.lintian-overrides.
     out = _run("lintian", "--fail-on", "error,warning", "--info", debs.first).stdout
     assert not re.search(r"(?m)^[EW]: ", out), out
+
+
+def test_a_second_build_of_the_tree_is_identical(debs: Debs, tmp_path: Path) -> None:
+    # Reproducible: the same tree built again, in another directory and minutes later,
+    # gives the same bytes (the dates come from the changelog, the build path is
+    # rewritten away, the lock's hashes fix every wheel).
+    again = Debs.in_dist(tmp_path / "dist", "test1")
+    again.check_build(debs.version, again.start_build(debs.version, tmp_path), tmp_path)
+    if again.first.read_bytes() != debs.first.read_bytes():
+        for name, deb in (("first", debs.first), ("again", again.first)):
+            _run("dpkg-deb", "--raw-extract", deb, tmp_path / name)
+        diff = subprocess.run(
+            ["diff", "-rq", str(tmp_path / "first"), str(tmp_path / "again")],
+            capture_output=True,
+            text=True,
+        )
+        pytest.fail(f"two builds of one tree differ:\n{diff.stdout}{diff.stderr}")
 
 
 def test_maintainer_scripts_add_the_user_enable_and_restart_the_unit(
