@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -28,6 +29,7 @@ from packaging.utils import canonicalize_name
 
 from debs import Debs
 from schedagent.config import AgentConfig, parse_config
+from schedagent.ctl.main import cli
 
 REPO = Path(__file__).resolve().parents[2]
 CONFFILE = REPO / "packaging" / "debian" / "agent.yaml"
@@ -35,6 +37,11 @@ TOOLS = ("dpkg-buildpackage", "dh", "help2man", "lintian", "debootstrap", "chroo
 VENV = "/opt/venvs/schedagent"
 UNITS = ("lib/systemd/system", "usr/lib/systemd/system")
 ENABLED = "etc/systemd/system/multi-user.target.wants/schedagent.service"
+COMPLETIONS = (
+    "usr/share/bash-completion/completions/schedctl",
+    "usr/share/zsh/vendor-completions/_schedctl",
+    "usr/share/fish/vendor_completions.d/schedctl.fish",
+)
 # What runs in the root sees none of this process's environment (venvs, PIP_*, ...).
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -207,10 +214,21 @@ def _check_installed(root: Path, version: str) -> None:
     assert user[6] == "/usr/sbin/nologin"
     assert any((root / units / "schedagent.service").exists() for units in UNITS)
     assert (root / ENABLED).is_symlink(), "installing enables the unit"
-    assert (root / "usr/share/bash-completion/completions/schedctl").exists()
+    for completion in COMPLETIONS:
+        assert (root / completion).stat().st_size > 0, completion
+    man = root / "usr/share/man/man1"
+    pages = {f"schedctl-{'-'.join(path)}.1.gz" for path in _subcommands(cli, ())}
+    assert pages <= {page.name for page in man.iterdir()}, "a man page per subcommand"
     assert list((root / VENV.lstrip("/")).rglob("__pycache__")), "postinst byte-compiles"
     pip = list((root / VENV.lstrip("/")).glob("lib/python3*/site-packages/pip"))
     assert not pip, "no installer ships"
+
+
+def _subcommands(group: click.Group, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from _subcommands(command, (*path, name))
 
 
 def test_installed_agent_waits_for_its_cluster_and_stops_on_sigterm(debs: Debs, root: Path) -> None:

@@ -32,6 +32,8 @@ from schedagent.ctl.command import (
     write_bytes,
     write_chunk,
 )
+from schedagent.ctl.completion import completion
+from schedagent.ctl.contexts import context, overlay
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.jobopts import cmd_option, job_fields, job_options
 from schedagent.ctl.keys import find_key, keygen, sign_spec
@@ -99,6 +101,14 @@ attempt's exit code (128+N if killed by signal N, else 1), TIMED_OUT 124, CANCEL
     help="Operator key that signs submitted jobs and cancels (env SCHEDCTL_KEY; default "
     "~/.config/schedctl/operator.key, then /etc/schedctl/operator.key).",
 )
+@click.option(
+    "--context",
+    "context_name",
+    envvar="SCHEDCTL_CONTEXT",
+    help="Cluster to talk to, from the config file (env SCHEDCTL_CONTEXT; default its "
+    "current one): its NATS URLs, CA, credentials file and operator key stand wherever "
+    "these options are not given.",
+)
 @click.version_option(__version__, prog_name="schedctl")
 @click.pass_context
 def cli(
@@ -108,13 +118,18 @@ def cli(
     request_timeout: float,
     ca_file: str | None,
     key_path: str | None,
+    context_name: str | None,
 ) -> None:
     """Operate a schedagent cluster."""
-    ctx.obj = Settings(url, prefix, request_timeout, ca_file or None)
-    ctx.meta["schedctl.key_path"] = key_path
+    given = {"url": url, "prefix": prefix, "ca_file": ca_file, "key_path": key_path}
+    chosen = overlay(ctx, context_name, given)
+    ctx.obj = Settings(chosen["url"], chosen["prefix"], request_timeout, chosen["ca_file"] or None)
+    ctx.meta["schedctl.key_path"] = chosen["key_path"]
 
 
 cli.add_command(keygen)
+cli.add_command(completion)
+cli.add_command(context)
 cli.add_command(schedule)
 
 
