@@ -45,6 +45,7 @@ from schedagent.ctl.params import (
     parent_list,
 )
 from schedagent.ctl.schedules import schedule
+from schedagent.ctl.ui.command import ui
 
 EPILOG = """\b
 Exit status:
@@ -116,6 +117,7 @@ def cli(
 
 cli.add_command(keygen)
 cli.add_command(schedule)
+cli.add_command(ui)
 
 
 @cli.command()
