@@ -79,7 +79,8 @@ class FakeCluster:
     async def cancel(self, job_id: str) -> Record:
         self._fail()
         self.canceled.append(job_id)
-        return (await self.get(job_id))["job"]  # type: ignore[no-any-return]
+        job: Record = (await self.get(job_id))["job"]
+        return job
 
     async def schedules(self) -> list[Record]:
         return list(self.schedule_list)

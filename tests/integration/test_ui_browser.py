@@ -46,9 +46,15 @@ def wait_for(what: str, check: Callable[[], Any], deadline: float = 30.0) -> Any
         time.sleep(0.1)
 
 
+# A lost node's jobs move within seconds (as in test_failures.py).
+FAST = {"node_ttl": 3, "jobs": {"retry_backoff": 0.2, "dispatch_timeout": 2.0, "kill_grace": 1.0}}
+
+
 @pytest.fixture
 def cluster(cluster_factory: Callable[..., LocalCluster]) -> LocalCluster:
-    return cluster_factory(2, labels={"node1": {"zone": "a"}, "node2": {"zone": "b"}})
+    return cluster_factory(
+        2, agent_overrides=FAST, labels={"node1": {"zone": "a"}, "node2": {"zone": "b"}}
+    )
 
 
 @pytest.fixture
@@ -219,3 +225,35 @@ def test_without_javascript_the_pages_still_read_and_submit(console: str) -> Non
         assert browser.find_elements(By.CSS_SELECTOR, f'a[href="/jobs/{job}"]')
     finally:
         browser.quit()
+
+
+def test_a_job_page_follows_the_output_across_a_failover(
+    cluster: LocalCluster, console: str, browser: Any, tmp_path: Path
+) -> None:
+    mark, runs = marker(), tmp_path / "runs"
+    # Each attempt numbers itself from a file: what the page shows says which one ran.
+    cmd = f"n=$(($(cat {runs} 2>/dev/null || echo 0) + 1)); echo $n > {runs}; "
+    cmd += f"echo run-$n-of-{mark}; sleep {mark}"
+    browser.get(f"{console}/submit")
+    browser.find_element(By.ID, "cmd").send_keys(cmd)
+    retries = browser.find_element(By.NAME, "retries")
+    retries.clear()
+    retries.send_keys("1")
+    browser.find_element(By.ID, "submit").click()
+    wait_for("the job's page", lambda: "/jobs/" in browser.current_url)
+    job = browser.current_url.rsplit("/", 1)[1]
+
+    def output() -> str:
+        return str(browser.find_element(By.ID, "output").text)
+
+    wait_for("attempt 1's output", lambda: f"run-1-of-{mark}" in output())
+    victim = json.loads(schedctl(cluster, "status", job, "--json"))["job"]["node"]
+    cluster.agents[victim].kill()
+    cluster.agents[victim].kill_orphans()  # outside systemd its job would outlive it
+    # The same page, never reloaded by hand, goes on to attempt 2 on the other node.
+    wait_for("attempt 2's output", lambda: f"run-2-of-{mark}" in output(), 60)
+    assert f"run-1-of-{mark}" in output()
+    wait_for("RUNNING again", lambda: state_of(browser) == "RUNNING")
+    browser.find_element(By.ID, "cancel").click()
+    wait_for("CANCELED", lambda: state_of(browser) == "CANCELED")
+    wait_for("its processes gone", lambda: not live_processes_with(str(mark)), 15)

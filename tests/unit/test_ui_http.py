@@ -148,3 +148,11 @@ def test_ui_refuses_an_open_or_unclear_listen_before_connecting(
     result = CliRunner().invoke(cli, ["--nats", "nats://127.0.0.1:1", "ui", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_ui_without_nats_says_so_in_one_line() -> None:
+    result = CliRunner().invoke(
+        cli, ["--nats", "nats://127.0.0.1:1", "--timeout", "0.5", "ui", "--listen", "127.0.0.1:0"]
+    )
+    assert result.exit_code == 3
+    assert result.output.startswith("schedctl: cannot connect to NATS at nats://127.0.0.1:1")

@@ -7,6 +7,7 @@ signed here, on the admin host, with the operator's key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Protocol
 
@@ -101,7 +102,8 @@ class NatsCluster:
             raise CtlError(f"cannot read the output stream: {reason_of(exc)}") from None
         finally:
             if sub is not None:
-                await sub.unsubscribe()
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
         return _capped(chunks, reader.last_seq)
 
     async def submit(self, spec: Record) -> Record:
