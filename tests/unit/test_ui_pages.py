@@ -9,7 +9,7 @@ import urllib.parse
 
 import pytest
 
-from schedagent.ctl.client import NoAgentError
+from schedagent.ctl.client import ApiError, NoAgentError
 from schedagent.ctl.ui.http import Request, Response
 from schedagent.ctl.ui.server import Console
 from uifake import FakeCluster, job_record
@@ -192,6 +192,16 @@ async def test_a_bad_form_is_shown_again_with_the_reason_and_submits_nothing(
     assert response.status == 400 and message in html.unescape(page)
     assert cluster.submitted == []
     assert "<script>" not in page  # the values come back, escaped
+
+
+async def test_a_submit_the_agents_refuse_shows_the_form_again_as_filled_in() -> None:
+    cluster = FakeCluster(failure=ApiError("signature rejected: unknown key", "bad_request"))
+    form = {"csrf": TOKEN, "cmd": "make all", "cpus": "2", "labels": "zone=a"}
+    response = await ask(console(cluster), "POST", "/submit", form)
+    page = text(response)
+    assert response.status == 400
+    assert '<p class="error" id="error">signature rejected: unknown key</p>' in page
+    assert ">make all</textarea>" in page and 'value="2"' in page and ">zone=a</textarea>" in page
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import jinja2
 
 from schedagent.core import tail
 from schedagent.core.model import FINAL_STATES, JobState
-from schedagent.ctl.client import Record, field
+from schedagent.ctl.client import ApiError, Record, field
 from schedagent.ctl.ui.console import Cluster
 from schedagent.ctl.ui.forms import PAGE_SIZE, SCAN_LIMIT, SUBMIT_FIELDS, JobFilter, spec_from_form
 from schedagent.ctl.ui.http import HttpError, Request, Response, Router, json_response, redirect
@@ -164,7 +164,11 @@ class Pages:
             spec = spec_from_form(form)
         except SpecError as exc:
             return self._submit_page(request, form, str(exc))
-        created = await self.cluster.submit(spec)
+        try:
+            created = await self.cluster.submit(spec)
+        except ApiError as exc:
+            # The agents refused it (a signature, a limit): the form again, as filled in.
+            return self._submit_page(request, form, str(exc))
         return redirect(f"/jobs/{created.get('id')}")
 
     async def schedules(self, request: Request) -> Response:
