@@ -31,6 +31,7 @@ class FakeCluster:
     leader_record: Record | None = None
     outputs: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
     schedule_list: list[Record] = dataclasses.field(default_factory=list)
+    recent_slots: list[Record] = dataclasses.field(default_factory=list)
     signed: bool = True
     failure: Exception | None = None
     submitted: list[Record] = dataclasses.field(default_factory=list)
@@ -88,7 +89,8 @@ class FakeCluster:
     async def schedule(self, name: str) -> Record:
         for found in self.schedule_list:
             if found["definition"]["name"] == name:
-                return {"schedule": found, "recent": [], "next_slot": None, "last_slot": None}
+                recent = self.recent_slots
+                return {"schedule": found, "recent": recent, "next_slot": None, "last_slot": None}
         raise ApiError(f"schedule {name} not found", "not_found")
 
     async def schedule_action(self, action: str, name: str) -> Record:

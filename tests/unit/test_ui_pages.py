@@ -258,6 +258,22 @@ async def test_schedules_list_show_and_pause() -> None:
     assert response.status == 303 and cluster.actions == [("pause", "nightly")]
 
 
+async def test_a_paused_schedule_offers_resume_and_lists_its_slots() -> None:
+    definition = {"name": "tick", "every": 60, "job": {"cmd": "true"}, "after": ["up"]}
+    cluster = FakeCluster(
+        schedule_list=[{"definition": definition, "paused": True}],
+        recent_slots=[
+            {"slot": 1_700_000_000, "job": JOB, "state": "SUCCEEDED"},
+            {"slot": 1_700_000_060, "until": 1_700_000_240, "skipped": "paused", "count": 4},
+        ],
+    )
+    page = text(await ask(console(cluster), "GET", "/schedules/tick"))
+    assert 'action="/schedules/tick/resume"' in page and ">Resume<" in page
+    assert f'href="/jobs/{JOB}"' in page and "SUCCEEDED" in page
+    assert "4 skipped: paused" in page
+    assert 'href="/schedules/up"' in page and "every 60s" in page
+
+
 async def test_every_answer_forbids_inline_scripts_and_framing() -> None:
     response = await ask(console(FakeCluster()), "GET", "/jobs")
     policy = response.headers["Content-Security-Policy"]
