@@ -177,6 +177,7 @@ async def test_submit_makes_the_spec_the_form_describes() -> None:
     [
         ("cmd", "", "cmd must be a non-empty string"),
         ("cpus", "many", "cpus must be a number"),
+        ("cpus", "0", "cpus must be a number > 0"),
         ("retries", "1000", "retries must be an integer from 0 to 100"),
         ("labels", "nokey", "labels: expected KEY=VALUE"),
         ("memory", "lots", "memory:"),

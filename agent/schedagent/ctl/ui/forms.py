@@ -62,9 +62,10 @@ def _text(form: Mapping[str, str], name: str) -> str | None:
 
 def spec_from_form(form: Mapping[str, str]) -> Record:
     """The job spec a submit form describes, checked as an agent checks it."""
+    cpus = _number(form.get("cpus", ""), "cpus")
     spec: Record = {
         "cmd": form.get("cmd", "").replace("\r\n", "\n"),
-        "cpus": _number(form.get("cpus", ""), "cpus") or 1.0,
+        "cpus": 1.0 if cpus is None else cpus,
         "timeout": _number(form.get("timeout", ""), "timeout"),
         "retries": _whole(form.get("retries", ""), "retries"),
         "node": _text(form, "node"),
