@@ -203,6 +203,7 @@ def _check_installed(root: Path, version: str) -> None:
     conf = "/etc/schedagent/agent.yaml"
     assert "OK" in chroot(root, "schedagent", "check-config", conf)
     assert "submit" in chroot(root, "schedctl", "--help")
+    assert "--tls-cert" in chroot(root, "schedctl", "ui", "--help")
     # The wheels' extension modules load (they were stripped at build time).
     modules = "grpc, google._upb._message, psutil, yaml._yaml"
     chroot(root, f"{VENV}/bin/python3", "-c", f"import {modules}")

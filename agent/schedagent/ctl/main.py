@@ -47,6 +47,7 @@ from schedagent.ctl.params import (
     parent_list,
 )
 from schedagent.ctl.schedules import schedule
+from schedagent.ctl.ui.command import ui
 
 EPILOG = """\b
 Exit status:
@@ -131,6 +132,7 @@ cli.add_command(keygen)
 cli.add_command(completion)
 cli.add_command(context)
 cli.add_command(schedule)
+cli.add_command(ui)
 
 
 @cli.command()
