@@ -164,3 +164,21 @@ def test_a_part_under_another_id_is_refused() -> None:
     g = group()
     with pytest.raises(SignatureRejected, match="is not the part"):
         verify_part("0" * 20, g.part_spec("a"), ("a", {}), TRUSTED)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[]",
+        b'{"definition": {}, "signature": null}',
+        b'{"signature": {"key_id": "k", "nonce": "n", "signed_at": 1, "value": "v"},'
+        b' "definition": {"id": "g-0123456789abcdef0123", "job": {"cmd": "x"},'
+        b' "selector": {"all": true}}, "accepted_at": "soon", "targets": [],'
+        b' "canceled": false, "done": false}',
+    ],
+)
+def test_a_malformed_group_record_is_a_value_error(raw: bytes) -> None:
+    # What etcd/malformed.decode turns into "skipped, logged once" for the leader's view.
+    with pytest.raises(ValueError):
+        Group.from_json(raw)

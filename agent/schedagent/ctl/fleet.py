@@ -223,7 +223,7 @@ async def _retry_definition(client: Client, options: dict[str, Any]) -> dict[str
 
 
 def show_group(group_id: str, as_json: bool) -> None:
-    """`status GROUP`: the per-host table; the exit status says how it went once ended."""
+    """`status GROUP`: the per-host table and the summary line."""
 
     async def work(client: Client) -> int:
         reply = await client.call("fleet_get", {"id": group_id})
