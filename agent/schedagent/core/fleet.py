@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -323,8 +323,3 @@ def _targets(raw: object) -> tuple[Target, ...]:
             raise FleetError("a group record's target is [host, online]")
         targets.append(Target(item[0], item[1]))
     return tuple(targets)
-
-
-def refuse_duplicates(targets: Sequence[Target]) -> None:
-    if len({t.host for t in targets}) != len(targets):
-        raise FleetError("a host is in the targets twice")

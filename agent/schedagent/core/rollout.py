@@ -111,9 +111,6 @@ class Plan:
     done: bool = False
     wake_at: float | None = None
 
-    def idle(self) -> bool:
-        return not (self.start or self.unreachable or self.skip or self.cancel)
-
 
 def plan(s: Situation) -> Plan:
     """The roll-out's next step."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from schedagent.core.fleet import GROUP_ID_RE, PERCENT_RE, parse_definition
+from schedagent.core.fleet import GROUP_ID_RE, HOST_RE, PERCENT_RE, parse_definition
 from schedagent.core.model import new_job_id
 from schedagent.ctl.client import Client, CtlError, Record, field
 from schedagent.ctl.command import json_option, print_json, run
@@ -18,7 +17,6 @@ from schedagent.ctl.params import IdsParam, StrParam
 from schedagent.ctl.schedules import Duration, operator_key
 from schedagent.errors import FleetError
 
-NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 RETRYABLE = ("failed", "unreachable", "skipped", "canceled")
 
 
@@ -49,7 +47,7 @@ class NodeNames(IdsParam):
             return value
         names = tuple(dict.fromkeys(part.strip() for part in str(value).split(",")))
         for name in names:
-            if not NODE_RE.match(name):
+            if not HOST_RE.match(name):
                 self.fail(f"{name!r} is not a node name", param, ctx)
         return names
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from schedagent.config import AgentConfig
 from schedagent.core import rollout
-from schedagent.core.fleet import GROUP_ID_RE, Group, parse_definition, refuse_duplicates, snapshot
+from schedagent.core.fleet import GROUP_ID_RE, Group, parse_definition, snapshot
 from schedagent.core.model import Job
 from schedagent.core.signing import Signature, SignatureRejected
 from schedagent.daemon.gate import Gate, Refused, audit_group
@@ -52,7 +52,6 @@ class FleetApi:
             raise SpecError(f"signature rejected: {exc}") from None
         known, online = await self.groups.hosts()
         targets = snapshot(definition.selector, known, online)
-        refuse_duplicates(targets)
         group = Group(definition, signature, time.time(), tuple(targets))
         signer = self._check(group)
         if not targets:
