@@ -18,13 +18,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from client import BenchClient
 from fleetrun import fleet_run
-from measure import percentile
+from measure import Meter, percentile
 
 from schedagent.dev.cluster import LocalCluster, harness_key
 from schedagent.dev.procs import ManagedProcess, wait_for
@@ -57,24 +55,6 @@ class SimProcess(ManagedProcess):
         self.stop(30)
         lines = [line for line in self.log_tail(5).splitlines() if line.startswith("{")]
         return dict(json.loads(lines[-1])) if lines else {}
-
-
-class Meter:
-    """CPU of some processes over a window, as a percentage of one core."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.start = time.monotonic()
-        self.before = {name: _cpu(p) for name, p in self.procs.items()}
-
-    def percent(self) -> dict[str, float]:
-        wall = time.monotonic() - self.start
-        return {name: (_cpu(p) - self.before[name]) / wall * 100 for name, p in self.procs.items()}
-
-
-def _cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
 
 
 def sim_spec(cmd: str = "true") -> dict[str, Any]:
@@ -187,10 +167,7 @@ async def failover(cluster: LocalCluster, client: BenchClient) -> dict[str, Any]
 
 async def measured_fleet_run(cluster: LocalCluster, client: BenchClient) -> dict[str, Any]:
     """A fleet run over every simulated node (bench/fleetrun.py), the leader's CPU with it."""
-    meter = Meter(_pids(cluster, await leader_of(client)))
-    figures = await fleet_run(client)
-    figures["cpu_percent"] = meter.percent()
-    return figures
+    return await fleet_run(client, Meter(_pids(cluster, await leader_of(client))))
 
 
 async def fleet_figures(args: argparse.Namespace) -> dict[str, Any]:

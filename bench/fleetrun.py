@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from client import BenchClient
+from measure import Meter
 
 from schedagent.core.fleet import parse_definition
 from schedagent.core.model import new_job_id
@@ -25,28 +26,26 @@ def signed_group(selector: dict[str, Any]) -> dict[str, Any]:
     return {"definition": definition, "signature": signature}
 
 
-async def fleet_run(client: BenchClient) -> dict[str, Any]:
-    """One fleet run over every simulated node; its figures, from the parts' records."""
+async def fleet_run(client: BenchClient, meter: Meter) -> dict[str, Any]:
+    """One fleet run over every simulated node; its figures, the CPU measured until it
+    ended (before the parts' records are read for their start times)."""
     accepted = time.time()
     reply = await client.call("fleet_create", group=signed_group({"labels": {"sim": "yes"}}))
-    group_id = reply["group"]["id"]
-    targets = len(reply["group"]["targets"])
+    group_id, targets = reply["group"]["id"], len(reply["group"]["targets"])
     while True:
         shown = await client.call("fleet_get", id=group_id)
-        if shown["group"]["done"]:
+        if shown["group"]["done"] or time.time() - accepted > DEADLINE:
             break
-        if time.time() - accepted > DEADLINE:
-            return {"targets": targets, "note": f"not ended in {DEADLINE:.0f}s", **shown["counts"]}
         await asyncio.sleep(POLL)
-    ended = time.time()
+    figures: dict[str, Any] = {"targets": targets, "counts": shown["counts"]}
+    figures["cpu_percent"] = meter.percent()
+    if not shown["group"]["done"]:
+        return {**figures, "note": f"not ended in {DEADLINE:.0f}s"}
+    figures["to_done_s"] = time.time() - accepted
     started = [await _started_at(client, row["job"]) for row in shown["hosts"] if row.get("job")]
     known = [at for at in started if at is not None]
-    return {
-        "targets": targets,
-        "counts": shown["counts"],
-        "to_all_started_s": (max(known) - accepted) if len(known) == targets else None,
-        "to_done_s": ended - accepted,
-    }
+    figures["to_all_started_s"] = (max(known) - accepted) if len(known) == targets else None
+    return figures
 
 
 async def _started_at(client: BenchClient, job_id: str) -> float | None:
