@@ -61,7 +61,7 @@ class FleetLoop:
         if not active:
             return IDLE_WAKEUP
         try:
-            _, online = await self.groups.hosts()
+            online = await self.groups.online()
         except StoreUnavailableError as exc:
             log.warning("fleet runs: cannot read the hosts now: %s", exc)
             return RETRY_DELAY

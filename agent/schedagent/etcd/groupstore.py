@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schedagent.core.fleet import Group, part_job_id
-from schedagent.core.model import Job, KnownHost
+from schedagent.core.model import Job, KnownHost, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.errors import NotFoundError
 from schedagent.etcd import malformed
@@ -64,14 +64,17 @@ class GroupStore:
             host = decode_host(kv)
             if host is not None:
                 known[host.name] = dict(host.labels)
-        online: set[str] = set()
-        for kv in (await self.store.get_prefix(self.keys.nodes))[0]:
-            node = decode_node(kv)
-            if node is not None:
-                known[node.name] = dict(node.labels)
-                if not node.draining:
-                    online.add(node.name)
-        return known, online
+        live = await self.nodes()
+        known.update((node.name, dict(node.labels)) for node in live)
+        return known, {node.name for node in live if not node.draining}
+
+    async def online(self) -> set[str]:
+        """The hosts online now: a live, not draining node record."""
+        return {node.name for node in await self.nodes() if not node.draining}
+
+    async def nodes(self) -> list[NodeRecord]:
+        kvs, _ = await self.store.get_prefix(self.keys.nodes)
+        return [node for node in map(decode_node, kvs) if node is not None]
 
     async def parts(self, group: Group) -> dict[str, Job]:
         """The jobs the group's targets have so far (host -> job, live or final)."""
