@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from fleethelp import fail_on, group_id_of, part_cmd, results, schedctl, starts, status
+from helpers import wait_until
 from schedagent.dev.cluster import LocalCluster
 
 HOSTS = ["node1", "node2", "node3"]
@@ -91,3 +93,27 @@ async def test_bad_arguments_are_usage_errors(cluster: LocalCluster) -> None:
         assert done.returncode == 2 and why in done.stderr, (args, done.stderr)
     missing = await asyncio.to_thread(schedctl, cluster, "status", "g-" + "0" * 20)
     assert missing.returncode == 4, missing.stderr
+
+
+async def test_cancel_group_kills_the_running_part_and_skips_the_rest(
+    cluster: LocalCluster,
+) -> None:
+    args = ["run", "--all", "--max-parallel", "1", "--cmd", part_cmd("sleep 30")]
+    made = await asyncio.to_thread(schedctl, cluster, *args)
+    assert made.returncode == 0, made.stderr
+    group_id = made.stdout.strip()
+    await wait_until(lambda: bool(starts(cluster)["node1"]), 20, "node1 started")
+    canceled = await asyncio.to_thread(schedctl, cluster, "cancel", group_id)
+    assert canceled.returncode == 0, canceled.stderr
+    end = time.monotonic() + 30
+    while not status(cluster, group_id)["group"]["done"]:
+        assert time.monotonic() < end, "the canceled run did not end"
+        await asyncio.sleep(0.5)
+    assert results(cluster, group_id) == {
+        "node1": "canceled",
+        "node2": "skipped",
+        "node3": "skipped",
+    }
+    ran = starts(cluster)
+    assert not ran["node1"][0].ended, "the running part was not killed"
+    assert ran["node2"] == [] and ran["node3"] == []
