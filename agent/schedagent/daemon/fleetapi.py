@@ -50,10 +50,10 @@ class FleetApi:
             signature = Signature.from_dict(raw.get("signature"))
         except SignatureRejected as exc:
             raise SpecError(f"signature rejected: {exc}") from None
+        signer = self._check(Group(definition, signature, time.time(), ()))
         known, online = await self.groups.hosts()
         targets = snapshot(definition.selector, known, online)
         group = Group(definition, signature, time.time(), tuple(targets))
-        signer = self._check(group)
         if not targets:
             raise FleetError("no known host matches the selector")
         if not await self.groups.create(group):
