@@ -34,6 +34,7 @@ from schedagent.ctl.command import (
 )
 from schedagent.ctl.completion import completion
 from schedagent.ctl.contexts import context, overlay
+from schedagent.ctl.fleet import GroupId, cancel_group, run_fleet, show_group
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.jobopts import cmd_option, job_fields, job_options
 from schedagent.ctl.keys import find_key, keygen, sign_spec
@@ -59,6 +60,8 @@ Exit status:
   130  interrupted
 submit --wait instead exits with the job's own status: SUCCEEDED 0, FAILED the last
 attempt's exit code (128+N if killed by signal N, else 1), TIMED_OUT 124, CANCELED 130.
+run --wait exits 0 if every host succeeded, 6 if a host failed, timed out or was
+canceled, 7 if none did but a host was unreachable or skipped.
 """
 
 
@@ -133,6 +136,18 @@ cli.add_command(completion)
 cli.add_command(context)
 cli.add_command(schedule)
 cli.add_command(ui)
+cli.add_command(run_fleet)
+
+
+class JobOrGroup(JobId):
+    """A job id, or a fleet run's (g-...)."""
+
+    name = "JOB|GROUP"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if str(value).strip().lower().startswith("g-"):
+            return GroupId().convert(value, param, ctx)
+        return super().convert(value, param, ctx)
 
 
 @cli.command()
@@ -223,11 +238,12 @@ def submit_file(spec_file: TextIO, as_json: bool) -> NoReturn:
 
 
 @cli.command()
-@click.argument("job", type=JobId())
+@click.argument("job", type=JobOrGroup())
 @json_option
 def status(job: str, as_json: bool) -> None:
-    """Show a job's state, attempts and output tail."""
-
+    """Show a job's state, attempts and output tail (a fleet run's: its per-host table)."""
+    if job.startswith("g-"):
+        show_group(job, as_json)
     show(
         "get",
         {"id": job},
@@ -259,10 +275,13 @@ def list_jobs(state: str | None, limit: int, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("job", type=JobId())
+@click.argument("job", type=JobOrGroup())
 @json_option
 def cancel(job: str, as_json: bool) -> None:
-    """Cancel a job (a running one is killed by its node)."""
+    """Cancel a job (a running one is killed by its node), or what of a fleet run has
+    not finished (hosts not started are skipped)."""
+    if job.startswith("g-"):
+        cancel_group(job, as_json)
     key = find_key(click.get_current_context().meta.get("schedctl.key_path"))
     request: Record = {"id": job}
     if key is not None:
