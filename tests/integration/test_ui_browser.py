@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from helpers import live_processes_with, marker
@@ -39,8 +39,8 @@ def wait_for(what: str, check: Callable[[], Any], deadline: float = 30.0) -> Any
             value = check()
             if value:
                 return value
-        except StaleElementReferenceException:
-            pass
+        except (StaleElementReferenceException, NoSuchElementException):
+            pass  # the old page went away, or the new one is not there yet
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {deadline}s waiting for {what}")
         time.sleep(0.1)
