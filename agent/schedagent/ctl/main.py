@@ -21,7 +21,6 @@ from schedagent.ctl.client import (
     Record,
     field,
     is_final,
-    job_exit_code,
 )
 from schedagent.ctl.command import (
     Settings,
@@ -32,6 +31,7 @@ from schedagent.ctl.command import (
     write_bytes,
     write_chunk,
 )
+from schedagent.ctl.exits import EPILOG, ExitCodes, job_exit_code
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.jobopts import cmd_option, job_fields, job_options
 from schedagent.ctl.keys import find_key, keygen, sign_spec
@@ -45,21 +45,11 @@ from schedagent.ctl.params import (
     parent_list,
 )
 from schedagent.ctl.schedules import schedule
-
-EPILOG = """\b
-Exit status:
-  0    success
-  1    the agent refused the request (ok:false) or another error
-  2    bad command-line arguments
-  3    NATS unreachable, or no agent answered in time
-  4    the job does not exist (not_found)
-  130  interrupted
-submit --wait instead exits with the job's own status: SUCCEEDED 0, FAILED the last
-attempt's exit code (128+N if killed by signal N, else 1), TIMED_OUT 124, CANCELED 130.
-"""
+from schedagent.ctl.wait import wait
+from schedagent.ctl.waitlimit import WaitLimit, wait_timeout_option
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ExitCodes, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--nats",
     "url",
@@ -116,6 +106,7 @@ def cli(
 
 cli.add_command(keygen)
 cli.add_command(schedule)
+cli.add_command(wait)
 
 
 @cli.command()
@@ -144,6 +135,7 @@ cli.add_command(schedule)
 )
 @click.option("--tasks", type=click.IntRange(1, 4194304), help="Processes and threads at most.")
 @click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
+@wait_timeout_option
 @json_option
 def submit(
     cmd: str | None,
@@ -153,6 +145,7 @@ def submit(
     memory: int | None,
     tasks: int | None,
     wait: bool,
+    wait_timeout: float | None,
     as_json: bool,
     **job: Any,
 ) -> None:
@@ -166,6 +159,8 @@ def submit(
         submit_file(spec_file, as_json)
     if cmd is None:
         raise click.UsageError("give --cmd, or --file with one job per line")
+    if wait_timeout is not None and not wait:
+        raise click.UsageError("--wait-timeout bounds --wait: give both")
     spec = {
         "cmd": cmd,
         **job_fields(job),
@@ -186,7 +181,9 @@ def submit(
             click.echo(job.get("id"), err=wait)
         if not wait:
             return 0
-        return job_exit_code(await JobFollower(client, str(job.get("id")), write_chunk).run())
+        limit = WaitLimit(wait_timeout)
+        follower = JobFollower(client, str(job.get("id")), write_chunk, limit)
+        return job_exit_code(await follower.run())
 
     run(work)
 
@@ -257,16 +254,20 @@ def cancel(job: str, as_json: bool) -> None:
 @click.argument("job", type=JobId())
 @click.option("-f", "--follow", is_flag=True, help="Keep following until the job is final.")
 def logs(job: str, follow: bool) -> None:
-    """Print a job's output (every attempt); stdout to stdout, stderr to stderr."""
+    """Print a job's output (every attempt); stdout to stdout, stderr to stderr.
+
+    With -f, exit with the job's status once it is final, as submit --wait does.
+    """
 
     async def work(client: Client) -> int:
         record = await client.get(job)
         if follow and not (is_final(record) and await client.last_seq("output", job) is None):
-            await JobFollower(client, job, write_chunk).run()
+            # No bound: a follower watches a job as long as it takes (Ctrl-C ends it).
+            record = await JobFollower(client, job, write_chunk, WaitLimit(0)).run()
         elif not await dump_output(client, job, write_chunk):
             # The stream keeps output for a while only; the record keeps its tail.
             write_bytes(tail.output_bytes(record))
-        return 0
+        return job_exit_code(record) if follow else 0
 
     run(work)
 

@@ -153,23 +153,24 @@ class Api:
 
     async def get(self, req: dict[str, Any]) -> dict[str, Any]:
         job, _ = await self.jobs.get(_job_id(req))
-        reason = None
+        reason, unplaceable = None, False
         if waits_for_parents(job):
             reason = await parents.waiting_reason(self.jobs, job.spec.after)
         if job.state == JobState.PENDING and reason is None:
-            reason = await self._pending_reason(job.spec, job.not_before)
-        return {"job": job.to_dict(), "pending_reason": reason}
+            reason, unplaceable = await self._pending_reason(job.spec, job.not_before)
+        # unplaceable: no node could take it as the cluster stands (`--wait` gives up).
+        return {"job": job.to_dict(), "pending_reason": reason, "unplaceable": unplaceable}
 
-    async def _pending_reason(self, spec: Any, not_before: float) -> str:
+    async def _pending_reason(self, spec: Any, not_before: float) -> tuple[str, bool]:
         nodes = [NodeView(n.name, n.cpus, n.labels, n.draining) for n in await self._nodes()]
         reason = unplaceable_reason(spec, nodes)
         if reason is not None:
-            return reason
+            return reason, True
         if not_before > time.time():
-            return f"retry backoff: eligible in {not_before - time.time():.1f}s"
+            return f"retry backoff: eligible in {not_before - time.time():.1f}s", False
         if self.election.leader() is None:
-            return "no leader elected yet"
-        return "waiting for free CPUs on a matching node"
+            return "no leader elected yet", False
+        return "waiting for free CPUs on a matching node", False
 
     async def list_jobs(self, req: dict[str, Any]) -> dict[str, Any]:
         state, limit, before = _list_request(req)
