@@ -32,9 +32,11 @@ from schedagent.ctl.command import (
     write_chunk,
 )
 from schedagent.ctl.exits import EPILOG, ExitCodes, job_exit_code
+from schedagent.ctl.explain import explain
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.jobopts import cmd_option, job_fields, job_options
 from schedagent.ctl.keys import find_key, keygen, sign_spec
+from schedagent.ctl.nodes import node
 from schedagent.ctl.params import (
     JobId,
     JobIds,
@@ -107,6 +109,8 @@ def cli(
 cli.add_command(keygen)
 cli.add_command(schedule)
 cli.add_command(wait)
+cli.add_command(node)
+cli.add_command(explain)
 
 
 @cli.command()
@@ -277,7 +281,13 @@ def logs(job: str, follow: bool) -> None:
 def nodes(as_json: bool) -> None:
     """List the nodes of the cluster."""
 
-    show("nodes", None, as_json, lambda reply: fmt.format_nodes(field(reply, "nodes", list)))
+    def render(reply: Record) -> str:
+        cordons = reply.get("cordons")
+        return fmt.format_nodes(
+            field(reply, "nodes", list), cordons if isinstance(cordons, list) else []
+        )
+
+    show("nodes", None, as_json, render)
 
 
 @cli.command()
