@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import nats
 
 from helpers import marker
 from schedagent.ctl.exits import (
@@ -103,3 +106,28 @@ async def test_wait_timeout_bounds_a_running_job(cluster_factory: Any) -> None:
     await schedctl(cluster, "cancel", job_id)
     canceled, _, _ = await schedctl(cluster, "wait", job_id)
     assert canceled == 130
+
+
+async def test_ctrl_c_ends_schedctl_at_once_killed_by_sigint(cluster_factory: Any) -> None:
+    # Before: exit 130, which is also a CANCELED job's status under --wait.
+    cluster: LocalCluster = cluster_factory(1, agent_overrides=FAST)
+    nc = await nats.connect(cluster.nats_url)
+    asked = asyncio.Event()
+
+    async def heard(msg: Any) -> None:
+        asked.set()  # and no answer: schedctl is inside its request now
+
+    await nc.subscribe("quiet.api.nodes", cb=heard)
+    env = {**os.environ, "SCHEDCTL_NATS_URL": cluster.nats_url, "SCHEDCTL_PREFIX": "quiet"}
+    ctl = subprocess.Popen(  # noqa: ASYNC220 - reaped in a thread below
+        [SCHEDCTL, "--timeout", "60", "nodes"], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        await asyncio.wait_for(asked.wait(), 30)
+        ctl.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(ctl.wait, 10) == -signal.SIGINT
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
+        await nc.close()
