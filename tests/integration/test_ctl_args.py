@@ -149,6 +149,15 @@ def test_no_agent_is_one_line_exit_no_cluster(nats_url: str) -> None:
     assert result.stderr == f"schedctl: no agent answered on {nats_url} within 2 s\n"
 
 
+def test_explain_without_a_leader_says_so(nats_url: str) -> None:
+    result = run_ctl("--nats", nats_url, "--timeout", "0.5", "explain", JOB)
+    assert result.returncode == EXIT_NO_CLUSTER
+    assert result.stderr == (
+        f"schedctl: no leader answered on {nats_url} within 0.5 s "
+        "(schedctl leader shows whether one is elected)\n"
+    )
+
+
 def test_no_nats_server_is_one_line_exit_no_cluster() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     result = run_ctl("--nats", url, "nodes")

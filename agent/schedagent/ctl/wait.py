@@ -19,7 +19,11 @@ def _discard(stream: str, data: str) -> None:
 
 
 async def wait_for_jobs(client: Client, jobs: list[str], bound: float | None) -> list[Record]:
-    """The final records of the jobs, in the order given; WaitGaveUp past a bound."""
+    """The final records of the jobs, in the order given; WaitGaveUp past a bound.
+
+    The followers share one connection: after a NATS restart only one of them
+    resubscribes to its events, the others end through their poll of `get`.
+    """
     async with asyncio.TaskGroup() as group:
         tasks = [
             group.create_task(JobFollower(client, job, _discard, WaitLimit(bound)).run())
