@@ -206,12 +206,10 @@ def format_cordon(action: str, name: str, reply: Record) -> str:
     return f"node {name} {_cordon_state(cordon)}"
 
 
-def format_nodes_reply(reply: Record) -> str:
-    """The `nodes` reply: the registered nodes, then cordons of nodes that are not."""
-    nodes, cordons = reply.get("nodes"), reply.get("cordons")
-    return format_nodes(
-        nodes if isinstance(nodes, list) else [], cordons if isinstance(cordons, list) else []
-    )
+def cordons_of(reply: Record) -> list[Record]:
+    """The `nodes` reply's cordons of nodes not registered now ([] from an older agent)."""
+    cordons = reply.get("cordons")
+    return [c for c in cordons if isinstance(c, dict)] if isinstance(cordons, list) else []
 
 
 def _scheduling(node: Record) -> str:

@@ -282,10 +282,7 @@ def nodes(as_json: bool) -> None:
     """List the nodes of the cluster."""
 
     def render(reply: Record) -> str:
-        cordons = reply.get("cordons")
-        return fmt.format_nodes(
-            field(reply, "nodes", list), cordons if isinstance(cordons, list) else []
-        )
+        return fmt.format_nodes(field(reply, "nodes", list), fmt.cordons_of(reply))
 
     show("nodes", None, as_json, render)
 
