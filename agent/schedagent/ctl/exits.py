@@ -23,6 +23,9 @@ EXIT_USAGE = 241  # bad command-line arguments (click's own 2 would pass for a j
 EXIT_NO_CLUSTER = 242  # NATS unreachable, or no agent (or no leader) answered in time
 EXIT_NOT_FOUND = 243  # the job, schedule or node does not exist
 EXIT_WAIT_TIMEOUT = 244  # --wait-timeout passed, or the job stayed unplaceable
+# A fleet run's status under `run --wait` (and `status GROUP` once ended).
+EXIT_HOSTS_FAILED = 6  # a host failed, timed out or was canceled
+EXIT_HOSTS_MISSED = 7  # none failed, but a host was unreachable or skipped
 # A job's statuses: SUCCEEDED 0, TIMED_OUT 124, CANCELED 130, else its exit code.
 EXIT_TIMED_OUT = 124
 EXIT_CANCELED = 130
@@ -42,6 +45,8 @@ submit --wait, wait and logs -f exit with the job's own status otherwise:
 SUCCEEDED 0, FAILED the last attempt's exit code (128+N if killed by signal N,
 else 1), TIMED_OUT 124, CANCELED 130. schedagent makes no status in 240-244; only
 a command that exits so itself looks like schedctl's own failure.
+run --wait exits 0 if every host succeeded, 6 if a host failed, timed out or was
+canceled, 7 if none did but a host was unreachable or skipped.
 """
 
 
