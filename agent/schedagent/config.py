@@ -13,12 +13,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from schedagent.core.names import NODE_NAME_RE
 from schedagent.core.sizes import memory_limit, task_limit
 from schedagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/schedagent/agent.yaml"
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+NAME_RE = NODE_NAME_RE
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "journal", "stderr")

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from schedagent.ctl.exits import EXIT_NO_CLUSTER
 from schedagent.dev import marks
 
 from .conftest import Cluster
@@ -153,7 +154,7 @@ def test_nats_talks_tls_only_with_certificates_from_the_cluster_ca(cluster: Clus
         ], modes
     # schedctl without the cluster's CA (so with the system's) refuses the servers.
     no_ca = cluster.ctl.run("nodes", env={"SCHEDCTL_NATS_CA": ""})
-    assert no_ca.returncode == 3, no_ca.stdout + no_ca.stderr
+    assert no_ca.returncode == EXIT_NO_CLUSTER, no_ca.stdout + no_ca.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in no_ca.stderr, no_ca.stderr
     # The admin host's settings name the CA the schedctl role installed.
     admin = cluster.fleet.hosts[0]
@@ -349,7 +350,9 @@ def test_upgrading_the_package_under_running_jobs_loses_none(cluster: Cluster) -
                 refused.append(proc)
             time.sleep(1)
         _assert_ok(upgrade.result())
-    assert all(p.returncode == 3 for p in refused), [(p.returncode, p.stderr) for p in refused]
+    assert all(p.returncode == EXIT_NO_CLUSTER for p in refused), [
+        (p.returncode, p.stderr) for p in refused
+    ]
     assert during, "no job was accepted while the playbook ran"
     after = [cluster.ctl.submit(f"echo after upgrade {i}") for i in range(3)]
     for job_id in running + during + after:

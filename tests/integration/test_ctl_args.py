@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 
-from schedagent.ctl.client import job_exit_code
+from schedagent.ctl.exits import EXIT_NO_CLUSTER, EXIT_NOT_FOUND, EXIT_USAGE, job_exit_code
 from schedagent.ctl.main import cli
 
 NATS_SERVER = "/usr/sbin/nats-server"
@@ -114,7 +114,7 @@ async def arun_ctl(*args: str) -> tuple[int, str, str]:
 )
 def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == EXIT_USAGE, result.output
     assert message in result.output
     assert "Traceback" not in result.output
 
@@ -136,23 +136,32 @@ def test_job_exit_code(state: str, attempt: dict[str, Any], expected: int) -> No
 
 
 def test_list_state_is_case_insensitive() -> None:
-    # Parsing succeeds and only then the (absent) server is reached: exit 3, not 2.
+    # Parsing succeeds and only then the (absent) server is reached: no cluster, not usage.
     port = free_port()
     result = run_ctl("--nats", f"nats://127.0.0.1:{port}", "list", "--state", "running")
-    assert result.returncode == 3
+    assert result.returncode == EXIT_NO_CLUSTER
 
 
-def test_no_agent_is_one_line_exit_3(nats_url: str) -> None:
+def test_no_agent_is_one_line_exit_no_cluster(nats_url: str) -> None:
     result = run_ctl("--nats", nats_url, "nodes")
-    assert result.returncode == 3
+    assert result.returncode == EXIT_NO_CLUSTER
     assert result.stdout == ""
     assert result.stderr == f"schedctl: no agent answered on {nats_url} within 2 s\n"
 
 
-def test_no_nats_server_is_one_line_exit_3() -> None:
+def test_explain_without_a_leader_says_so(nats_url: str) -> None:
+    result = run_ctl("--nats", nats_url, "--timeout", "0.5", "explain", JOB)
+    assert result.returncode == EXIT_NO_CLUSTER
+    assert result.stderr == (
+        f"schedctl: no leader answered on {nats_url} within 0.5 s "
+        "(schedctl leader shows whether one is elected)\n"
+    )
+
+
+def test_no_nats_server_is_one_line_exit_no_cluster() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     result = run_ctl("--nats", url, "nodes")
-    assert result.returncode == 3
+    assert result.returncode == EXIT_NO_CLUSTER
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"schedctl: cannot connect to NATS at {url}: ")
@@ -238,9 +247,9 @@ async def test_status_json_and_human(agent: FakeAgent, nats_url: str) -> None:
     assert "output tail:\nline one\nline two" in out
 
 
-async def test_status_not_found_exits_4(agent: FakeAgent, nats_url: str) -> None:
+async def test_status_not_found_exits_not_found(agent: FakeAgent, nats_url: str) -> None:
     rc, out, err = await arun_ctl("--nats", nats_url, "status", MISSING)
-    assert rc == 4
+    assert rc == EXIT_NOT_FOUND
     assert out == ""
     assert err == f"schedctl: job {MISSING} not found\n"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from schedagent.ctl.exits import EXIT_NO_CLUSTER
 from schedagent.dev.procs import NATS_BIN, ManagedProcess, free_port, wait_for
 
 SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
@@ -122,5 +123,5 @@ def test_a_password_refused_over_tls_is_exit_status_3_every_time(
             text=True,
             timeout=60,
         )
-        assert result.returncode == 3, (result.returncode, result.stderr)
+        assert result.returncode == EXIT_NO_CLUSTER, (result.returncode, result.stderr)
         assert "Authorization Violation" in result.stderr, result.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apiclient import ApiClient
+from schedagent.ctl.exits import EXIT_ERROR
 from schedagent.dev import marks
 from schedagent.dev.cluster import LocalCluster
 
@@ -194,7 +195,7 @@ async def test_schedctl_submit_after_and_what_status_and_list_show(
     status, listed = await schedctl(cluster, "list")
     assert status == 0 and f"{a} +1" in listed, listed
     status, refused = await schedctl(cluster, "submit", "--cmd", "x", "--after", "0" * 20)
-    assert status == 1 and f"after: no job {'0' * 20}" in refused, refused
+    assert status == EXIT_ERROR and f"after: no job {'0' * 20}" in refused, refused
     status, failed = await schedctl(cluster, "submit", "--cmd", "false", "--wait")
     assert status == 1
     status, _ = await schedctl(cluster, "submit", "--cmd", "x", "--after", failed.strip(), "--wait")

@@ -15,6 +15,7 @@ import pytest
 
 from fleethelp import fail_on, group_id_of, part_cmd, results, schedctl, starts, status
 from helpers import wait_until
+from schedagent.ctl.exits import EXIT_NOT_FOUND, EXIT_USAGE
 from schedagent.dev.cluster import LocalCluster
 
 HOSTS = ["node1", "node2", "node3"]
@@ -90,9 +91,9 @@ async def test_bad_arguments_are_usage_errors(cluster: LocalCluster) -> None:
         (["status", "g-nothex"], "not a fleet run id"),
     ):
         done = await asyncio.to_thread(schedctl, cluster, *args)
-        assert done.returncode == 2 and why in done.stderr, (args, done.stderr)
+        assert done.returncode == EXIT_USAGE and why in done.stderr, (args, done.stderr)
     missing = await asyncio.to_thread(schedctl, cluster, "status", "g-" + "0" * 20)
-    assert missing.returncode == 4, missing.stderr
+    assert missing.returncode == EXIT_NOT_FOUND, missing.stderr
 
 
 async def test_cancel_group_kills_the_running_part_and_skips_the_rest(

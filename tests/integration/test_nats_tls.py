@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from certs import make_ca, make_cert
+from schedagent.ctl.exits import EXIT_NO_CLUSTER
 from schedagent.dev.cluster import AgentProcess, harness_key
 from schedagent.dev.procs import NATS_BIN, EtcdServer, ManagedProcess, free_port, wait_for
 
@@ -101,20 +102,23 @@ def test_agent_and_schedctl_talk_tls_with_the_ca(
             sys.stderr.write(agent.log_tail())
 
 
+NO_CLUSTER = f"{EXIT_NO_CLUSTER}: "  # how schedctl() shows a failure: "CODE: stderr"
+
+
 @pytest.mark.slow
 def test_clients_without_the_ca_are_refused(tls_nats: tuple[TlsNats, Path], tmp_path: Path) -> None:
     server, _ = tls_nats
     # No CA: the system's CAs do not vouch for this server.
     out = schedctl(server.port, "nodes", scheme="tls")
-    assert str(out).startswith("3: ") and "CERTIFICATE_VERIFY_FAILED" in str(out), out
+    assert str(out).startswith(NO_CLUSTER) and "CERTIFICATE_VERIFY_FAILED" in str(out), out
     # Another CA: refused as well.
     other = tmp_path / "other"
     other.mkdir()
     out = schedctl(server.port, "nodes", ca=make_ca(other, "other"))
-    assert str(out).startswith("3: ") and "CERTIFICATE_VERIFY_FAILED" in str(out), out
+    assert str(out).startswith(NO_CLUSTER) and "CERTIFICATE_VERIFY_FAILED" in str(out), out
     # A CA file that is not there: one clear line.
     out = schedctl(server.port, "nodes", ca=tmp_path / "missing.pem")
-    assert str(out).startswith("3: schedctl: cannot load the NATS CA certificate"), out
+    assert str(out).startswith(f"{NO_CLUSTER}schedctl: cannot load the NATS CA certificate"), out
 
 
 def test_an_agent_with_a_missing_ca_says_so_while_it_waits(

@@ -24,6 +24,7 @@ from forge import dispatch_assigned
 from schedagent.core.model import JobSpec, new_job_id
 from schedagent.core.schedule import Schedule, parse_definition
 from schedagent.core.signing import SigningKey
+from schedagent.ctl.exits import EXIT_ERROR, EXIT_NOT_FOUND
 from schedagent.dev.cluster import LocalCluster, harness_key
 from schedagent.etcd.store import Store
 from schedhelp import action, create
@@ -186,7 +187,7 @@ async def test_schedctl_drives_a_schedule(
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["schedule"]["definition"]["splay"] == 60.0
     again = await asyncio.to_thread(schedctl, cluster, *create_args, "--cmd", "true")
-    assert again.returncode == 1 and "exists" in again.stderr
+    assert again.returncode == EXIT_ERROR and "exists" in again.stderr
     listed = await asyncio.to_thread(schedctl, cluster, "schedule", "list")
     assert "ctl" in listed.stdout and "@yearly (Europe/Berlin)" in listed.stdout
     job_id = (await asyncio.to_thread(schedctl, cluster, "schedule", "run", "ctl")).stdout.strip()
@@ -204,4 +205,4 @@ async def test_schedctl_drives_a_schedule(
     gone = await asyncio.to_thread(schedctl, cluster, "schedule", "delete", "ctl")
     assert gone.returncode == 0
     missing = await asyncio.to_thread(schedctl, cluster, "schedule", "show", "ctl")
-    assert missing.returncode == 4 and "no schedule ctl" in missing.stderr
+    assert missing.returncode == EXIT_NOT_FOUND and "no schedule ctl" in missing.stderr

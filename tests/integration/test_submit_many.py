@@ -16,6 +16,7 @@ import pytest
 
 from apiclient import ApiClient
 from schedagent.core.signing import SigningKey
+from schedagent.ctl.exits import EXIT_ERROR
 from schedagent.dev.cluster import LocalCluster
 
 SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
@@ -84,7 +85,7 @@ async def test_a_bad_line_is_named_and_nothing_of_it_is_submitted(
         {"cmd": f"echo good7 >> {done}", "retries": 1},
     ]
     result = schedctl(cluster, "submit", "--file", str(write_lines(tmp_path / "jobs", lines)))
-    assert result.returncode == 1
+    assert result.returncode == EXIT_ERROR
     errors = result.stderr.splitlines()
     assert [e.split(":")[1].strip() for e in errors] == ["line 2", "line 4", "line 5"], errors
     assert "cpus" in errors[1] and "priority" in errors[2]

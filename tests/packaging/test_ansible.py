@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from schedagent.core.signing import SigningKey, key_id, parse_public, public_text, verify
+from schedagent.ctl.exits import EXIT_NO_CLUSTER
 from schedagent.dev.procs import ETCD_BIN, NATS_BIN, ManagedProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -717,10 +718,10 @@ def test_the_rendered_files_make_a_working_cluster(cluster: Render) -> None:
 def test_the_rendered_nats_refuses_clients_without_the_password(cluster: Render) -> None:
     port = cluster.ports["n1"]["nats_client_port"]
     result = _schedctl(cluster, "nodes", url=f"tls://127.0.0.1:{port}")
-    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.returncode == EXIT_NO_CLUSTER, result.stdout + result.stderr
     assert "authorization violation" in result.stderr.lower(), result.stderr
     wrong = _schedctl(cluster, "nodes", url=f"tls://schedctl:wrong@127.0.0.1:{port}")
-    assert wrong.returncode == 3, wrong.stdout + wrong.stderr
+    assert wrong.returncode == EXIT_NO_CLUSTER, wrong.stdout + wrong.stderr
 
 
 @pytest.mark.slow
@@ -731,7 +732,7 @@ def test_the_rendered_nats_talks_tls_only_with_a_certificate_from_the_cluster_ca
     password = cluster.credential("nats-schedctl")
     # A plain TCP client with the right password: the server requires TLS.
     plain = _schedctl(cluster, "nodes", url=f"nats://schedctl:{password}@127.0.0.1:{port}", ca="")
-    assert plain.returncode == 3, plain.stdout + plain.stderr
+    assert plain.returncode == EXIT_NO_CLUSTER, plain.stdout + plain.stderr
     # A TLS client that trusts another CA refuses the server's certificate.
     other = tmp_path / "other-ca.pem"
     subprocess.run(
@@ -744,7 +745,7 @@ def test_the_rendered_nats_talks_tls_only_with_a_certificate_from_the_cluster_ca
         capture_output=True,
     )
     refused = _schedctl(cluster, "nodes", ca=str(other))
-    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert refused.returncode == EXIT_NO_CLUSTER, refused.stdout + refused.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr
     # With the cluster's CA: answered.
     ok = _schedctl(cluster, "nodes")

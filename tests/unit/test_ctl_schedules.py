@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from schedagent.core.signing import SigningKey
+from schedagent.ctl.exits import EXIT_USAGE
 from schedagent.ctl.main import cli
 from schedagent.ctl.schedules import ScheduleNames, schedule_list
 
@@ -42,7 +43,7 @@ def key(tmp_path: Path) -> str:
 )
 def test_bad_create_arguments_exit_2_saying_why(key: str, args: list[str], why: str) -> None:
     result = CliRunner().invoke(cli, ["--key", key, "schedule", "create", "nightly", *args])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == EXIT_USAGE, result.output
     assert why in result.output
 
 
@@ -50,14 +51,14 @@ def test_a_bad_name_and_a_missing_key_exit_2(
     key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result = CliRunner().invoke(cli, ["--key", key, "schedule", "pause", "no spaces"])
-    assert result.exit_code == 2 and "1-128 of" in result.output
+    assert result.exit_code == EXIT_USAGE and "1-128 of" in result.output
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SCHEDCTL_KEY", raising=False)
     args = ["schedule", "create", "x", "--cmd", "true", "--every", "60"]
     result = CliRunner().invoke(cli, args)
     if Path("/etc/schedctl/operator.key").exists():
         pytest.skip("this host has an operator key in /etc/schedctl")
-    assert result.exit_code == 2 and "schedules are always signed" in result.output
+    assert result.exit_code == EXIT_USAGE and "schedules are always signed" in result.output
 
 
 def test_after_takes_comma_separated_schedules_in_the_order_given() -> None:

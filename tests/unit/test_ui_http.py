@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from certs import make_ca, make_cert
+from schedagent.ctl.exits import EXIT_NO_CLUSTER, EXIT_USAGE
 from schedagent.ctl.main import cli
 from schedagent.ctl.ui.command import is_loopback, parse_listen
 from schedagent.ctl.ui.http import MAX_BODY, HttpServer
@@ -144,9 +145,9 @@ def test_listen_addresses() -> None:
 def test_ui_refuses_an_open_or_unclear_listen_before_connecting(
     args: list[str], message: str
 ) -> None:
-    # No NATS at this URL: the refusal comes first, as a usage error (exit 2).
+    # No NATS at this URL: the refusal comes first, as a usage error.
     result = CliRunner().invoke(cli, ["--nats", "nats://127.0.0.1:1", "ui", *args])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == EXIT_USAGE, result.output
     assert message in result.output
 
 
@@ -154,5 +155,5 @@ def test_ui_without_nats_says_so_in_one_line() -> None:
     result = CliRunner().invoke(
         cli, ["--nats", "nats://127.0.0.1:1", "--timeout", "0.5", "ui", "--listen", "127.0.0.1:0"]
     )
-    assert result.exit_code == 3
+    assert result.exit_code == EXIT_NO_CLUSTER
     assert result.output.startswith("schedctl: cannot connect to NATS at nats://127.0.0.1:1")

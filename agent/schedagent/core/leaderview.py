@@ -45,9 +45,10 @@ class Dispatch:
     count: int = 1
 
 
-def node_view(record: NodeRecord, suspect: bool) -> NodeView:
-    """What placement reads of a node record (not its load, memory or usage figures)."""
-    return NodeView(record.name, record.cpus, record.labels, record.draining or suspect)
+def node_view(record: NodeRecord, held_back: bool) -> NodeView:
+    """What placement reads of a node record (not its load, memory or usage figures);
+    held_back: suspect or cordoned, so it takes no new work as if draining."""
+    return NodeView(record.name, record.cpus, record.labels, record.draining or held_back)
 
 
 def _pending(tracked: Tracked | None) -> tuple[str, Shape, float, float] | None:
@@ -90,6 +91,7 @@ class LeaderView:
         self.node_names: dict[str, str] = {}  # node record key -> node name
         self.views: dict[str, NodeView] = {}  # node name -> what placement sees
         self.suspect: frozenset[str] = frozenset()
+        self.cordoned: frozenset[str] = frozenset()  # an operator's cordon or drain
         self.usage = NodeUsage()
         self.index = PlacementIndex()
         self.queue = PendingQueue()
@@ -142,7 +144,7 @@ class LeaderView:
         old = self.records.get(record.name)
         self.node_names[key] = record.name
         self.records[record.name] = record
-        self._set_view(record.name, node_view(record, record.name in self.suspect))
+        self._set_view(record.name, node_view(record, self._held_back(record.name)))
         if old is None or (old.lease, old.started_at) != (record.lease, record.started_at):
             self.unchecked |= self.usage.jobs_on(record.name)
 
@@ -150,10 +152,22 @@ class LeaderView:
         """Nodes that take no new work for now (their leadership fell silent)."""
         suspect = frozenset(names)
         changed, self.suspect = suspect ^ self.suspect, suspect
-        for name in changed:
+        self._review(changed)
+
+    def set_cordoned(self, names: Iterable[str]) -> None:
+        """Nodes an operator cordoned (or drains): no new work until uncordoned."""
+        cordoned = frozenset(names)
+        changed, self.cordoned = cordoned ^ self.cordoned, cordoned
+        self._review(changed)
+
+    def _held_back(self, name: str) -> bool:
+        return name in self.suspect or name in self.cordoned
+
+    def _review(self, names: Iterable[str]) -> None:
+        for name in names:
             record = self.records.get(name)
             if record is not None:
-                self._set_view(name, node_view(record, name in suspect))
+                self._set_view(name, node_view(record, self._held_back(name)))
 
     # Decisions out ------------------------------------------------------------
 

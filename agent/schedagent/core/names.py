@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
+
+# A node name (config.node_name): what node records, dispatch subjects and cordons use.
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
 class Keys:
@@ -19,11 +23,15 @@ class Keys:
         self.nonces = f"{prefix}/nonces/"
         self.schedules = f"{prefix}/schedules/"  # {name}: signed definition, paused or not
         self.schedstate = f"{prefix}/schedstate/"  # {name}: the leader's last slot, outcomes
+        self.cordons = f"{prefix}/cordons/"  # {node}: an operator's cordon or drain, no lease
         self.groups = f"{prefix}/groups/"  # {id}: a fleet run: signed definition, targets
         self.hosts = f"{prefix}/hosts/"  # {name}: every node ever registered (no lease)
 
     def node(self, name: str) -> str:
         return self.nodes + name
+
+    def cordon(self, node: str) -> str:
+        return self.cordons + node
 
     def job(self, job_id: str) -> str:
         return self.jobs + job_id

@@ -16,7 +16,7 @@ class NodeView:
     name: str
     cpus: float
     labels: Mapping[str, str]
-    draining: bool = False
+    draining: bool = False  # stopping, cordoned or suspect: takes no new jobs
 
 
 def matches(spec: JobSpec, node: NodeView) -> bool:
@@ -57,7 +57,7 @@ def unplaceable_reason(spec: JobSpec, nodes: Iterable[NodeView]) -> str | None:
     if not candidates:
         return f"no node matches the constraints ({_describe(spec)})"
     if not [n for n in candidates if not n.draining]:
-        return f"every node matching the constraints ({_describe(spec)}) is draining"
+        return f"every node matching the constraints ({_describe(spec)}) is draining or cordoned"
     biggest = max(n.cpus for n in candidates if not n.draining)
     if biggest + EPSILON < spec.cpus:
         return f"needs {spec.cpus:g} CPUs but the largest matching node has {biggest:g}"

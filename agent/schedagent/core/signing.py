@@ -116,6 +116,17 @@ def canonical_group_cancel(group_id: str, nonce: str, signed_at: float) -> bytes
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+def canonical_node_action(
+    action: str, node: str, deadline: float | None, nonce: str, signed_at: float
+) -> bytes:
+    """The bytes a cordon, uncordon or drain of a node is signed over: the action, the
+    node and the drain's deadline. The "node-" action keeps it from passing for a job's,
+    a cancel's or a schedule's signature, and the other way round."""
+    body = {"action": f"node-{action}", "node": node, "deadline": deadline}
+    body.update(nonce=nonce, signed_at=signed_at)
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
 def key_id(public: Ed25519PublicKey) -> str:
     raw = public.public_bytes_raw()
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -182,6 +193,13 @@ class SigningKey:
 
     def sign_group_cancel(self, group_id: str, now: float | None = None) -> Signature:
         return self._sign(lambda nonce, at: canonical_group_cancel(group_id, nonce, at), now)
+
+    def sign_node_action(
+        self, action: str, node: str, deadline: float | None, now: float | None = None
+    ) -> Signature:
+        return self._sign(
+            lambda nonce, at: canonical_node_action(action, node, deadline, nonce, at), now
+        )
 
     def _sign(self, message: Callable[[str, float], bytes], now: float | None) -> Signature:
         nonce = os.urandom(16).hex()
@@ -281,6 +299,23 @@ def verify_group_cancel(
         raise SignatureRejected("fleet run cancel is not signed")
     message = canonical_group_cancel(group_id, signature.nonce, signature.signed_at)
     return _verify(message, signature, trusted, max_age, now, "this fleet run cancel")
+
+
+def verify_node_action(
+    action: str,
+    node: str,
+    deadline: float | None,
+    signature: Signature | None,
+    trusted: Mapping[str, Ed25519PublicKey],
+    max_age: float,
+    now: float | None = None,
+) -> str:
+    """The signing key's id if this action on this node is signed. A replay within
+    max_age only repeats the same action on the same node, so no nonce is recorded."""
+    if signature is None:
+        raise SignatureRejected(f"node {action} is not signed")
+    message = canonical_node_action(action, node, deadline, signature.nonce, signature.signed_at)
+    return _verify(message, signature, trusted, max_age, now, f"this node {action}")
 
 
 def _verify(

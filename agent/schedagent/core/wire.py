@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from schedagent.core.explain import Explanation, NodeVerdict
 from schedagent.core.model import JOB_ID_RE, SCHEMA_VERSION, Job
 from schedagent.errors import WireError
 
@@ -345,3 +346,41 @@ def _submitted(index: int, item: object) -> Submitted:
     if not isinstance(created, bool):
         raise WireError(f"{what}: created must be true or false, got {created!r}")
     return Submitted(index, job_id, created)
+
+
+# {np}.api.explain: answered by the leader alone (it has the view), not the queue group.
+
+LEADER_VERBS = ("explain",)
+
+
+def explanation(found: Explanation) -> Body:
+    """The reply fields of an explain: the job's summary and each node's verdict."""
+    return {
+        "job": found.job,
+        "state": found.state,
+        "summary": found.summary,
+        "nodes": [
+            {"node": v.node, "cpus": v.cpus, "free": v.free, "reasons": list(v.reasons)}
+            for v in found.nodes
+        ],
+    }
+
+
+def parse_explanation(reply: Body) -> Explanation:
+    """An explain reply; WireError if malformed."""
+    job, state, summary = reply.get("job"), reply.get("state"), reply.get("summary")
+    nodes = reply.get("nodes")
+    if not all(isinstance(v, str) for v in (job, state, summary)) or not isinstance(nodes, list):
+        raise WireError("explain reply: job, state, summary and nodes are needed")
+    return Explanation(str(job), str(state), str(summary), tuple(map(_verdict, nodes)))
+
+
+def _verdict(item: object) -> NodeVerdict:
+    if not isinstance(item, dict):
+        raise WireError("explain reply: each node verdict must be an object")
+    name, cpus, free, reasons = (item.get(k) for k in ("node", "cpus", "free", "reasons"))
+    numbers = all(isinstance(n, int | float) and not isinstance(n, bool) for n in (cpus, free))
+    if not isinstance(name, str) or not numbers or not isinstance(reasons, list):
+        raise WireError(f"explain reply: malformed node verdict {item!r:.200}")
+    assert isinstance(cpus, int | float) and isinstance(free, int | float)
+    return NodeVerdict(name, float(cpus), float(free), tuple(str(r) for r in reasons))

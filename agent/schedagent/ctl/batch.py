@@ -14,7 +14,8 @@ from schedagent.core import wire
 from schedagent.core.signing import SigningKey
 from schedagent.core.sizes import parse_size
 from schedagent.core.spec import parse_spec
-from schedagent.ctl.client import EXIT_ERROR, Client, CtlError, Record
+from schedagent.ctl.client import Client, CtlError, Record
+from schedagent.ctl.exits import EXIT_ERROR
 from schedagent.ctl.keys import sign_spec
 from schedagent.errors import SpecError
 
@@ -38,7 +39,11 @@ LINE_FIELDS = (
 BATCH_BYTES = 512 * 1024
 # `submit` options a line carries instead (as parameter names), and --wait, which
 # follows one job.
-FILE_EXCLUDES = (*(f if f != "timeout" else "job_timeout" for f in LINE_FIELDS), "wait")
+FILE_EXCLUDES = (
+    *(f if f != "timeout" else "job_timeout" for f in LINE_FIELDS),
+    "wait",
+    "wait_timeout",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,12 +18,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schedagent.core import wire
 from schedagent.core.model import FINAL_STATES
+from schedagent.ctl.exits import EXIT_ERROR, EXIT_NO_CLUSTER, EXIT_NOT_FOUND
 from schedagent.errors import WireError
 from schedagent.nats.connect import connect, keep_reconnecting, tls_context, without_secrets
-
-EXIT_ERROR = 1
-EXIT_NO_CLUSTER = 3
-EXIT_NOT_FOUND = 4
 
 # A timed-out submit may still have been applied; the idempotency key makes resending safe.
 SUBMIT_RETRY_WINDOW = 10.0
@@ -236,27 +233,3 @@ class Client:
         except (nats.errors.Error, TimeoutError):
             return None
         return msg.seq
-
-
-def job_exit_code(record: Record) -> int:
-    """The exit status `submit --wait` mirrors for a final job."""
-    state = record.get("state")
-    if state == "SUCCEEDED":
-        return 0
-    if state == "TIMED_OUT":
-        return 124
-    if state == "CANCELED":
-        return 130
-    attempts = record.get("attempts") or []
-    last = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
-    code = last.get("exit_code")
-    if code is None:
-        code = record.get("exit_code")
-    signal = last.get("signal")
-    if isinstance(code, int) and 0 < code < 256:
-        return code
-    if isinstance(code, int) and -128 < code < 0:
-        return 128 - code
-    if isinstance(signal, int) and 0 < signal < 128:
-        return 128 + signal
-    return 1

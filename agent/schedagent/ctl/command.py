@@ -12,7 +12,8 @@ from typing import NoReturn
 
 import click
 
-from schedagent.ctl.client import EXIT_ERROR, Client, CtlError, Record
+from schedagent.ctl.client import Client, CtlError, Record
+from schedagent.ctl.exits import EXIT_ERROR, die_interrupted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ def run(work: Callable[[Client], Awaitable[int]]) -> NoReturn:
         click.echo(f"schedctl: {exc}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:
-        code = 130
+        die_interrupted()
     except BrokenPipeError:
         # Whoever read our stdout went away (`| head`); stop quietly like other tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -13,8 +13,8 @@ from schedagent.ctl.client import Client, CtlError, Record, field
 from schedagent.ctl.command import json_option, print_json, run
 from schedagent.ctl.fleetview import exit_status, follow_group, format_group, summary_line
 from schedagent.ctl.jobopts import Command, cmd_option, job_fields, job_options
-from schedagent.ctl.params import IdsParam, StrParam
-from schedagent.ctl.schedules import Duration, operator_key
+from schedagent.ctl.params import Duration, IdsParam, StrParam
+from schedagent.ctl.schedules import operator_key
 from schedagent.errors import FleetError
 
 RETRYABLE = ("failed", "unreachable", "skipped", "canceled")

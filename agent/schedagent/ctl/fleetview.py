@@ -8,12 +8,10 @@ from collections.abc import Mapping, Sequence
 
 from schedagent.core import rollout
 from schedagent.ctl.client import Client, Record, field
+from schedagent.ctl.exits import EXIT_HOSTS_FAILED, EXIT_HOSTS_MISSED
 from schedagent.ctl.follow import JobFollower
 from schedagent.ctl.format import table, text
 
-# Exit statuses of `run --wait` (and of `status GROUP` once ended): see the EPILOG.
-EXIT_HOSTS_FAILED = 6  # a host failed, timed out or was canceled
-EXIT_HOSTS_MISSED = 7  # none failed, but a host was unreachable or skipped
 POLL = 1.0
 
 

@@ -13,7 +13,16 @@ from nats.aio.subscription import Subscription
 
 from schedagent.core import wire
 from schedagent.core.model import FINAL_STATES
-from schedagent.ctl.client import ApiError, Client, CtlError, Record, is_final, reason_of
+from schedagent.ctl.client import (
+    ApiError,
+    Client,
+    CtlError,
+    Record,
+    field,
+    is_final,
+    reason_of,
+)
+from schedagent.ctl.waitlimit import WaitLimit
 from schedagent.errors import WireError
 
 # Events are only a hint; this poll is what guarantees a follower ends.
@@ -92,9 +101,13 @@ async def dump_output(client: Client, job_id: str, write: ChunkWriter) -> bool:
 class JobFollower:
     """Streams a job's output as it comes and returns the job's final record."""
 
-    def __init__(self, client: Client, job_id: str, write: ChunkWriter) -> None:
+    def __init__(
+        self, client: Client, job_id: str, write: ChunkWriter, limit: WaitLimit | None = None
+    ) -> None:
         self.client = client
         self.job_id = job_id
+        # How long to wait, and on a job that stays unplaceable (None: until final).
+        self.limit = limit or WaitLimit()
         self.output = OutputReader(job_id, write)
         self._wake = asyncio.Event()
         self._subs: list[Subscription | None] = []
@@ -150,15 +163,21 @@ class JobFollower:
             # Cleared before asking so an event that lands during the request is not lost.
             self._wake.clear()
             await self._resubscribe_if_reconnected()
-            record = await self._try_get()
+            reply = await self._try_get()
+            record = None if reply is None else reply["job"]
             if record is not None and is_final(record):
-                return record
+                return dict(record)
+            # Raises WaitGaveUp once the wait's bounds are passed.
+            self.limit.check(self.job_id, reply)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+                await asyncio.wait_for(self._wake.wait(), self.limit.pause(POLL_INTERVAL))
 
     async def _try_get(self) -> Record | None:
+        """The `get` reply (the record and why it is pending), None if none came."""
         try:
-            return await self.client.get(self.job_id)
+            reply = await self.client.call("get", {"id": self.job_id})
+            field(reply, "job", dict)  # a reply without its record counts as none
+            return reply
         except ApiError as exc:
             if exc.code == "not_found":
                 raise

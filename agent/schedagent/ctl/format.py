@@ -123,6 +123,10 @@ def format_status(job: Record, pending_reason: object = None) -> str:
     lines = [f"{name + ':':<11}{value}" for name, value in fields]
     if pending_reason:
         lines.append(f"pending: {pending_reason}")
+    if job.get("state") == "PENDING":
+        lines.append(
+            f"(each node and why it cannot take it: schedctl explain {text(job.get('id'))})"
+        )
     lines += ["", _attempts(job), *_output_tail(job)]
     return "\n".join(lines)
 
@@ -175,7 +179,7 @@ def _load(load: object) -> str:
     return " ".join(f"{x:.2f}" if isinstance(x, int | float) else "?" for x in load)
 
 
-def format_nodes(nodes: Sequence[Record]) -> str:
+def format_nodes(nodes: Sequence[Record], cordons: Sequence[Record] | None = None) -> str:
     rows = [
         [
             text(n.get("name")) + (" *" if n.get("leader") else ""),
@@ -185,12 +189,44 @@ def format_nodes(nodes: Sequence[Record]) -> str:
             f"{size(n.get('memory_available'))}/{size(n.get('memory_total'))}",
             _load(n.get("load")),
             pairs(n.get("labels")),
-            "yes" if n.get("draining") else "no",
+            _scheduling(n),
         ]
         for n in nodes
     ]
-    headers = ["NAME", "CPUS", "USED", "RUNNING", "MEM FREE/TOTAL", "LOAD", "LABELS", "DRAINING"]
-    return table(headers, rows) + "\n(* = leader)" * bool(rows)
+    headers = ["NAME", "CPUS", "USED", "RUNNING", "MEM FREE/TOTAL", "LOAD", "LABELS", "SCHEDULING"]
+    shown = table(headers, rows) + "\n(* = leader)" * bool(rows)
+    absent = [text(c.get("node")) + f" ({_cordon_state(c)})" for c in cordons or []]
+    return shown + "".join(f"\nnot registered now: {line}" for line in absent)
+
+
+def format_cordon(action: str, name: str, reply: Record) -> str:
+    cordon = reply.get("cordon")
+    if action == "uncordon" or not isinstance(cordon, dict):
+        return f"node {name} takes new jobs again"
+    return f"node {name} {_cordon_state(cordon)}"
+
+
+def cordons_of(reply: Record) -> list[Record]:
+    """The `nodes` reply's cordons of nodes not registered now ([] from an older agent)."""
+    cordons = reply.get("cordons")
+    return [c for c in cordons if isinstance(c, dict)] if isinstance(cordons, list) else []
+
+
+def _scheduling(node: Record) -> str:
+    """Whether the node takes new jobs: an operator's cordon first, then its own stop."""
+    cordon = node.get("cordon")
+    if isinstance(cordon, dict):
+        return _cordon_state(cordon)
+    return "stopping" if node.get("draining") else "ok"
+
+
+def _cordon_state(cordon: Record) -> str:
+    if not cordon.get("drain"):
+        return "cordoned"
+    deadline = cordon.get("deadline")
+    if isinstance(deadline, int | float) and not isinstance(deadline, bool):
+        return f"draining, jobs handed back at {_stamp(deadline)}"
+    return "draining, jobs handed back after its drain_timeout"
 
 
 def format_leader(leader: Record | None) -> str:

@@ -21,7 +21,6 @@ from schedagent.ctl.client import (
     Record,
     field,
     is_final,
-    job_exit_code,
 )
 from schedagent.ctl.command import (
     Settings,
@@ -34,10 +33,13 @@ from schedagent.ctl.command import (
 )
 from schedagent.ctl.completion import completion
 from schedagent.ctl.contexts import context, overlay
+from schedagent.ctl.exits import EPILOG, ExitCodes, job_exit_code
+from schedagent.ctl.explain import explain
 from schedagent.ctl.fleet import GroupId, cancel_group, run_fleet, show_group
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.jobopts import cmd_option, job_fields, job_options
 from schedagent.ctl.keys import find_key, keygen, sign_spec
+from schedagent.ctl.nodes import node
 from schedagent.ctl.params import (
     JobId,
     JobIds,
@@ -49,23 +51,11 @@ from schedagent.ctl.params import (
 )
 from schedagent.ctl.schedules import schedule
 from schedagent.ctl.ui.command import ui
-
-EPILOG = """\b
-Exit status:
-  0    success
-  1    the agent refused the request (ok:false) or another error
-  2    bad command-line arguments
-  3    NATS unreachable, or no agent answered in time
-  4    the job does not exist (not_found)
-  130  interrupted
-submit --wait instead exits with the job's own status: SUCCEEDED 0, FAILED the last
-attempt's exit code (128+N if killed by signal N, else 1), TIMED_OUT 124, CANCELED 130.
-run --wait exits 0 if every host succeeded, 6 if a host failed, timed out or was
-canceled, 7 if none did but a host was unreachable or skipped.
-"""
+from schedagent.ctl.wait import wait
+from schedagent.ctl.waitlimit import WaitLimit, wait_timeout_option
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ExitCodes, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--nats",
     "url",
@@ -135,6 +125,9 @@ cli.add_command(keygen)
 cli.add_command(completion)
 cli.add_command(context)
 cli.add_command(schedule)
+cli.add_command(wait)
+cli.add_command(node)
+cli.add_command(explain)
 cli.add_command(ui)
 cli.add_command(run_fleet)
 
@@ -176,6 +169,7 @@ class JobOrGroup(JobId):
 )
 @click.option("--tasks", type=click.IntRange(1, 4194304), help="Processes and threads at most.")
 @click.option("--wait", is_flag=True, help="Stream the output and exit with the job's status.")
+@wait_timeout_option
 @json_option
 def submit(
     cmd: str | None,
@@ -185,6 +179,7 @@ def submit(
     memory: int | None,
     tasks: int | None,
     wait: bool,
+    wait_timeout: float | None,
     as_json: bool,
     **job: Any,
 ) -> None:
@@ -198,6 +193,8 @@ def submit(
         submit_file(spec_file, as_json)
     if cmd is None:
         raise click.UsageError("give --cmd, or --file with one job per line")
+    if wait_timeout is not None and not wait:
+        raise click.UsageError("--wait-timeout bounds --wait: give both")
     spec = {
         "cmd": cmd,
         **job_fields(job),
@@ -218,7 +215,9 @@ def submit(
             click.echo(job.get("id"), err=wait)
         if not wait:
             return 0
-        return job_exit_code(await JobFollower(client, str(job.get("id")), write_chunk).run())
+        limit = WaitLimit(wait_timeout)
+        follower = JobFollower(client, str(job.get("id")), write_chunk, limit)
+        return job_exit_code(await follower.run())
 
     run(work)
 
@@ -293,16 +292,20 @@ def cancel(job: str, as_json: bool) -> None:
 @click.argument("job", type=JobId())
 @click.option("-f", "--follow", is_flag=True, help="Keep following until the job is final.")
 def logs(job: str, follow: bool) -> None:
-    """Print a job's output (every attempt); stdout to stdout, stderr to stderr."""
+    """Print a job's output (every attempt); stdout to stdout, stderr to stderr.
+
+    With -f, exit with the job's status once it is final, as submit --wait does.
+    """
 
     async def work(client: Client) -> int:
         record = await client.get(job)
         if follow and not (is_final(record) and await client.last_seq("output", job) is None):
-            await JobFollower(client, job, write_chunk).run()
+            # No bound: a follower watches a job as long as it takes (Ctrl-C ends it).
+            record = await JobFollower(client, job, write_chunk, WaitLimit(0)).run()
         elif not await dump_output(client, job, write_chunk):
             # The stream keeps output for a while only; the record keeps its tail.
             write_bytes(tail.output_bytes(record))
-        return 0
+        return job_exit_code(record) if follow else 0
 
     run(work)
 
@@ -312,7 +315,10 @@ def logs(job: str, follow: bool) -> None:
 def nodes(as_json: bool) -> None:
     """List the nodes of the cluster."""
 
-    show("nodes", None, as_json, lambda reply: fmt.format_nodes(field(reply, "nodes", list)))
+    def render(reply: Record) -> str:
+        return fmt.format_nodes(field(reply, "nodes", list), fmt.cordons_of(reply))
+
+    show("nodes", None, as_json, render)
 
 
 @cli.command()

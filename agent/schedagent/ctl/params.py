@@ -40,6 +40,32 @@ class PositiveNumber(FloatParam):
         return number
 
 
+DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(FloatParam):
+    """Seconds, or a number with s, m, h or d: 90, 90s, 5m, 1.5h, 1d."""
+
+    name = "DURATION"
+
+    def __init__(self, zero: bool = False) -> None:
+        self.zero = zero
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        match = DURATION_RE.match(str(value).strip())
+        if match is None:
+            self.fail(f"{value!r} is not a duration (e.g. 30s, 5m, 2h, 1d)", param, ctx)
+        seconds = float(match[1]) * UNITS[match[2]]
+        if seconds <= 0 and not self.zero:
+            self.fail("must be longer than 0", param, ctx)
+        return seconds
+
+
 class MemorySize(IntParam):
     """A size such as 64M or 1.5G (binary units), or bytes: the bytes."""
 

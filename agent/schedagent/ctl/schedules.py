@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,36 +21,11 @@ from schedagent.ctl.format import format_schedule, format_schedules
 from schedagent.ctl.jobopts import job_fields, job_options
 from schedagent.ctl.keys import find_key
 from schedagent.ctl.params import (
-    FloatParam,
+    Duration,
     IdsParam,
     check_cmd,
 )
 from schedagent.errors import ScheduleError
-
-DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
-UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class Duration(FloatParam):
-    """Seconds, or a number with s, m, h or d: 90, 90s, 5m, 1.5h, 1d."""
-
-    name = "DURATION"
-
-    def __init__(self, zero: bool = False) -> None:
-        self.zero = zero
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, float):
-            return value
-        match = DURATION_RE.match(str(value).strip())
-        if match is None:
-            self.fail(f"{value!r} is not a duration (e.g. 30s, 5m, 2h, 1d)", param, ctx)
-        seconds = float(match[1]) * UNITS[match[2]]
-        if seconds <= 0 and not self.zero:
-            self.fail("must be longer than 0", param, ctx)
-        return seconds
 
 
 class ScheduleNames(IdsParam):

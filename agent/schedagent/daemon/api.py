@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import nats.errors
@@ -21,9 +21,11 @@ from schedagent.core.spec import parse_spec
 from schedagent.daemon import parents
 from schedagent.daemon.fleetapi import FleetApi
 from schedagent.daemon.gate import Gate, Refused, audit
+from schedagent.daemon.nodeapi import NodeApi, cordon_dict
 from schedagent.daemon.schedapi import ScheduleApi
 from schedagent.daemon.submit import SubmitMany
 from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
+from schedagent.etcd.cordonstore import CordonStore
 from schedagent.etcd.election import Election
 from schedagent.etcd.jobstore import JobStore, decode_node
 from schedagent.etcd.store import Store
@@ -63,6 +65,8 @@ class Api:
         }
         self.handlers.update(ScheduleApi(config, self.gate, jobs, bus).handlers())
         self.handlers.update(FleetApi(config, self.gate, jobs).handlers())
+        self.cordons = CordonStore(store, keys)
+        self.handlers.update(NodeApi(self.gate, self.cordons).handlers())
         self._sub: Any = None
         self.limiter = RateLimiter()
 
@@ -80,6 +84,8 @@ class Api:
 
     async def _on_request(self, msg: Any) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
+        if verb in wire.LEADER_VERBS:
+            return  # the leader answers on its own subscription (daemon/leaderapi.py)
         if self.limiter.allow(self.config.security.max_requests_per_second):
             reply = await self.handle(verb, msg.data)
         else:
@@ -94,26 +100,7 @@ class Api:
                 log.info("could not answer a %s request: %s", verb, exc)
 
     async def handle(self, verb: str, data: bytes) -> dict[str, Any]:
-        """Answer one request; every failure becomes an error reply, never an exception."""
-        try:
-            handler = self.handlers.get(verb)
-            if handler is None:
-                raise SpecError(f"unknown verb {verb!r} (known: {', '.join(self.handlers)})")
-            return wire.ok(await handler(wire.parse_request(data)))
-        except SpecError as exc:
-            log.info("bad %s request: %s", verb, exc)
-            return wire.error("bad_request", str(exc))
-        except NotFoundError as exc:
-            return wire.error("not_found", str(exc))
-        except StoreUnavailableError as exc:
-            log.warning("%s request failed: %s", verb, exc)
-            return wire.error("unavailable", str(exc))
-        except SchedagentError as exc:
-            log.warning("%s request failed: %s", verb, exc)
-            return wire.error("internal", str(exc))
-        except Exception as exc:
-            log.exception("%s request failed unexpectedly", verb)
-            return wire.error("internal", f"internal error: {type(exc).__name__}")
+        return await answer(self.handlers, verb, data)
 
     async def submit(self, req: dict[str, Any]) -> dict[str, Any]:
         spec, signer = self._checked_spec(req.get("spec"))
@@ -154,24 +141,29 @@ class Api:
             raise SpecError(str(exc)) from None
 
     async def get(self, req: dict[str, Any]) -> dict[str, Any]:
-        job, _ = await self.jobs.get(_job_id(req))
-        reason = None
+        job, _ = await self.jobs.get(job_id_of(req))
+        reason, unplaceable = None, False
         if waits_for_parents(job):
             reason = await parents.waiting_reason(self.jobs, job.spec.after)
         if job.state == JobState.PENDING and reason is None:
-            reason = await self._pending_reason(job.spec, job.not_before)
-        return {"job": job.to_dict(), "pending_reason": reason}
+            reason, unplaceable = await self._pending_reason(job.spec, job.not_before)
+        # unplaceable: no node could take it as the cluster stands (`--wait` gives up).
+        return {"job": job.to_dict(), "pending_reason": reason, "unplaceable": unplaceable}
 
-    async def _pending_reason(self, spec: Any, not_before: float) -> str:
-        nodes = [NodeView(n.name, n.cpus, n.labels, n.draining) for n in await self._nodes()]
+    async def _pending_reason(self, spec: Any, not_before: float) -> tuple[str, bool]:
+        cordoned = await self.cordons.all()
+        nodes = [
+            NodeView(n.name, n.cpus, n.labels, n.draining or n.name in cordoned)
+            for n in await self._nodes()
+        ]
         reason = unplaceable_reason(spec, nodes)
         if reason is not None:
-            return reason
+            return reason, True
         if not_before > time.time():
-            return f"retry backoff: eligible in {not_before - time.time():.1f}s"
+            return f"retry backoff: eligible in {not_before - time.time():.1f}s", False
         if self.election.leader() is None:
-            return "no leader elected yet"
-        return "waiting for free CPUs on a matching node"
+            return "no leader elected yet", False
+        return "waiting for free CPUs on a matching node", False
 
     async def list_jobs(self, req: dict[str, Any]) -> dict[str, Any]:
         state, limit, before = _list_request(req)
@@ -193,7 +185,7 @@ class Api:
         return {"jobs": out, "next": None}
 
     async def cancel(self, req: dict[str, Any]) -> dict[str, Any]:
-        job_id = _job_id(req)
+        job_id = job_id_of(req)
         signer = self._check_cancel_signature(job_id, req.get("signature"))
         job, changed = await self.jobs.update(job_id, lambda j: transitions.cancel(j, time.time()))
         if changed:
@@ -209,12 +201,16 @@ class Api:
 
     async def nodes(self, req: dict[str, Any]) -> dict[str, Any]:
         leader = self.election.leader()
+        cordons = await self.cordons.all()
         out = []
         for node in sorted(await self._nodes(), key=lambda n: n.name):
             item = json.loads(node.to_json())
             item["leader"] = leader is not None and leader.node == node.name
+            cordon = cordons.pop(node.name, None)
+            item["cordon"] = None if cordon is None else cordon_dict(cordon)
             out.append(item)
-        return {"nodes": out}
+        # Cordons of nodes not registered now (down, or not started yet) show too.
+        return {"nodes": out, "cordons": [cordon_dict(c) for _, c in sorted(cordons.items())]}
 
     async def _nodes(self) -> list[NodeRecord]:
         kvs, _ = await self.store.get_prefix(self.keys.nodes)
@@ -223,6 +219,29 @@ class Api:
     async def leader(self, req: dict[str, Any]) -> dict[str, Any]:
         leader = self.election.leader()
         return {"leader": None if leader is None else {"node": leader.node, "token": leader.token}}
+
+
+async def answer(handlers: Mapping[str, Handler], verb: str, data: bytes) -> dict[str, Any]:
+    """Answer one request; every failure becomes an error reply, never an exception."""
+    try:
+        handler = handlers.get(verb)
+        if handler is None:
+            raise SpecError(f"unknown verb {verb!r} (known: {', '.join(handlers)})")
+        return wire.ok(await handler(wire.parse_request(data)))
+    except SpecError as exc:
+        log.info("bad %s request: %s", verb, exc)
+        return wire.error("bad_request", str(exc))
+    except NotFoundError as exc:
+        return wire.error("not_found", str(exc))
+    except StoreUnavailableError as exc:
+        log.warning("%s request failed: %s", verb, exc)
+        return wire.error("unavailable", str(exc))
+    except SchedagentError as exc:
+        log.warning("%s request failed: %s", verb, exc)
+        return wire.error("internal", str(exc))
+    except Exception as exc:
+        log.exception("%s request failed unexpectedly", verb)
+        return wire.error("internal", f"internal error: {type(exc).__name__}")
 
 
 class RateLimiter:
@@ -256,7 +275,7 @@ def _list_request(req: dict[str, Any]) -> tuple[JobState | None, int, str | None
     return (None if state is None else JobState(state)), limit, before
 
 
-def _job_id(req: dict[str, Any]) -> str:
+def job_id_of(req: dict[str, Any]) -> str:
     job_id = req.get("id")
     if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
         raise SpecError(f"id must be a job id (20 hex digits), got {job_id!r}")

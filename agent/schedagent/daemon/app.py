@@ -12,10 +12,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from schedagent.config import AgentConfig
 from schedagent.core.names import Keys
 from schedagent.daemon.api import Api
+from schedagent.daemon.drainwatch import DrainWatch
 from schedagent.daemon.etcd_reach import EtcdReach
 from schedagent.daemon.fence import Fence
 from schedagent.daemon.fleet import FleetLoop
 from schedagent.daemon.leader_heartbeat import LeaderHeartbeat
+from schedagent.daemon.leaderapi import LeaderApi
 from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.metrics_cluster import LeaderCollector
 from schedagent.daemon.metrics_http import MetricsServer
@@ -233,10 +235,13 @@ async def _serve(
         suspects = functools.partial(leader_beat.suspects, config.node_ttl + 1.0)
         scheduler = Scheduler(config, store, keys, jobs, bus, fence, suspects, metrics)
         leader_figures.view = scheduler.view
+        leader_api = LeaderApi(bus, jobs, scheduler)
         try:
+            await leader_api.start()
             await _lead_until_either_ends(scheduler.run(), [slots, rollouts])
         finally:
             leader_figures.view = None
+            await leader_api.stop()
             await cancel_and_wait(beat, sweeper, slots, rollouts)
 
     async def republish() -> None:
@@ -247,6 +252,8 @@ async def _serve(
     # Reloaded config goes to those who read it per use; the rest needs a restart.
     reloader = Reloader(config_path, config, [worker, registry, api], republish)
 
+    # The worker's config: drain_timeout may have been changed by a reload.
+    drains = DrainWatch(store, keys, worker, lambda: worker.config.jobs.drain_timeout)
     describe = _describer(election, worker, registry, (session, bus, reloader, fence))
     log.info(
         "agent %s ready: %g CPUs, lease %x",
@@ -265,6 +272,7 @@ async def _serve(
                 tg.create_task(election.run(lead), name="election"),
                 tg.create_task(leader_beat.watch(), name="leader-watch"),
                 tg.create_task(fence.run(), name="fence"),
+                tg.create_task(drains.run(), name="drain-watch"),
                 tg.create_task(reach.run(), name="etcd-reach"),
                 tg.create_task(heartbeat.keep_status(describe), name="status"),
                 tg.create_task(heartbeat.watchdog(), name="watchdog"),

@@ -28,6 +28,7 @@ from schedagent.core.signing import (
     verify_cancel,
     verify_group,
     verify_group_cancel,
+    verify_node_action,
     verify_schedule,
     verify_schedule_action,
 )
@@ -66,6 +67,13 @@ def audit_schedule(
     """One record per security-relevant decision about a schedule (SCHEDULE, KEY_ID,
     AUDIT_EVENT)."""
     _audit(event, "schedule", name, key, outcome, level)
+
+
+def audit_node(
+    event: str, node: str, key: str | None, outcome: str, level: int = logging.INFO
+) -> None:
+    """One record per cordon, uncordon or drain asked for (NODE, KEY_ID, AUDIT_EVENT)."""
+    _audit(event, "node", node, key, outcome, level)
 
 
 def _audit(event: str, about: str, subject: str, key: str | None, outcome: str, level: int) -> None:
@@ -131,6 +139,22 @@ class Gate:
         try:
             signature = None if raw_signature is None else Signature.from_dict(raw_signature)
             return verify_cancel(job_id, signature, self.trusted(), config.signature_max_age, now)
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+
+    def check_node_action(
+        self, action: str, node: str, deadline: float | None, raw_signature: object, now: float
+    ) -> str | None:
+        """The key id that signed this node action (None if unsigned and that is
+        allowed, as for a cancel)."""
+        config = self.security()
+        if raw_signature is None and not config.require_signed_jobs:
+            return None
+        try:
+            signature = None if raw_signature is None else Signature.from_dict(raw_signature)
+            return verify_node_action(
+                action, node, deadline, signature, self.trusted(), config.signature_max_age, now
+            )
         except SignatureRejected as exc:
             raise Refused(f"signature rejected: {exc}") from None
 

@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 
 from schedagent.config import AgentConfig
 from schedagent.core import fencing, transitions
+from schedagent.core.cordon import Cordon
 from schedagent.core.leaderview import Decision, LeaderView
 from schedagent.core.model import Job, JobState, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.daemon.metrics import AgentMetrics
 from schedagent.errors import FencedError, NotFoundError
+from schedagent.etcd.cordonstore import decode_cordon
 from schedagent.etcd.jobstore import JobStore, decode_job, decode_node
 from schedagent.etcd.mirror import Entry, Mirror
 from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Store
@@ -60,6 +62,7 @@ class Scheduler:
         self.view = LeaderView(config.jobs.dispatch_timeout, backoff, grace, keys.job)
         self.job_view: Mirror[Job] = Mirror(store, keys.jobs, _decode_active)
         self.node_view: Mirror[NodeRecord] = Mirror(store, keys.nodes, _decode_node)
+        self.cordon_view: Mirror[Cordon] = Mirror(store, keys.cordons, decode_cordon)
         # Keys changed since the last pass; the view takes them in at the pass's start,
         # in this task, so nothing changes under a pass while it awaits a write.
         self.changed_jobs: dict[str, None] = {}
@@ -75,8 +78,10 @@ class Scheduler:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.job_view.run())
             tg.create_task(self.node_view.run())
+            tg.create_task(self.cordon_view.run())
             await self.job_view.synced.wait()
             await self.node_view.synced.wait()
+            await self.cordon_view.synced.wait()
             log.info(
                 "scheduler view rebuilt from etcd: %d jobs, %d nodes",
                 len(self.job_view.items),
@@ -87,7 +92,8 @@ class Scheduler:
                 await self._wait(wake_in)
 
     async def _wait(self, timeout: float) -> None:  # noqa: ASYNC109 - a timer, not a deadline
-        waiters = [asyncio.create_task(m.changed.wait()) for m in (self.job_view, self.node_view)]
+        views = (self.job_view, self.node_view, self.cordon_view)
+        waiters = [asyncio.create_task(m.changed.wait()) for m in views]
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -97,6 +103,7 @@ class Scheduler:
         """One pass over what changed; returns how long until a timer needs another pass."""
         self.job_view.changed.clear()
         self.node_view.changed.clear()
+        self.cordon_view.changed.clear()
         now = time.time()
         self._take_changes(now)
         await self._follow_parents(now)
@@ -136,6 +143,8 @@ class Scheduler:
         # Polled: a node's suspicion ends with time, not with an event.
         shunned = {name for name, until in self.shunned.items() if until > now}
         self.view.set_suspects(self.suspects() | shunned)
+        # A handful of records at most: read whole each pass, not followed key by key.
+        self.view.set_cordoned(entry.value.node for entry in self.cordon_view.items.values())
         jobs, self.changed_jobs = self.changed_jobs, {}
         for key in jobs:
             entry = self.job_view.items.get(key)

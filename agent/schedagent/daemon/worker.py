@@ -38,6 +38,9 @@ NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
 WRITE_RETRY_DELAY = 1.0
 PID_RECORD_DELAY = 1.0
 AGENT_STOPPED = "agent stopped"
+NODE_DRAINED = "node drained by an operator"
+# Interruptions that hand the attempt back (no retry used): nothing went wrong with the job.
+HAND_BACKS = (AGENT_STOPPED, NODE_DRAINED)
 LEASE_LOST = "agent lost its etcd lease"
 
 
@@ -76,6 +79,8 @@ class Worker:
         # reconciler closes them instead of handing them back as never started.
         self.unrecorded: set[tuple[str, int]] = set()
         self.accepting = True
+        # An operator's drain of this node came due (daemon/drainwatch.py): start nothing.
+        self.drained = False
         # The fence's say (daemon/fence.py): no job starts while the lease may be gone.
         self.may_start: Callable[[], bool] = lambda: True
         self.finished = 0
@@ -123,7 +128,7 @@ class Worker:
             await msg.term()
             return
         job_id, attempt = dispatch.job, dispatch.attempt
-        if not self.accepting or not self.may_start():
+        if not self.accepting or self.drained or not self.may_start():
             await msg.nak(delay=1)
             return
         try:
@@ -317,8 +322,8 @@ class Worker:
     ) -> None:
         def mutate(j: Job) -> Job | None:
             now, attempt = time.time(), running.attempt
-            if running.interrupted == AGENT_STOPPED:
-                return transitions.hand_back(j, self.node, attempt, AGENT_STOPPED, now)
+            if running.interrupted in HAND_BACKS:
+                return transitions.hand_back(j, self.node, attempt, running.interrupted, now)
             if running.interrupted is not None:
                 if j.attempt != attempt:
                     return None
@@ -336,7 +341,7 @@ class Worker:
                 extra={"job_id": job.id, "attempt": running.attempt},
             )
             return
-        handed_back = running.interrupted == AGENT_STOPPED
+        handed_back = running.interrupted in HAND_BACKS
         self.handed_back += handed_back
         self.finished += not handed_back
         self._count_end(job, running, outcome)
@@ -353,7 +358,7 @@ class Worker:
     def _count_end(self, job: Job, running: RunningJob, outcome: Outcome) -> None:
         """The attempt's end in the metrics: how it ended, not the job (which may retry)."""
         if running.interrupted is not None:
-            state = HANDED_BACK if running.interrupted == AGENT_STOPPED else INTERRUPTED
+            state = HANDED_BACK if running.interrupted in HAND_BACKS else INTERRUPTED
             reason: str | None = running.interrupted
         elif outcome.error is not None and running.pid is None:
             state, reason = str(JobState.FAILED), "cannot start"

@@ -24,6 +24,7 @@ EXTRA_FIELDS = {
     "key_id": "KEY_ID",
     "audit_event": "AUDIT_EVENT",
     "schedule": "SCHEDULE",
+    "node": "NODE",
 }
 
 

@@ -11,6 +11,7 @@ import click
 
 from schedagent.ctl.client import CtlError
 from schedagent.ctl.command import Settings
+from schedagent.ctl.exits import EXIT_ERROR
 from schedagent.ctl.keys import find_key
 
 DEFAULT_LISTEN = "127.0.0.1:8090"
@@ -79,4 +80,4 @@ def ui(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | Non
         sys.exit(exc.exit_code)
     except OSError as exc:
         click.echo(f"schedctl: cannot listen on {listen}: {exc.strerror or exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
