@@ -90,6 +90,9 @@ class ContainmentConfig:
     # Each job in its own cgroup where this agent can write a hierarchy; false: process
     # groups only (docs/containment.md).
     cgroups: bool = True
+    # Where systemd is PID 1 and the agent is root: each attempt in transient units
+    # (a slice and a scope) instead; false: the cgroups above, or process groups.
+    systemd: bool = True
     # Limits for a job that names none (--memory, --tasks); None: unlimited.
     memory: int | None = None
     tasks: int | None = None
@@ -393,6 +396,7 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "security.max_env_bytes": _number(0, integer=True),
     "security.max_requests_per_second": _number(1),
     "containment.cgroups": _bool,
+    "containment.systemd": _bool,
     "containment.memory": lambda v: None if v is None else memory_limit(v, "a memory limit"),
     "containment.tasks": lambda v: None if v is None else task_limit(v, "a task limit"),
     "metrics.listen": _listen_address,

@@ -107,12 +107,13 @@ async def _start(command: Command, group: JobGroup) -> Child | str:
         return f"cannot start: {what}"
     try:
         await group.join(child.pid)
-    except OSError as exc:
+    except (OSError, ContainmentError) as exc:
         os.kill(child.pid, signal.SIGKILL)  # still at its gate: nothing of the job ran
         await asyncio.shield(child.exited)
         child.close_pipes()
         await group.close()
-        return f"cannot start: cannot place it in its cgroup: {exc.strerror or exc}"
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return f"cannot start: cannot place it in its cgroup: {why}"
     child.open_gate()
     return child
 
