@@ -81,6 +81,9 @@ class SecurityConfig:
     trusted_keys: tuple[str, ...] = ()  # "ed25519:<base64>", as `schedctl keygen` prints
     signature_max_age: float = 86400.0  # a signed job must first start within this
     run_as_allowed: tuple[str, ...] = ()  # users `--user` may name (needs a root agent)
+    # Whom a job that names no user runs as (a root agent; the package sets schedjob, an
+    # unprivileged user that cannot read this file or the etcd key); None: the agent's.
+    job_user: str | None = None
     max_env_bytes: int = 65536
     max_requests_per_second: float = 1000.0  # per agent; API requests beyond are refused
 
@@ -393,6 +396,7 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "security.trusted_keys": _public_keys,
     "security.signature_max_age": _number(1),
     "security.run_as_allowed": _user_names,
+    "security.job_user": lambda v: None if v is None else _user_names([v])[0],
     "security.max_env_bytes": _number(0, integer=True),
     "security.max_requests_per_second": _number(1),
     "containment.cgroups": _bool,
