@@ -285,3 +285,14 @@ async def test_a_unit_systemd_does_not_know_is_gone() -> None:
 async def test_a_scope_in_containment_is_what_group_gives() -> None:
     group = await systemd_containment(FakeUnits()).group(f"job-{JOB}-3", Limits())
     assert isinstance(group, JobScope) and group.scope == f"schedjob-{JOB}-3.scope"
+
+
+def test_a_kill_on_a_bus_that_is_gone_does_not_raise() -> None:
+    """The fence and the worker's error path call kill() from code that cannot handle
+    an error: close() kills again, and waits, where one can."""
+
+    class GoneBus(FakeBus):
+        def send(self, msg: Message) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    SystemdBus(GoneBus()).kill_soon("b.scope", signal.SIGKILL)  # type: ignore[arg-type]

@@ -89,8 +89,16 @@ class SystemdBus:
             raise ContainmentError(f"systemd could not start {name}: {result}")
 
     def kill_soon(self, name: str, sig: int) -> None:
-        """KillUnit without waiting for the answer (from code that cannot await)."""
-        self._bus.send(self._message("KillUnit", "ssi", [name, "all", sig], no_reply=True))
+        """KillUnit without waiting for the answer (from code that cannot await); a bus
+        that is gone is logged (close() kills the unit again and waits)."""
+        msg = self._message("KillUnit", "ssi", [name, "all", sig], no_reply=True)
+        try:
+            sent = self._bus.send(msg)
+        except Exception as exc:  # dbus-fast raises what its socket raised
+            log.warning("cannot send KillUnit %s to systemd: %s", name, exc)
+            return
+        if isinstance(sent, asyncio.Future):
+            sent.add_done_callback(_log_send_failure)
 
     async def kill(self, name: str, sig: int) -> None:
         """Signal every process of the unit; a unit already gone is no error."""
@@ -162,6 +170,11 @@ class SystemdBus:
             body=body,
             flags=MessageFlag.NO_REPLY_EXPECTED if no_reply else MessageFlag.NONE,
         )
+
+
+def _log_send_failure(sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        log.warning("a KillUnit to systemd was not sent: %s", sent.exception())
 
 
 class UnitGone(ContainmentError):
