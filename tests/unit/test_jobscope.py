@@ -14,6 +14,7 @@ import pytest
 from dbus_fast import Message, MessageType
 
 from schedagent.errors import ContainmentError
+from schedagent.host import jobscope
 from schedagent.host.containment import Containment, Limits
 from schedagent.host.jobscope import (
     JobScope,
@@ -21,6 +22,7 @@ from schedagent.host.jobscope import (
     scope_properties,
     slice_path,
     slice_properties,
+    unapplied_limits,
     unit_names,
 )
 from schedagent.host.runner import Command, job_environment, run_command
@@ -143,7 +145,10 @@ async def run(cmd: str, containment: Containment, limits: Limits | None = None) 
     return outcome, out
 
 
-async def test_a_job_runs_only_once_its_scope_has_adopted_it(tmp_path: Path) -> None:
+async def test_a_job_runs_only_once_its_scope_has_adopted_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobscope, "unapplied_limits", lambda *_: "")  # the fake applies all
     mark = tmp_path / "ran"
     units = FakeUnits(mark=mark)
     outcome, out = await run(f"touch {mark}; echo hi", systemd_containment(units), Limits(1 << 30))
@@ -156,6 +161,19 @@ async def test_a_job_runs_only_once_its_scope_has_adopted_it(tmp_path: Path) -> 
     assert units.ran_before_adoption is False
     # Its end: the whole scope killed, then the slice stopped.
     assert units.calls[-2:] == [("kill", f"{scope} SIGKILL"), ("stop", slice_name)]
+
+
+async def test_a_limit_systemd_did_not_apply_runs_nothing(tmp_path: Path) -> None:
+    units = FakeUnits()  # it writes no cgroup: the slice shows no memory limit
+    mark = tmp_path / "ran"
+    outcome, _ = await run(f"touch {mark}", systemd_containment(units), Limits(memory=1 << 30))
+    assert outcome.error == (
+        "cannot start: cannot place it in its cgroup: "
+        "cannot enforce --memory (systemd did not apply it) here"
+    )
+    assert not mark.exists()
+    slice_name, scope = unit_names(JOB, 1)
+    assert ("start", scope) not in units.calls and units.calls[-1] == ("stop", slice_name)
 
 
 async def test_a_scope_systemd_refuses_runs_nothing(tmp_path: Path) -> None:
@@ -210,6 +228,20 @@ def test_the_accounting_is_read_from_the_slices_cgroup(tmp_path: Path, hybrid: b
     ending = read_ending(slice_name, fake_cgroups(tmp_path, slice_name, hybrid))
     assert ending.usage == {"cpu_seconds": 1.5, "memory_peak": 4096 if hybrid else 8192}
     assert ending.oom_reason(Limits(memory=64 << 20)) == "out of memory (limit 64M)"
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_a_limit_systemd_did_not_apply_is_found(tmp_path: Path, hybrid: bool) -> None:
+    slice_name = unit_names(JOB, 1)[0]
+    proc = fake_cgroups(tmp_path, slice_name, hybrid)
+    limits = Limits(memory=64 << 20, tasks=10)
+    # As on an nspawn host whose v1 hierarchies are read-only: no limit written.
+    assert unapplied_limits(slice_name, limits, proc) == "--memory and --tasks"
+    memory_dir = tmp_path / ("memory" if hybrid else "cg2") / slice_path(slice_name).lstrip("/")
+    name = "memory.limit_in_bytes" if hybrid else "memory.max"
+    (memory_dir / name).write_text(f"{64 << 20}\n")
+    assert unapplied_limits(slice_name, limits, proc) == "--tasks"
+    assert unapplied_limits(slice_name, Limits(cpus=0.5), proc) == ""
 
 
 def test_memory_is_refused_where_systemd_cannot_bound_swap(monkeypatch: Any) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from schedagent.errors import ContainmentError
 from schedagent.host import cgroups
 from schedagent.host.cgroups import Hierarchy, Layout
 from schedagent.host.jobcgroup import Ending, JobCgroup, Limits
@@ -95,6 +96,11 @@ class JobScope:
         props = slice_properties(self.description, self.limits, self.bound_to)
         await self.units.start_transient(self.slice, props)
         self._slice_up = True
+        unapplied = await asyncio.to_thread(unapplied_limits, self.slice, self.limits)
+        if unapplied:
+            # systemd accepts MemoryMax= even where it cannot write the controller (an
+            # nspawn host whose v1 hierarchies are read-only): never run unlimited.
+            raise ContainmentError(f"cannot enforce {unapplied} (systemd did not apply it) here")
         props = scope_properties(self.description, self.slice, pid)
         await self.units.start_transient(self.scope, props)
         self._scope_up = True
@@ -142,6 +148,41 @@ def read_ending(slice_name: str, proc: Path = Path("/proc/self")) -> Ending:
     return Ending({}) if group is None else group.read()
 
 
+# What shows a limit applied, per hierarchy kind: (controller, file, unlimited value).
+LIMIT_FILES = {
+    "--memory": [("memory", "memory.max", "max"), ("memory", "memory.limit_in_bytes", "")],
+    "--tasks": [("pids", "pids.max", "max")],
+}
+
+
+def unapplied_limits(slice_name: str, limits: Limits, proc: Path = Path("/proc/self")) -> str:
+    """The limits (--memory, --tasks) the slice's cgroup does not show, " and "-joined;
+    "" if all are there. (--cpus is not checked: a CPU quota is a bonus to its
+    reservation, as on the cgroup path, and refusing it would refuse every job.)"""
+    asked = (("--memory", limits.memory), ("--tasks", limits.tasks))
+    wanted = [name for name, value in asked if value is not None]
+    if not wanted:
+        return ""
+    try:
+        mounts = cgroups.parse_mountinfo((proc / "mountinfo").read_text())
+    except OSError:
+        return " and ".join(wanted)
+    layout = slice_layout(mounts, slice_path(slice_name))
+    group = None if layout is None else JobCgroup.left_behind(layout, slice_name)
+    return " and ".join(n for n in wanted if group is None or not _applied(group, n))
+
+
+def _applied(group: JobCgroup, limit: str) -> bool:
+    for controller, name, unlimited in LIMIT_FILES[limit]:
+        path = group.file(controller, name)
+        if path is None:
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            value = path.read_text().split()[0]
+            return value != unlimited and int(value) < 1 << 62  # v1's unlimited is ~2^63
+    return False
+
+
 def slice_layout(mounts: Sequence[cgroups.Mount], path: str) -> Layout | None:
     """A Layout whose bases are the slice's parent in each hierarchy that shows it
     whole (mounted from its root), for JobCgroup's readers."""
@@ -158,7 +199,7 @@ def slice_layout(mounts: Sequence[cgroups.Mount], path: str) -> Layout | None:
             unified = Hierarchy(cgroups.UNIFIED, base, controllers, files)
             continue
         controllers = frozenset(mount.key.split(","))
-        for controller in controllers & {"memory", "cpuacct"}:
+        for controller in controllers & {"memory", "cpuacct", "pids"}:
             v1[controller] = Hierarchy(mount.key, base, controllers, files)
     if unified is None and not v1:
         return None
