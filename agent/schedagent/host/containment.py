@@ -110,9 +110,10 @@ class Containment:
             self.bound_to = own_unit((proc / "cgroup").read_text())
             self._unified_memory = "memory" in _unified_root_controllers(proc)
         log.info(
-            "job units: a slice and a scope per attempt under %s, bound to %s",
+            "job units: a slice and a scope per attempt under %s, bound to %s (instead of %s)",
             "schedagent-jobs.slice",
             self.bound_to or "nothing (the agent runs in no unit: its jobs outlive it)",
+            self._fallback(),
         )
 
     def _fallback(self) -> str:
