@@ -35,8 +35,9 @@ test: lint typecheck lint-ansible
 deb:
 	packaging/build-deb $(VERSION)
 
-# The .deb built twice, linted, then installed, upgraded and purged in a fresh bookworm
-# root (tests/packaging/test_deb.py; part of `make test`).
+# The .deb built three times (one version twice, compared byte for byte), linted,
+# then installed, upgraded and purged in a fresh bookworm root
+# (tests/packaging/test_deb.py; part of `make test`).
 package-test: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/packaging/test_deb.py
 

@@ -1,7 +1,8 @@
 """Fleet simulation: a real leader (and a real standby) on real etcd and NATS in front of
 a thousand simulated nodes (bench/simagent.py), to plan past what one machine runs.
 
-Measures the leader's CPU when idle as the fleet grows, then under an offered load of
+Measures the leader's CPU when idle as the fleet grows, one fleet run over every
+simulated node (bench/fleetrun.py), then under an offered load of
 `true` jobs (only simulated nodes take them), placement latency (submit -> ASSIGNED,
 from the records), and the time to the next placement after the leader is SIGKILLed.
 """
@@ -17,12 +18,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from client import BenchClient
-from measure import percentile
+from fleetrun import fleet_run
+from measure import Meter, percentile
 
 from schedagent.dev.cluster import LocalCluster, harness_key
 from schedagent.dev.procs import ManagedProcess, wait_for
@@ -55,24 +55,6 @@ class SimProcess(ManagedProcess):
         self.stop(30)
         lines = [line for line in self.log_tail(5).splitlines() if line.startswith("{")]
         return dict(json.loads(lines[-1])) if lines else {}
-
-
-class Meter:
-    """CPU of some processes over a window, as a percentage of one core."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.start = time.monotonic()
-        self.before = {name: _cpu(p) for name, p in self.procs.items()}
-
-    def percent(self) -> dict[str, float]:
-        wall = time.monotonic() - self.start
-        return {name: (_cpu(p) - self.before[name]) / wall * 100 for name, p in self.procs.items()}
-
-
-def _cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
 
 
 def sim_spec(cmd: str = "true") -> dict[str, Any]:
@@ -183,6 +165,11 @@ async def failover(cluster: LocalCluster, client: BenchClient) -> dict[str, Any]
     return {"to_placement_s": placed - killed, "killed": leader}
 
 
+async def measured_fleet_run(cluster: LocalCluster, client: BenchClient) -> dict[str, Any]:
+    """A fleet run over every simulated node (bench/fleetrun.py), the leader's CPU with it."""
+    return await fleet_run(client, Meter(_pids(cluster, await leader_of(client))))
+
+
 async def fleet_figures(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {"log_level": "warning", "cpus": 1}
     cluster = LocalCluster(["real-a", "real-b"], agent_overrides=overrides)
@@ -192,6 +179,9 @@ async def fleet_figures(args: argparse.Namespace) -> dict[str, Any]:
         async with BenchClient(cluster.nats_url) as client:
             sims, curve = await grow(cluster, client, args)
             figures: dict[str, Any] = {"nodes": args.nodes, "idle": curve}
+            figures["fleet_run"] = await measured_fleet_run(cluster, client)
+            if args.fleet_run_only:
+                return figures
             # Before the load: the jobs it leaves in etcd are history a new leader reads.
             figures["failover"] = await failover(cluster, client)
             figures["load"] = await load(cluster, client, args)
@@ -209,6 +199,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fleet-idle", dest="idle", type=float, default=5.0)
     parser.add_argument("--fleet-rate", dest="rate", type=float, default=500.0)
     parser.add_argument("--fleet-load-seconds", dest="load_seconds", type=float, default=12.0)
+    parser.add_argument(
+        "--fleet-run-only",
+        action="store_true",
+        help="Measure the idle fleet and one fleet run, not the failover or the load.",
+    )
 
 
 def main() -> int:
@@ -236,4 +231,10 @@ def flat(figures: dict[str, Any]) -> dict[str, float]:
         "fleet_placement_p50_ms": load["placement_p50_ms"],
         "fleet_placement_p99_ms": load["placement_p99_ms"],
         "fleet_failover_to_placement_s": float("nan") if placed is None else placed,
+        "fleet_run_to_all_started_s": _number(figures["fleet_run"].get("to_all_started_s")),
+        "fleet_run_leader_cpu_pct": figures["fleet_run"]["cpu_percent"]["leader"],
     }
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)

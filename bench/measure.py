@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import time
 from typing import Any
 
 import psutil
@@ -47,3 +48,21 @@ def _children(pid: int | None) -> float:
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] if ordered else 0.0
+
+
+class Meter:
+    """CPU of some processes over a window, as a percentage of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.start = time.monotonic()
+        self.before = {name: _cpu(p) for name, p in self.procs.items()}
+
+    def percent(self) -> dict[str, float]:
+        wall = time.monotonic() - self.start
+        return {name: (_cpu(p) - self.before[name]) / wall * 100 for name, p in self.procs.items()}
+
+
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system

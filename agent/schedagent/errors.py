@@ -19,6 +19,10 @@ class SpecError(SchedagentError):
     """A job spec or API request is malformed or violates a limit."""
 
 
+class FleetError(SpecError):
+    """A fleet run's definition, record or request is not valid."""
+
+
 class ScheduleError(SpecError):
     """A schedule (its cron expression, zone, policies or job) is malformed."""
 

@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -28,6 +29,7 @@ from packaging.utils import canonicalize_name
 
 from debs import Debs
 from schedagent.config import AgentConfig, parse_config
+from schedagent.ctl.main import cli
 
 REPO = Path(__file__).resolve().parents[2]
 CONFFILE = REPO / "packaging" / "debian" / "agent.yaml"
@@ -35,6 +37,11 @@ TOOLS = ("dpkg-buildpackage", "dh", "help2man", "lintian", "debootstrap", "chroo
 VENV = "/opt/venvs/schedagent"
 UNITS = ("lib/systemd/system", "usr/lib/systemd/system")
 ENABLED = "etc/systemd/system/multi-user.target.wants/schedagent.service"
+COMPLETIONS = (
+    "usr/share/bash-completion/completions/schedctl",
+    "usr/share/zsh/vendor-completions/_schedctl",
+    "usr/share/fish/vendor_completions.d/schedctl.fish",
+)
 # What runs in the root sees none of this process's environment (venvs, PIP_*, ...).
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -111,7 +118,7 @@ def test_conffile_shows_every_key_commented_with_its_default() -> None:
 def test_lock_pins_every_dependency_within_its_range() -> None:
     # Fast here; the build's `pip check` also catches what the dependencies need.
     lock = (REPO / "packaging" / "requirements.lock").read_text()
-    pins = dict(re.findall(r"(?m)^([\w.-]+)==(\S+)$", lock))
+    pins = dict(re.findall(r"(?m)^([\w.-]+)==(\S+) \\\n    --hash=sha256:[0-9a-f]{64}$", lock))
     pins = {canonicalize_name(name): version for name, version in pins.items()}
     for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         req = Requirement(text)
@@ -126,6 +133,23 @@ def test_lintian_passes_the_package(debs: Debs) -> None:
     # Every tag that remains is overridden in packaging/debian/schedagent.lintian-overrides.
     out = _run("lintian", "--fail-on", "error,warning", "--info", debs.first).stdout
     assert not re.search(r"(?m)^[EW]: ", out), out
+
+
+def test_a_second_build_of_the_tree_is_identical(debs: Debs, tmp_path: Path) -> None:
+    # Reproducible: the same tree built again, in another directory and minutes later,
+    # gives the same bytes (the dates come from the changelog, the build path is
+    # rewritten away, the lock's hashes fix every wheel).
+    again = Debs.in_dist(tmp_path / "dist", "test1")
+    again.check_build(debs.version, again.start_build(debs.version, tmp_path), tmp_path)
+    if again.first.read_bytes() != debs.first.read_bytes():
+        for name, deb in (("first", debs.first), ("again", again.first)):
+            _run("dpkg-deb", "--raw-extract", deb, tmp_path / name)
+        diff = subprocess.run(
+            ["diff", "-rq", str(tmp_path / "first"), str(tmp_path / "again")],
+            capture_output=True,
+            text=True,
+        )
+        pytest.fail(f"two builds of one tree differ:\n{diff.stdout}{diff.stderr}")
 
 
 def test_maintainer_scripts_add_the_user_enable_and_restart_the_unit(
@@ -179,6 +203,7 @@ def _check_installed(root: Path, version: str) -> None:
     conf = "/etc/schedagent/agent.yaml"
     assert "OK" in chroot(root, "schedagent", "check-config", conf)
     assert "submit" in chroot(root, "schedctl", "--help")
+    assert "--tls-cert" in chroot(root, "schedctl", "ui", "--help")
     # The wheels' extension modules load (they were stripped at build time).
     modules = "grpc, google._upb._message, psutil, yaml._yaml"
     chroot(root, f"{VENV}/bin/python3", "-c", f"import {modules}")
@@ -190,10 +215,21 @@ def _check_installed(root: Path, version: str) -> None:
     assert user[6] == "/usr/sbin/nologin"
     assert any((root / units / "schedagent.service").exists() for units in UNITS)
     assert (root / ENABLED).is_symlink(), "installing enables the unit"
-    assert (root / "usr/share/bash-completion/completions/schedctl").exists()
+    for completion in COMPLETIONS:
+        assert (root / completion).stat().st_size > 0, completion
+    man = root / "usr/share/man/man1"
+    pages = {f"schedctl-{'-'.join(path)}.1.gz" for path in _subcommands(cli, ())}
+    assert pages <= {page.name for page in man.iterdir()}, "a man page per subcommand"
     assert list((root / VENV.lstrip("/")).rglob("__pycache__")), "postinst byte-compiles"
     pip = list((root / VENV.lstrip("/")).glob("lib/python3*/site-packages/pip"))
     assert not pip, "no installer ships"
+
+
+def _subcommands(group: click.Group, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from _subcommands(command, (*path, name))
 
 
 def test_installed_agent_waits_for_its_cluster_and_stops_on_sigterm(debs: Debs, root: Path) -> None:

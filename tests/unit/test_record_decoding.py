@@ -125,6 +125,7 @@ def test_a_record_of_the_previous_version_decodes_and_is_written_back_whole() ->
     # Written back with every field it had, and the fields added since at their defaults.
     written = {**json.loads(PREVIOUS_VERSION), "output_tail_base64": None}
     written["spec"] = {**written["spec"], "after": [], "schedule": None, "memory": None}
+    written["spec"]["fleet"] = None
     written["spec"]["tasks"] = None
     written["attempts"] = [{**a, "usage": None} for a in written["attempts"]]
     assert json.loads(job.to_json()) == written

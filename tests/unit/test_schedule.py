@@ -168,3 +168,12 @@ def test_a_child_run_waits_for_exactly_its_signed_parents_runs_of_the_slot() -> 
     with pytest.raises(SignatureRejected, match="waits for no parent"):
         manual = msgspec.structs.replace(child.slot_spec(None, run), after=spec.after)
         verify_run("0" * 20, manual, TRUSTED)
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"definition": {}}', b"[]", b"{", b'{"definition": {"name": 3}, "signature": {}}']
+)
+def test_a_malformed_record_is_a_value_error_for_the_store_to_skip(raw: bytes) -> None:
+    # malformed.decode skips and notes ValueErrors; anything else would stop the loop.
+    with pytest.raises(ValueError):
+        Schedule.from_json(raw)

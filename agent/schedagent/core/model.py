@@ -59,6 +59,8 @@ class JobSpec(
     after: tuple[Annotated[str, msgspec.Meta(pattern=JOB_ID_RE.pattern)], ...] = ()
     # A schedule's run: its name, slot, signed definition and signature (core/schedule.py).
     schedule: Mapping[str, Any] | None = None
+    # A fleet run's part: its group, host, signed definition and signature (core/fleet.py).
+    fleet: Mapping[str, Any] | None = None
     memory: int | None = None  # bytes the job may use (its cgroup's limit; no swap)
     tasks: int | None = None  # processes and threads the job may have at once
 
@@ -66,7 +68,7 @@ class JobSpec(
         data = self.merged(msgspec.to_builtins(self))
         data["after"] = list(self.after)
         # Absent, not null, when not set: an older agent refuses a field it does not know.
-        for optional in ("schedule", "memory", "tasks"):
+        for optional in ("schedule", "fleet", "memory", "tasks"):
             if data[optional] is None:
                 del data[optional]
         return data
@@ -249,6 +251,27 @@ class NodeRecord(msgspec.Struct, frozen=True):
 
 
 _NODE_DECODER = msgspec.json.Decoder(NodeRecord)
+
+
+class KnownHost(msgspec.Struct, frozen=True):
+    """A node that has registered at least once, kept without a lease under hosts/: the
+    hosts a fleet run's selector is matched against, online or not."""
+
+    name: str
+    labels: Mapping[str, str]
+
+    def to_json(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> KnownHost:
+        try:
+            return _HOST_DECODER.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"host record: {exc}") from None
+
+
+_HOST_DECODER = msgspec.json.Decoder(KnownHost)
 
 
 def new_job_id(now: float | None = None) -> str:

@@ -19,6 +19,8 @@ class Keys:
         self.nonces = f"{prefix}/nonces/"
         self.schedules = f"{prefix}/schedules/"  # {name}: signed definition, paused or not
         self.schedstate = f"{prefix}/schedstate/"  # {name}: the leader's last slot, outcomes
+        self.groups = f"{prefix}/groups/"  # {id}: a fleet run: signed definition, targets
+        self.hosts = f"{prefix}/hosts/"  # {name}: every node ever registered (no lease)
 
     def node(self, name: str) -> str:
         return self.nodes + name
@@ -50,6 +52,12 @@ class Keys:
 
     def schedule_state(self, name: str) -> str:
         return self.schedstate + name
+
+    def group(self, group_id: str) -> str:
+        return self.groups + group_id
+
+    def host(self, name: str) -> str:
+        return self.hosts + name
 
 
 class Subjects:

@@ -207,7 +207,7 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, data: object, max_cmd_bytes: int = 1 << 30) -> Schedule:
-        """ValueError (ScheduleError or SignatureRejected) for anything but a record."""
+        """ScheduleError for anything but a schedule record."""
         if not isinstance(data, dict):
             raise ScheduleError("a schedule record must be a JSON object")
         try:
@@ -226,9 +226,11 @@ class Schedule:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Schedule:
+        """A stored record; ValueError for a malformed one, which the store skips and notes
+        (ScheduleError is a SpecError, not a ValueError)."""
         try:
             return cls.from_dict(json.loads(raw))
-        except (ValueError, SignatureRejected) as exc:
+        except (ValueError, SpecError, SignatureRejected) as exc:
             raise ValueError(str(exc)) from None
 
     def slot_spec(self, slot: int | None, run: Signature | None = None) -> JobSpec:

@@ -102,6 +102,20 @@ def canonical_schedule_action(
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def canonical_group(definition: Mapping[str, Any], nonce: str, signed_at: float) -> bytes:
+    """The bytes a fleet run's signature covers: its whole definition (id, job, selector,
+    policy), the nonce and the time; "action" keeps it from passing for any other kind."""
+    body: dict[str, Any] = {"action": "group", "group": dict(definition)}
+    body.update(nonce=nonce, signed_at=signed_at)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def canonical_group_cancel(group_id: str, nonce: str, signed_at: float) -> bytes:
+    """The bytes a cancel of a fleet run is signed over."""
+    body = {"action": "group-cancel", "group": group_id, "nonce": nonce, "signed_at": signed_at}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
 def key_id(public: Ed25519PublicKey) -> str:
     raw = public.public_bytes_raw()
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -162,6 +176,12 @@ class SigningKey:
             lambda nonce, at: canonical_schedule_action(action, name, schedule_value, nonce, at),
             now,
         )
+
+    def sign_group(self, definition: Mapping[str, Any], now: float | None = None) -> Signature:
+        return self._sign(lambda nonce, at: canonical_group(definition, nonce, at), now)
+
+    def sign_group_cancel(self, group_id: str, now: float | None = None) -> Signature:
+        return self._sign(lambda nonce, at: canonical_group_cancel(group_id, nonce, at), now)
 
     def _sign(self, message: Callable[[str, float], bytes], now: float | None) -> Signature:
         nonce = os.urandom(16).hex()
@@ -234,6 +254,33 @@ def verify_schedule_action(
         action, name, schedule_value, signature.nonce, signature.signed_at
     )
     return _verify(message, signature, trusted, max_age, now, f"this schedule {action}")
+
+
+def verify_group(
+    definition: Mapping[str, Any],
+    signature: Signature | None,
+    trusted: Mapping[str, Ed25519PublicKey],
+) -> str:
+    """The signing key's id if the fleet run's definition is signed as it is; else
+    SignatureRejected. No maximum age here: each part's first start must be fresh
+    (the caller checks), and a roll-out may last longer than one host's run."""
+    if signature is None:
+        raise SignatureRejected("fleet run is not signed")
+    message = canonical_group(definition, signature.nonce, signature.signed_at)
+    return _verify(message, signature, trusted, float("inf"), None, "the fleet run")
+
+
+def verify_group_cancel(
+    group_id: str,
+    signature: Signature | None,
+    trusted: Mapping[str, Ed25519PublicKey],
+    max_age: float,
+    now: float | None = None,
+) -> str:
+    if signature is None:
+        raise SignatureRejected("fleet run cancel is not signed")
+    message = canonical_group_cancel(group_id, signature.nonce, signature.signed_at)
+    return _verify(message, signature, trusted, max_age, now, "this fleet run cancel")
 
 
 def _verify(

@@ -26,6 +26,8 @@ def parse_spec(raw: object, max_cmd_bytes: int = 65536) -> JobSpec:
         raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
     if raw.get("schedule") is not None:
         raise SpecError("a schedule's runs are made by its leader, not submitted")
+    if raw.get("fleet") is not None:
+        raise SpecError("a fleet run's parts are made by its leader, not submitted")
     cmd = raw.get("cmd")
     if not isinstance(cmd, str) or not cmd.strip():
         raise SpecError("cmd must be a non-empty string")

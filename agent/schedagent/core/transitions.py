@@ -209,6 +209,17 @@ def skip(job: Job, reason: str) -> Job | None:
     return job
 
 
+def abandon(job: Job, reason: str) -> Job | None:
+    """A queued fleet part whose host stayed offline past the run's offline wait ends
+    without running (again): CANCELED, the reason saying it was unreachable."""
+    if job.state != JobState.PENDING:
+        return None
+    job.state = JobState.CANCELED
+    job.reason = reason
+    job.pid = None
+    return job
+
+
 def eligible_at(job: Job, seen_at: float) -> float:
     """When a PENDING job may be placed, on the clock of whoever saw it at seen_at.
 

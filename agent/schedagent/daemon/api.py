@@ -1,4 +1,4 @@
-"""The API schedctl calls: submit(_many), get, list, cancel, nodes, leader, and schedule_*."""
+"""The API schedctl calls: submit(_many), get, list, cancel, nodes, leader, schedule_*, fleet_*."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from schedagent.core.names import Keys
 from schedagent.core.placement import NodeView, unplaceable_reason
 from schedagent.core.spec import parse_spec
 from schedagent.daemon import parents
+from schedagent.daemon.fleetapi import FleetApi
 from schedagent.daemon.gate import Gate, Refused, audit
 from schedagent.daemon.schedapi import ScheduleApi
 from schedagent.daemon.submit import SubmitMany
@@ -61,6 +62,7 @@ class Api:
             "leader": self.leader,
         }
         self.handlers.update(ScheduleApi(config, self.gate, jobs, bus).handlers())
+        self.handlers.update(FleetApi(config, self.gate, jobs).handlers())
         self._sub: Any = None
         self.limiter = RateLimiter()
 

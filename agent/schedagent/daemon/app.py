@@ -14,6 +14,7 @@ from schedagent.core.names import Keys
 from schedagent.daemon.api import Api
 from schedagent.daemon.etcd_reach import EtcdReach
 from schedagent.daemon.fence import Fence
+from schedagent.daemon.fleet import FleetLoop
 from schedagent.daemon.leader_heartbeat import LeaderHeartbeat
 from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.metrics_cluster import LeaderCollector
@@ -230,14 +231,15 @@ async def _serve(
         # Its fenced writes fail once another agent leads; the scheduler notices too.
         loop = ScheduleLoop(keys, jobs, bus, fence, metrics)
         slots = asyncio.create_task(loop.run(), name="schedules")
+        rollouts = asyncio.create_task(FleetLoop(keys, jobs, bus, fence).run(), name="fleet")
         suspects = functools.partial(leader_beat.suspects, config.node_ttl + 1.0)
         scheduler = Scheduler(config, store, keys, jobs, bus, fence, suspects, metrics)
         leader_figures.view = scheduler.view
         try:
-            await _lead_until_either_ends(scheduler.run(), slots)
+            await _lead_until_either_ends(scheduler.run(), [slots, rollouts])
         finally:
             leader_figures.view = None
-            await cancel_and_wait(beat, sweeper, slots)
+            await cancel_and_wait(beat, sweeper, slots, rollouts)
 
     async def republish() -> None:
         # New labels and CPUs show at once; if etcd is away, registry.run retries anyway.
@@ -283,14 +285,19 @@ async def _serve(
     return 0
 
 
-async def _lead_until_either_ends(scheduler: Awaitable[None], slots: asyncio.Task[None]) -> None:
-    """Run the scheduler until it or the schedule loop ends; a loop that failed (fenced,
-    etcd away) ends the leadership too, with its error, so the election stands again."""
+async def _lead_until_either_ends(
+    scheduler: Awaitable[None], loops: Sequence[asyncio.Task[None]]
+) -> None:
+    """Run the scheduler until it or a leader loop (schedules, fleet runs) ends; a loop
+    that failed (fenced, etcd away) ends the leadership too, with its error, so the
+    election stands again."""
     placing = asyncio.ensure_future(scheduler)
-    await asyncio.wait({placing, slots}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({placing, *loops}, return_when=asyncio.FIRST_COMPLETED)
     if not placing.done():
         await cancel_and_wait(placing)
-        slots.result()  # raises what ended the loop
+        for loop in loops:
+            if loop.done():
+                loop.result()  # raises what ended the loop
         return
     placing.result()
 

@@ -8,11 +8,13 @@ import logging
 import os
 import pwd
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from schedagent.config import SecurityConfig
+from schedagent.core.fleet import Group
+from schedagent.core.fleetrun import verify_part
 from schedagent.core.model import Job, JobSpec
 from schedagent.core.names import Keys
 from schedagent.core.schedrun import verify_run
@@ -24,6 +26,8 @@ from schedagent.core.signing import (
     parse_public,
     verify,
     verify_cancel,
+    verify_group,
+    verify_group_cancel,
     verify_schedule,
     verify_schedule_action,
 )
@@ -46,6 +50,14 @@ def audit(
     """One record per security-relevant decision about a job, with fields journald can
     filter on (JOB_ID, KEY_ID, AUDIT_EVENT)."""
     _audit(event, "job", job_id, key, outcome, level)
+
+
+def audit_group(
+    event: str, group_id: str, key: str | None, outcome: str, level: int = logging.INFO
+) -> None:
+    """One record per security-relevant decision about a fleet run (GROUP, KEY_ID,
+    AUDIT_EVENT)."""
+    _audit(event, "group", group_id, key, outcome, level)
 
 
 def audit_schedule(
@@ -83,8 +95,15 @@ def started_fresh(job: Job, signed_at: float, max_age: float) -> bool:
 class Gate:
     """Checks a job against this agent's security settings before it starts."""
 
-    def __init__(self, security: Callable[[], SecurityConfig], store: Store, keys: Keys) -> None:
+    def __init__(
+        self,
+        security: Callable[[], SecurityConfig],
+        store: Store,
+        keys: Keys,
+        here: Callable[[], tuple[str, Mapping[str, str]]] = lambda: ("", {}),
+    ) -> None:
         self.security = security
+        self.here = here  # this agent's node name and labels: a fleet part's host
         self.store = store
         self.keys = keys
         self._lease = 0
@@ -145,6 +164,25 @@ class Gate:
         assert signature is not None
         return key, signature
 
+    def check_group(self, group: Group, now: float) -> str:
+        """The key id that signed the fleet run, signed within the max age (fleet runs
+        are always signed, as schedules are); Refused if not."""
+        try:
+            key = verify_group(group.definition.to_dict(), group.signature, self.trusted())
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+        if now - group.signature.signed_at > self.security().signature_max_age:
+            raise Refused("signature rejected: the fleet run was signed too long ago")
+        return key
+
+    def check_group_cancel(self, group_id: str, raw_signature: object, now: float) -> str:
+        try:
+            signature = None if raw_signature is None else Signature.from_dict(raw_signature)
+            max_age = self.security().signature_max_age
+            return verify_group_cancel(group_id, signature, self.trusted(), max_age, now)
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+
     def check_user(self, job: Job) -> None:
         user = job.spec.user
         if user is None:
@@ -163,6 +201,8 @@ class Gate:
         nonce is not claimed here: the worker claims it in its start's transaction."""
         if job.spec.schedule is not None:
             return self._check_run(job, now)
+        if job.spec.fleet is not None:
+            return self._check_part(job, now)
         signer = self.check_signature(job.spec, now, max_age=float("inf"))
         self.check_user(job)
         signature = job.spec.signature
@@ -194,6 +234,21 @@ class Gate:
         if check.nonce is None:
             return Admission(check.key_id)
         replayed = "signature rejected: replayed (its run request belongs to another job)"
+        return Admission(check.key_id, self.keys.nonce(check.nonce), replayed)
+
+    def _check_part(self, job: Job, now: float) -> Admission:
+        """A fleet run's part: exactly the signed group's job, on this host, which its
+        selector admits; first started within the max age of the group's signing; and
+        the group's only part here (its nonce and this host, claimed at the start)."""
+        try:
+            check = verify_part(job.id, job.spec, self.here(), self.trusted())
+        except SignatureRejected as exc:
+            raise Refused(f"signature rejected: {exc}") from None
+        self.check_user(job)
+        max_age = self.security().signature_max_age
+        if not started_fresh(job, check.fresh_from, max_age) and now - check.fresh_from > max_age:
+            raise Refused("signature rejected: the fleet run was signed too long before this start")
+        replayed = "signature rejected: replayed (this host's part of the run is another job)"
         return Admission(check.key_id, self.keys.nonce(check.nonce), replayed)
 
     async def nonce_claim(self, key: str, job_id: str, held: bool) -> Claim:

@@ -13,7 +13,7 @@ import psutil
 
 from schedagent import __version__
 from schedagent.config import AgentConfig
-from schedagent.core.model import NodeRecord
+from schedagent.core.model import KnownHost, NodeRecord
 from schedagent.core.names import Keys
 from schedagent.errors import StoreUnavailableError
 from schedagent.etcd.session import Session
@@ -74,7 +74,12 @@ class Registry:
 
     async def register(self) -> None:
         key = self.keys.node(self.config.node_name)
-        await self.store.txn([], [Put(key, self.record().to_json(), self.session.lease_id)])
+        record = self.record()
+        # hosts/ outlives the lease: a fleet run over --all names a stopped host too
+        # (unreachable), instead of silently leaving it out.
+        known = KnownHost(record.name, record.labels).to_json()
+        put_known = Put(self.keys.host(record.name), known)
+        await self.store.txn([], [Put(key, record.to_json(), self.session.lease_id), put_known])
         self.registered.set()
 
     async def run(self) -> None:

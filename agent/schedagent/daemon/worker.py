@@ -53,7 +53,12 @@ class Worker:
     ) -> None:
         self.lease = lease
         self.metrics = metrics or AgentMetrics()
-        self.gate = Gate(lambda: self.config.security, jobs.store, jobs.keys)
+        self.gate = Gate(
+            lambda: self.config.security,
+            jobs.store,
+            jobs.keys,
+            lambda: (self.config.node_name, dict(self.config.labels)),
+        )
         self.config = config
         self.node = config.node_name
         self.jobs = jobs

@@ -110,6 +110,7 @@ def _banner(cluster: LocalCluster) -> str:
         )
     ctl = _schedctl_command()
     lines += [f"  {ctl} nodes", f'  {ctl} submit --cmd "echo hello" --wait']
+    lines.append(f"  {ctl} ui   # the web console, on http://127.0.0.1:8090/")
     return "\n".join(lines)
 
 

@@ -1,0 +1,250 @@
+"""`schedctl run`: one command on every matching host, rolled out with a failure budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from schedagent.core.fleet import GROUP_ID_RE, HOST_RE, PERCENT_RE, parse_definition
+from schedagent.core.model import new_job_id
+from schedagent.ctl.client import Client, CtlError, Record, field
+from schedagent.ctl.command import json_option, print_json, run
+from schedagent.ctl.fleetview import exit_status, follow_group, format_group, summary_line
+from schedagent.ctl.jobopts import Command, cmd_option, job_fields, job_options
+from schedagent.ctl.params import IdsParam, StrParam
+from schedagent.ctl.schedules import Duration, operator_key
+from schedagent.errors import FleetError
+
+RETRYABLE = ("failed", "unreachable", "skipped", "canceled")
+
+
+class Count(StrParam):
+    """N hosts, or P% of the targets."""
+
+    name = "N|P%"
+
+    def __init__(self, low: int) -> None:
+        self.low = low
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        raw = str(value).strip()
+        if PERCENT_RE.match(raw) and 0 < int(raw[:-1]) <= 100:
+            return raw
+        if raw.isdigit() and int(raw) >= self.low:
+            return int(raw)
+        self.fail(f"{value!r}: a number of hosts ({self.low} or more) or a share 1%-100%")
+
+
+class NodeNames(IdsParam):
+    name = "NODE[,NODE...]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(dict.fromkeys(part.strip() for part in str(value).split(",")))
+        for name in names:
+            if not HOST_RE.match(name):
+                self.fail(f"{name!r} is not a node name", param, ctx)
+        return names
+
+
+class GroupId(StrParam):
+    name = "GROUP"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        group = str(value).strip().lower()
+        if not GROUP_ID_RE.match(group):
+            self.fail(f"{value!r} is not a fleet run id (g- and 20 hex digits)", param, ctx)
+        return group
+
+
+def _only(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    picked = tuple(part.strip() for part in value.split(",") if part.strip())
+    bad = [p for p in picked if p not in RETRYABLE]
+    if bad or not picked:
+        raise click.BadParameter(f"a comma-separated list of {', '.join(RETRYABLE)}")
+    return picked
+
+
+def _options(command: Command) -> Command:
+    decorators: list[Callable[[Command], Command]] = [
+        cmd_option,
+        click.option("--all", "select_all", is_flag=True, help="Every known host."),
+        click.option("--nodes", type=NodeNames(), help="These hosts (known or not)."),
+        job_options,
+        click.option("--max-parallel", type=Count(1), help="Hosts at once (default: all)."),
+        click.option(
+            "--max-failures",
+            type=Count(0),
+            help="Stop starting hosts once more than this failed (default: 0 with "
+            "--max-parallel, else no limit).",
+        ),
+        click.option(
+            "--batch-wait",
+            type=Duration(zero=True),
+            default=0.0,
+            help="Wait this long after a host ends before its slot starts another.",
+        ),
+        click.option(
+            "--canary",
+            type=click.IntRange(0, 10000),
+            default=0,
+            help="The first N hosts alone; the rest only if they all succeeded.",
+        ),
+        click.option(
+            "--offline-wait",
+            type=Duration(zero=True),
+            default=0.0,
+            help="How long an offline host may take to come back (from acceptance).",
+        ),
+        click.option(
+            "--retry",
+            "retry_group",
+            type=GroupId(),
+            help="A new run of GROUP's command on its hosts with the --only results.",
+        ),
+        click.option(
+            "--only",
+            default="failed,unreachable",
+            show_default=True,
+            callback=_only,
+            help=f"With --retry: the results to run again ({', '.join(RETRYABLE)}).",
+        ),
+        click.option(
+            "--wait",
+            is_flag=True,
+            help="Stream `host: line`, print the summary, exit 0 only if all succeeded.",
+        ),
+        json_option,
+    ]
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return command
+
+
+@click.command(name="run")
+@_options
+def run_fleet(**options: Any) -> None:
+    """Run a command on every matching host (--all, --label K=V, or --nodes A,B);
+    print the fleet run's id (GROUP: see `status GROUP`, `cancel GROUP`)."""
+    key = operator_key()
+    if options["retry_group"] is None:
+        fixed = _definition(_selector(options), {"cmd": _cmd(options), **_job(options)}, options)
+    else:
+        fixed = None
+
+    async def work(client: Client) -> int:
+        definition = fixed if fixed is not None else await _retry_definition(client, options)
+        signature = key.sign_group(definition).to_dict()
+        body = {"group": {"definition": definition, "signature": signature}}
+        reply = await client.call("fleet_create", body)
+        group = field(reply, "group", dict)
+        wait = options["wait"]
+        if options["as_json"] and not wait:
+            print_json(reply)
+        else:
+            click.echo(group.get("id"), err=wait)
+        if not wait:
+            return 0
+        final = await follow_group(client, str(group.get("id")))
+        if options["as_json"]:
+            print_json(final)
+        else:
+            click.echo(summary_line(final))
+        return exit_status(field(final, "counts", dict))
+
+    run(work)
+
+
+def _cmd(options: dict[str, Any]) -> str:
+    if options["cmd"] is None:
+        raise click.UsageError("give --cmd (or --retry GROUP)")
+    return str(options["cmd"])
+
+
+def _job(options: dict[str, Any]) -> dict[str, Any]:
+    fields = job_fields(options)
+    if fields.pop("node") is not None:
+        raise click.UsageError("--node pins one job; a fleet run takes --nodes A,B,...")
+    fields.pop("labels")  # --label selects the hosts
+    return fields
+
+
+def _selector(options: dict[str, Any]) -> dict[str, Any]:
+    labels, nodes, everything = dict(options["labels"]), options["nodes"], options["select_all"]
+    if sum(map(bool, (labels, nodes, everything))) != 1:
+        raise click.UsageError("give one of --all, --label K=V (one or more), --nodes A,B")
+    if everything:
+        return {"all": True}
+    return {"labels": labels} if labels else {"nodes": list(nodes)}
+
+
+def _policy(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "max_parallel": options["max_parallel"],
+        "max_failures": options["max_failures"],
+        "batch_wait": options["batch_wait"],
+        "canary": options["canary"],
+        "offline_wait": options["offline_wait"],
+    }
+
+
+def _definition(
+    selector: dict[str, Any], job: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    raw = {"id": f"g-{new_job_id()}", "job": job, "selector": selector, "policy": _policy(options)}
+    try:
+        return parse_definition(raw).to_dict()
+    except FleetError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+async def _retry_definition(client: Client, options: dict[str, Any]) -> dict[str, Any]:
+    """The old group's job on its hosts with the --only results, the policy given now."""
+    given = [options["cmd"], options["select_all"], options["nodes"], options["labels"]]
+    if any(given):
+        raise CtlError("--retry runs GROUP's own command on its hosts: no --cmd or selector", 2)
+    old: Record = await client.call("fleet_get", {"id": options["retry_group"]})
+    hosts = [
+        str(row["host"])
+        for row in field(old, "hosts", list)
+        if row.get("result") in options["only"]
+    ]
+    if not hosts:
+        raise CtlError(f"no host of {options['retry_group']} is {' or '.join(options['only'])}")
+    job = field(field(old, "group", dict), "definition", dict).get("job")
+    return _definition({"nodes": hosts}, dict(job or {}), options)
+
+
+def show_group(group_id: str, as_json: bool) -> None:
+    """`status GROUP`: the per-host table and the summary line."""
+
+    async def work(client: Client) -> int:
+        reply = await client.call("fleet_get", {"id": group_id})
+        if as_json:
+            print_json(reply)
+        else:
+            click.echo(format_group(reply))
+        return 0
+
+    run(work)
+
+
+def cancel_group(group_id: str, as_json: bool) -> None:
+    """`cancel GROUP`: hosts not started are skipped, live parts canceled."""
+    key = operator_key()
+    body = {"id": group_id, "signature": key.sign_group_cancel(group_id).to_dict()}
+
+    async def work(client: Client) -> int:
+        reply = await client.call("fleet_cancel", body)
+        if as_json:
+            print_json(reply)
+        else:
+            click.echo(f"fleet run {group_id}: cancel requested")
+        return 0
+
+    run(work)

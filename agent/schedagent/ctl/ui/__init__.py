@@ -1,0 +1,1 @@
+"""`schedctl ui`: a web console on the admin host, over the operator's own NATS client."""

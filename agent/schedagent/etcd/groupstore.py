@@ -1,0 +1,108 @@
+"""Fleet runs in etcd: the group records under groups/, the known hosts under hosts/,
+and each group's parts, which are ordinary jobs with ids derived from (group, host).
+
+A part's job is created compared absent under jobs/ and done/ (and the group compared
+as read): so a host, whoever starts its part and however often the write is retried,
+has one job in a group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from schedagent.core.fleet import Group, part_job_id
+from schedagent.core.model import Job, KnownHost, NodeRecord
+from schedagent.core.names import Keys
+from schedagent.errors import NotFoundError
+from schedagent.etcd import malformed
+from schedagent.etcd.jobstore import decode_job, decode_node
+from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Op, Put, Store
+
+# Parts per transaction: two compares each (absent live and done) under etcd's 128.
+PARTS_PER_TXN = 48
+# Keys per read: a part is looked for under jobs/ and done/.
+KEYS_PER_READ = 128
+
+
+def decode_group(kv: KV) -> Group | None:
+    """The group in a KV, or None (logged once) if it is not a group record."""
+    return malformed.decode("fleet run", kv.key, kv.value, Group.from_json)
+
+
+def decode_host(kv: KV) -> KnownHost | None:
+    return malformed.decode("host", kv.key, kv.value, KnownHost.from_json)
+
+
+class GroupStore:
+    def __init__(self, store: Store, keys: Keys) -> None:
+        self.store = store
+        self.keys = keys
+
+    async def create(self, group: Group) -> bool:
+        """Whether the group was created (False: one with its id exists)."""
+        key = self.keys.group(group.id)
+        return await self.store.txn([Absent(key)], [Put(key, group.to_json())])
+
+    async def get(self, group_id: str) -> tuple[Group, int]:
+        """The group and the revision it was read at; NotFoundError if there is none."""
+        kv = await self.store.get(self.keys.group(group_id))
+        group = None if kv is None else decode_group(kv)
+        if kv is None or group is None:
+            raise NotFoundError(f"no fleet run {group_id}")
+        return group, kv.mod_revision
+
+    async def replace(self, group: Group, revision: int, fence: Sequence[Compare] = ()) -> bool:
+        key = self.keys.group(group.id)
+        compares = [*fence, ModRevisionIs(key, revision)]
+        return await self.store.txn(compares, [Put(key, group.to_json())])
+
+    async def hosts(self) -> tuple[dict[str, dict[str, str]], set[str]]:
+        """Every known host (name -> labels; a live node's labels win) and those online
+        now (a live, not draining node record)."""
+        known: dict[str, dict[str, str]] = {}
+        for kv in (await self.store.get_prefix(self.keys.hosts))[0]:
+            host = decode_host(kv)
+            if host is not None:
+                known[host.name] = dict(host.labels)
+        live = await self.nodes()
+        known.update((node.name, dict(node.labels)) for node in live)
+        return known, {node.name for node in live if not node.draining}
+
+    async def online(self) -> set[str]:
+        """The hosts online now: a live, not draining node record."""
+        return {node.name for node in await self.nodes() if not node.draining}
+
+    async def nodes(self) -> list[NodeRecord]:
+        kvs, _ = await self.store.get_prefix(self.keys.nodes)
+        return [node for node in map(decode_node, kvs) if node is not None]
+
+    async def parts(self, group: Group) -> dict[str, Job]:
+        """The jobs the group's targets have so far (host -> job, live or final)."""
+        hosts = group.hosts()
+        found: dict[str, Job] = {}
+        per_read = KEYS_PER_READ // 2
+        for first in range(0, len(hosts), per_read):
+            chunk = hosts[first : first + per_read]
+            ids = [part_job_id(group.id, h) for h in chunk]
+            keys = [k for j in ids for k in (self.keys.job(j), self.keys.done_job(j))]
+            kvs = await self.store.get_many(keys)
+            for index, host in enumerate(chunk):
+                kv = kvs[2 * index] or kvs[2 * index + 1]
+                job = None if kv is None else decode_job(kv)
+                if job is not None:
+                    found[host] = job
+        return found
+
+    async def add_parts(
+        self, group_key: tuple[str, int], jobs: Sequence[Job], fence: Sequence[Compare]
+    ) -> bool:
+        """Create parts' jobs (live ones under jobs/, ended ones under done/), all or
+        nothing, with the group as read (a cancel meanwhile makes it decide again)."""
+        group_id, revision = group_key
+        compares: list[Compare] = [*fence, ModRevisionIs(self.keys.group(group_id), revision)]
+        ops: list[Op] = []
+        for job in jobs:
+            compares += [Absent(self.keys.job(job.id)), Absent(self.keys.done_job(job.id))]
+            where = self.keys.done_job(job.id) if job.state.final else self.keys.job(job.id)
+            ops.append(Put(where, job.to_json()))
+        return await self.store.txn(compares, ops)
