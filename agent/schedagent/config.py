@@ -82,6 +82,9 @@ class SecurityConfig:
     trusted_keys: tuple[str, ...] = ()  # "ed25519:<base64>", as `schedctl keygen` prints
     signature_max_age: float = 86400.0  # a signed job must first start within this
     run_as_allowed: tuple[str, ...] = ()  # users `--user` may name (needs a root agent)
+    # Whom a job that names no user runs as (a root agent; the package sets schedjob, an
+    # unprivileged user that cannot read this file or the etcd key); None: the agent's.
+    job_user: str | None = None
     max_env_bytes: int = 65536
     max_requests_per_second: float = 1000.0  # per agent; API requests beyond are refused
 
@@ -91,6 +94,9 @@ class ContainmentConfig:
     # Each job in its own cgroup where this agent can write a hierarchy; false: process
     # groups only (docs/containment.md).
     cgroups: bool = True
+    # Where systemd is PID 1 and the agent is root: each attempt in transient units
+    # (a slice and a scope) instead; false: the cgroups above, or process groups.
+    systemd: bool = True
     # Limits for a job that names none (--memory, --tasks); None: unlimited.
     memory: int | None = None
     tasks: int | None = None
@@ -391,9 +397,11 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "security.trusted_keys": _public_keys,
     "security.signature_max_age": _number(1),
     "security.run_as_allowed": _user_names,
+    "security.job_user": lambda v: None if v is None else _user_names([v])[0],
     "security.max_env_bytes": _number(0, integer=True),
     "security.max_requests_per_second": _number(1),
     "containment.cgroups": _bool,
+    "containment.systemd": _bool,
     "containment.memory": lambda v: None if v is None else memory_limit(v, "a memory limit"),
     "containment.tasks": lambda v: None if v is None else task_limit(v, "a task limit"),
     "metrics.listen": _listen_address,

@@ -215,6 +215,23 @@ async def test_run_as_runs_the_job_as_that_user(cluster_factory: Any) -> None:
     assert job["output_tail"].startswith(f"nobody\n{user.pw_uid}\n"), job["output_tail"]
 
 
+async def test_a_job_naming_no_user_runs_as_the_job_user_in_its_home(
+    cluster_factory: Any,
+) -> None:
+    user = pwd.getpwnam("nobody")
+    home = await asyncio.to_thread(lambda: user.pw_dir if Path(user.pw_dir).is_dir() else "/")
+    cluster: LocalCluster = cluster_factory(1, agent_overrides={"security": {"job_user": "nobody"}})
+    async with ApiClient(cluster.nats_url) as api:
+        job_id = await api.submit(f"id -un; pwd; sleep {marker()}")
+        await api.wait_for(job_id, {"RUNNING"})
+        await wait_until(lambda: (job_id, 1) in job_attempts(), 10, "the job's processes")
+        uids = {p.uids().real for p in job_attempts()[(job_id, 1)]}
+        assert uids == {user.pw_uid}, uids
+        await api.call("cancel", id=job_id)
+        job = await api.wait_for(job_id, deadline=20)
+    assert job["output_tail"].startswith(f"nobody\n{home}\n"), job["output_tail"]
+
+
 async def test_the_api_refuses_requests_beyond_its_rate_and_recovers(
     cluster_factory: Any,
 ) -> None:

@@ -56,7 +56,7 @@ async def worker(etcd_server: EtcdServer, nats_server: NatsServer) -> AsyncItera
     lease = await store.grant_lease(30)
     worker = Worker(config, JobStore(store, Keys(config.etcd.prefix)), bus, lambda: lease)
     yield worker
-    worker.containment.close()  # its (empty) schedagent-<node> cgroups, as the agent does
+    await worker.containment.close()  # its (empty) schedagent-<node> cgroups, as the agent does
     await bus.close()
     await store.close()
 

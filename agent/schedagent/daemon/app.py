@@ -211,6 +211,8 @@ async def _serve(
     fence = Fence(session, worker, reach.stop_by)
     worker.may_start = fence.may_start
     registry = Registry(store, keys, session, config, worker.usage)
+    if config.containment.systemd:
+        await worker.containment.use_systemd()
     await worker.reap_leftovers()
     if not await until_ready(
         "node registration", registry.register, signals.stop, heartbeat.status
@@ -286,7 +288,7 @@ async def _serve(
                 task.cancel()
     finally:
         await api.stop()
-        worker.containment.close()
+        await worker.containment.close()
     log.info("stopped: %d finished, %d handed back", worker.finished, worker.handed_back)
     return 0
 

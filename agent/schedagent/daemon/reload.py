@@ -32,6 +32,7 @@ LIVE_KEYS = frozenset(
         "security.trusted_keys",
         "security.signature_max_age",
         "security.run_as_allowed",
+        "security.job_user",
         "security.max_env_bytes",
         "security.max_requests_per_second",
         # The worker reads the default limits per attempt (containment.cgroups is fixed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +88,8 @@ class Worker:
         self.handed_back = 0
         self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
         self.containment = Containment.setup(config.node_name, config.containment.cgroups)
+        if os.geteuid() == 0 and config.security.job_user is None:
+            log.warning("root, and no security.job_user: jobs that name no user run as root")
         self._tasks: set[asyncio.Task[None]] = set()
 
     def usage(self) -> tuple[float, int]:
@@ -261,7 +264,7 @@ class Worker:
             timeout=job.spec.timeout,
             kill_grace=self.config.jobs.kill_grace,
             chunk_bytes=self.config.output.chunk_bytes,
-            user=job.spec.user,
+            user=job.spec.user or self.config.security.job_user,
             name=f"job-{job.id}-{running.attempt}",
             limits=self._limits(job),
         )

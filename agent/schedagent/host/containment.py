@@ -15,6 +15,8 @@ from schedagent.errors import ContainmentError
 from schedagent.host import cgroups
 from schedagent.host.cgroups import Layout
 from schedagent.host.jobcgroup import Ending, JobCgroup, Limits
+from schedagent.host.jobscope import JobScope
+from schedagent.host.systemd_bus import SystemdBus, UnitManager, own_unit, systemd_booted
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class Containment:
 
     def __init__(self, layout: Layout | None) -> None:
         self.layout = layout
+        # Set by use_systemd(): each attempt in transient units instead of the layout.
+        self.units: UnitManager | None = None
+        self.bound_to: str | None = None  # the agent's own unit, the job slices bind to
+        self._unified_memory = False  # whether systemd's MemorySwapMax= takes effect
 
     @classmethod
     def setup(cls, node: str, use_cgroups: bool, proc: Path = Path("/proc/self")) -> Containment:
@@ -87,8 +93,36 @@ class Containment:
                 log.warning("no writable cpu controller: --cpus only reserves placement here")
         return cls(layout)
 
+    async def use_systemd(self, proc: Path = Path("/proc/self")) -> None:
+        """Run each attempt in transient systemd units when systemd is PID 1 and will
+        take them from this agent (root: without polkit, systemd refuses anyone else)."""
+        if not systemd_booted():
+            return
+        if os.geteuid() != 0:
+            log.info("systemd is PID 1 but this agent is not root: no transient units for jobs")
+            return
+        try:
+            self.units = await SystemdBus.connect()
+        except ContainmentError as exc:
+            log.warning("no transient units for jobs (%s): %s", exc, self._fallback())
+            return
+        with contextlib.suppress(OSError):
+            self.bound_to = own_unit((proc / "cgroup").read_text())
+            self._unified_memory = "memory" in _unified_root_controllers(proc)
+        log.info(
+            "job units: a slice and a scope per attempt under %s, bound to %s (instead of %s)",
+            "schedagent-jobs.slice",
+            self.bound_to or "nothing (the agent runs in no unit: its jobs outlive it)",
+            self._fallback(),
+        )
+
+    def _fallback(self) -> str:
+        return "process groups" if self.layout is None else "cgroups"
+
     def refusal(self, limits: Limits) -> str | None:
         """Why an attempt with these limits cannot run here, or None."""
+        if self.units is not None:
+            return self._systemd_refusal(limits)
         missing = []
         if limits.memory is not None and not self._can("memory"):
             missing.append("--memory (no writable memory controller)")
@@ -100,12 +134,22 @@ class Containment:
             return None
         return f"cannot enforce {' and '.join(missing)} on this node"
 
+    def _systemd_refusal(self, limits: Limits) -> str | None:
+        # On a hybrid host systemd applies MemoryMax= as v1 MemoryLimit= and ignores
+        # MemorySwapMax=: the limit would not bound swap.
+        if limits.memory is None or self._unified_memory or _no_swap():
+            return None
+        return "cannot enforce --memory (swap is on and systemd cannot limit it here) on this node"
+
     async def group(self, name: str, limits: Limits) -> JobGroup:
         """The attempt's group, its cgroup made with its limits; ContainmentError if a
         limit cannot be enforced here (before anything runs)."""
         refusal = self.refusal(limits)
         if refusal is not None:
             raise ContainmentError(refusal)
+        attempt = ATTEMPT_DIR_RE.match(name)
+        if self.units is not None and attempt is not None:
+            return JobScope(self.units, attempt[1], int(attempt[2]), limits, self.bound_to)
         if self.layout is None:
             return ProcessGroup()
         cpus = limits.cpus if self._can("cpu") else None
@@ -139,8 +183,11 @@ class Containment:
                         found.add((match[1], int(match[2])))
         return found
 
-    def close(self) -> None:
-        """Remove this agent's (empty) base directories."""
+    async def close(self) -> None:
+        """Remove this agent's (empty) base directories; leave the system bus."""
+        if self.units is not None:
+            await self.units.close()
+            self.units = None
         for base in self._bases():
             with contextlib.suppress(OSError):  # a job's cgroup left behind keeps it
                 base.rmdir()
@@ -161,6 +208,15 @@ class Containment:
             return False
         swap_limit = "memory.swap.max" if source.unified else "memory.memsw.limit_in_bytes"
         return source.has(swap_limit) or _no_swap()
+
+
+def _unified_root_controllers(proc: Path) -> list[str]:
+    """The controllers of the cgroup2 hierarchy's root (none on a hybrid host)."""
+    for mount in cgroups.parse_mountinfo((proc / "mountinfo").read_text()):
+        if mount.key == cgroups.UNIFIED and mount.root == "/":
+            with contextlib.suppress(OSError):
+                return (mount.point / "cgroup.controllers").read_text().split()
+    return []
 
 
 def _no_swap(meminfo: Path = Path("/proc/meminfo")) -> bool:

@@ -95,24 +95,20 @@ async def _group(containment: Containment | None, command: Command) -> JobGroup:
 async def _start(command: Command, group: JobGroup) -> Child | str:
     """The child, placed in its group before its command runs; or why it did not start."""
     try:
-        child = Child.spawn(
-            ["/bin/sh", "-c", command.cmd],
-            cwd=command.cwd,
-            gated=group.gated,
-            **_identity(command),
-        )
+        child = Child.spawn(["/bin/sh", "-c", command.cmd], gated=group.gated, **_identity(command))
     except (OSError, KeyError) as exc:  # KeyError: the run-as user vanished since the gate
         await group.close()
         what = f"no user {exc}" if isinstance(exc, KeyError) else exc.strerror or exc
         return f"cannot start: {what}"
     try:
         await group.join(child.pid)
-    except OSError as exc:
+    except (OSError, ContainmentError) as exc:
         os.kill(child.pid, signal.SIGKILL)  # still at its gate: nothing of the job ran
         await asyncio.shield(child.exited)
         child.close_pipes()
         await group.close()
-        return f"cannot start: cannot place it in its cgroup: {exc.strerror or exc}"
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return f"cannot start: cannot place it in its cgroup: {why}"
     child.open_gate()
     return child
 
@@ -137,11 +133,13 @@ def _identity(command: Command) -> dict[str, Any]:
     """The environment, and the user to switch to: done by exec, never a preexec_fn."""
     env = dict(command.env)
     if command.user is None or pwd.getpwuid(os.geteuid()).pw_name == command.user:
-        return {"env": env}
+        return {"env": env, "cwd": command.cwd}
     entry = pwd.getpwnam(command.user)
     env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
     return {
         "env": env,
+        # Without --cwd, its home: the agent's own directory is not the job user's.
+        "cwd": command.cwd or (entry.pw_dir if os.path.isdir(entry.pw_dir) else "/"),
         "user": entry.pw_uid,
         "group": entry.pw_gid,
         "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid),
