@@ -15,7 +15,7 @@ import pytest
 import etcdhttp
 from apiclient import ApiClient
 from forge import dispatch_assigned
-from helpers import marker, wait_until
+from helpers import live_processes_with, marker, wait_until
 from schedagent.core.model import Job, new_job_id
 from schedagent.core.signing import SigningKey
 from schedagent.core.spec import parse_spec
@@ -204,8 +204,11 @@ async def test_run_as_runs_the_job_as_that_user(cluster_factory: Any) -> None:
         1, agent_overrides={"security": {"run_as_allowed": ["nobody"]}}
     )
     async with ApiClient(cluster.nats_url) as api:
-        job_id = await api.submit(f"id -un; id -u; sleep {marker()}", user="nobody")
+        mark = marker()
+        job_id = await api.submit(f"id -un; id -u; sleep {mark}", user="nobody")
         await api.wait_for(job_id, {"RUNNING"})
+        # Its sleep: both ids are printed by then (a cancel before would cut them off).
+        await wait_until(lambda: live_processes_with(str(mark)), 10, "the job's sleep")
         await wait_until(lambda: (job_id, 1) in job_attempts(), 10, "the job's processes")
         # From the process table, not from what the agent recorded.
         uids = {p.uids().real for p in job_attempts()[(job_id, 1)]}
