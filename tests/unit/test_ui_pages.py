@@ -6,6 +6,7 @@ import html
 import json
 import re
 import urllib.parse
+from typing import Any
 
 import pytest
 
@@ -300,7 +301,7 @@ async def test_an_unsigned_console_says_so_on_the_submit_form() -> None:
     assert "No operator key" in page
 
 
-def fleet_reply(done: bool = False) -> dict[str, object]:
+def fleet_reply(done: bool = False) -> dict[str, Any]:
     """A fleet_get reply as daemon/fleetapi.py makes it: one host ran, one is unreachable."""
     definition = {
         "id": GROUP,
@@ -352,17 +353,17 @@ async def test_a_fleet_run_page_shows_each_host_escaped_and_offers_cancel() -> N
     ]
     assert f'<a href="/jobs/{JOB}">web1</a>' in page  # a host's part is one click away
     assert "1 failed, 1 unreachable" in page and "labels role=web" in page
+    assert "max parallel 1, max failures 0," in page
     assert f'action="/fleet/{GROUP}/cancel"' in page and f'value="{TOKEN}"' in page
     assert 'http-equiv="refresh"' in page  # rolling out: it reloads itself
 
 
 async def test_an_ended_fleet_run_has_no_cancel_and_stops_reloading() -> None:
-    page = text(
-        await ask(
-            console(FakeCluster(groups={GROUP: fleet_reply(done=True)})), "GET", f"/fleet/{GROUP}"
-        )
-    )
+    reply = fleet_reply(done=True)
+    reply["group"]["definition"]["policy"] = {"max_parallel": None, "max_failures": None}
+    page = text(await ask(console(FakeCluster(groups={GROUP: reply})), "GET", f"/fleet/{GROUP}"))
     assert ">ended<" in page
+    assert "max parallel all, max failures no limit," in page  # as schedctl run defaults them
     assert 'id="cancel"' not in page and 'http-equiv="refresh"' not in page
 
 
