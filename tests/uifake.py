@@ -38,6 +38,9 @@ class FakeCluster:
     canceled: list[str] = dataclasses.field(default_factory=list)
     actions: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     list_calls: list[tuple[str | None, int, str | None]] = dataclasses.field(default_factory=list)
+    # fleet_get's replies by group id; fleet_cancel records the id and marks it canceled.
+    groups: dict[str, Record] = dataclasses.field(default_factory=dict)
+    groups_canceled: list[str] = dataclasses.field(default_factory=list)
 
     def _fail(self) -> None:
         if self.failure is not None:
@@ -96,3 +99,16 @@ class FakeCluster:
     async def schedule_action(self, action: str, name: str) -> Record:
         self.actions.append((action, name))
         return {}
+
+    async def fleet_get(self, group_id: str) -> Record:
+        self._fail()
+        if group_id not in self.groups:
+            raise ApiError(f"no fleet run {group_id}", "not_found")
+        return self.groups[group_id]
+
+    async def fleet_cancel(self, group_id: str) -> Record:
+        self._fail()
+        reply = await self.fleet_get(group_id)
+        self.groups_canceled.append(group_id)
+        reply["group"]["canceled"] = True
+        return {"group": reply["group"]}

@@ -23,6 +23,7 @@ NAME_RE = NODE_NAME_RE
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "journal", "stderr")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,8 @@ class MetricsConfig:
     # host:port of the Prometheus /metrics endpoint; None: no endpoint. Loopback by
     # default: opening it to a Prometheus host is a decision (a firewall rule, a port).
     listen: tuple[str, int] | None = ("127.0.0.1", 9464)
+    # The peers that may scrape it (addresses or networks); empty: whoever reaches it.
+    allow: tuple[IPNetwork, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,6 +338,21 @@ def _listen_address(value: object) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    """A list of IP addresses and networks (CIDR): 192.0.2.7, 10.1.0.0/16, 2001:db8::/32."""
+    if not isinstance(value, list):
+        raise TypeError(f"must be a list of IP addresses or networks, not {_kind(value)}")
+    found = []
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{item!r} is not an IP address or network")
+        try:
+            found.append(ipaddress.ip_network(item.strip()))
+        except ValueError as exc:  # its text says why: host bits set, not an address ...
+            raise ValueError(f"{item!r} is not an IP address or network ({exc})") from None
+    return tuple(found)
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -405,6 +423,7 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "containment.memory": lambda v: None if v is None else memory_limit(v, "a memory limit"),
     "containment.tasks": lambda v: None if v is None else task_limit(v, "a task limit"),
     "metrics.listen": _listen_address,
+    "metrics.allow": _networks,
 }
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import time
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
@@ -131,3 +133,32 @@ async def test_metrics_off_and_a_port_in_use(cluster_factory: ClusterFactory) ->
     assert off.metrics_url is None
     assert "metrics on http" not in off.log_path.read_text()
     assert "metrics on http" in cluster.agents["n1"].log_path.read_text()
+
+
+def scrape_from(url: str, source: str) -> tuple[int, bytes]:
+    """GET url from the loopback address source (the connection's peer the agent sees)."""
+    where = urllib.parse.urlsplit(url)
+    assert where.hostname is not None and where.port is not None
+    conn = http.client.HTTPConnection(where.hostname, where.port, 10, (source, 0))
+    try:
+        conn.request("GET", where.path)
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+async def test_metrics_allow_admits_only_the_listed_peers(cluster_factory: ClusterFactory) -> None:
+    # Loopback is all of 127.0.0.0/8: a connection can come from any address of it.
+    allow = {"metrics": {"allow": ["127.0.0.2", "127.0.1.0/24"]}}
+    cluster = await asyncio.to_thread(cluster_factory, ["n1"], agent_overrides=allow)
+    url = cluster.agents["n1"].metrics_url
+    assert url is not None
+    for source in ("127.0.0.2", "127.0.1.5"):
+        status, body = await asyncio.to_thread(scrape_from, url, source)
+        assert status == 200, source
+        names = {f.name for f in text_string_to_metric_families(body.decode())}
+        assert "schedagent_is_leader" in names, source
+    # The listen address's own, 127.0.0.1, is not listed: 403 and not one figure.
+    assert await asyncio.to_thread(scrape_from, url, "127.0.0.1") == (403, b"")
+    assert await asyncio.to_thread(scrape_from, url, "127.0.0.3") == (403, b"")

@@ -257,3 +257,50 @@ def test_a_job_page_follows_the_output_across_a_failover(
     browser.find_element(By.ID, "cancel").click()
     wait_for("CANCELED", lambda: state_of(browser) == "CANCELED")
     wait_for("its processes gone", lambda: not live_processes_with(str(mark)), 15)
+
+
+def click(browser: Any, element_id: str) -> None:
+    """Click an element of a page that reloads itself: found afresh if it went stale."""
+    wait_for(f"#{element_id} clicked", lambda: browser.find_element(By.ID, element_id).click() or 1)
+
+
+def test_a_fleet_run_page_shows_its_hosts_links_its_parts_and_cancels(
+    cluster: LocalCluster, console: str, browser: Any, tmp_path: Path
+) -> None:
+    mark = marker()
+    after_sleep = tmp_path / f"after-{mark}"
+    cmd = f"echo up-{mark}; sleep {mark}; touch {after_sleep}"
+    group = schedctl(cluster, "run", "--nodes", "node1,node2", "--cmd", cmd).strip()
+
+    def sleeps() -> int:  # the parts' own `sleep` processes (their shells name it too)
+        found = live_processes_with(f"sleep {mark}")
+        return sum(p.info["cmdline"] == ["sleep", str(mark)] for p in found)
+
+    wait_for("both parts running", lambda: sleeps() == 2)
+    browser.get(f"{console}/fleet/{group}")
+
+    def hosts() -> list[list[str]]:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#hosts tbody tr")
+        return [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+
+    wait_for(
+        "both hosts running",
+        lambda: [h[:2] for h in hosts()] == [["node1", "running"], ["node2", "running"]],
+    )
+    assert fits(browser)
+    shoot(browser, "fleet", tmp_path)
+    # A host's part is one click away, and its page links back to the run.
+    browser.find_element(By.LINK_TEXT, "node2").click()
+    wait_for("the part's page", lambda: "/jobs/" in browser.current_url)
+    assert state_of(browser) == "RUNNING"
+    click(browser, "fleet")
+    wait_for("the run's page again", lambda: browser.current_url.endswith(f"/fleet/{group}"))
+    click(browser, "cancel")
+    # The page reloads itself until the run has ended: every host canceled, by the agents.
+    wait_for("ended", lambda: browser.find_element(By.ID, "group-state").text == "ended (canceled)")
+    assert [h[:2] for h in hosts()] == [["node1", "canceled"], ["node2", "canceled"]]
+    wait_for("its processes gone", lambda: not live_processes_with(str(mark)), 15)
+    assert not after_sleep.exists()  # nothing of either part ran on after the cancel
+    browser.set_window_size(*PHONE)
+    browser.get(f"{console}/fleet/{group}")
+    assert fits(browser), "the fleet run's page on a phone"

@@ -139,7 +139,7 @@ EXISTING = {
 }
 
 
-def _render(binary: str, base: Path, existing: bool = False) -> Render:
+def _render(binary: str, base: Path, existing: bool = False, extra: tuple[str, ...] = ()) -> Render:
     if not os.access(binary, os.X_OK):
         # Fail, not skip: scripts/setup installs both.
         pytest.fail(f"{binary} is not installed; run scripts/setup", pytrace=False)
@@ -154,7 +154,7 @@ def _render(binary: str, base: Path, existing: bool = False) -> Render:
     inventory_path.parent.mkdir(exist_ok=True)
     inventory_path.write_text(yaml.safe_dump(inventory), "utf-8")
     out = base / "out"
-    result = _run_playbook(binary, base, inventory_path, out)
+    result = _run_playbook(binary, base, inventory_path, out, *extra)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return Render(binary, base, inventory_path, out, ports)
 
@@ -368,6 +368,37 @@ def test_preflight_refuses_contradictions(debian_render: Render) -> None:
     result = rendered.run("-e", "schedagent_node_name=same")
     assert result.returncode != 0
     assert "Two agents share a node name: same, same, same" in result.stdout
+
+
+def test_the_metrics_port_opens_to_the_named_prometheus_servers_only(tmp_path: Path) -> None:
+    # The inventory's per-host metrics.listen (schedagent_config_extra) is set aside.
+    opened = {
+        "schedagent_config_extra": {"jobs": {"drain_timeout": 5}},
+        "schedagent_metrics_listen": "192.0.2.10:9464",
+        "schedagent_metrics_allow": ["192.0.2.50", "10.9.0.0/16"],
+    }
+    render = _render(PLAYBOOK_BINS["debian"], tmp_path, extra=("-e", json.dumps(opened)))
+    path = render.file("n2", "agent.yaml")
+    config = yaml.safe_load(path.read_text())
+    assert config["metrics"] == {
+        "listen": "192.0.2.10:9464",
+        "allow": ["192.0.2.50", "10.9.0.0/16"],
+    }
+    check = subprocess.run(
+        [sys.executable, "-m", "schedagent", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_preflight_refuses_metrics_off_loopback_with_no_prometheus_named(
+    debian_render: Render,
+) -> None:
+    off_loopback = {"schedagent_config_extra": {}, "schedagent_metrics_listen": "192.0.2.10:9464"}
+    result = debian_render.run("-e", json.dumps(off_loopback))
+    assert result.returncode != 0
+    assert "schedagent_metrics_listen is 192.0.2.10:9464, off loopback" in result.stdout
 
 
 def test_existing_clusters_skip_the_etcd_and_nats_plays(tmp_path: Path) -> None:

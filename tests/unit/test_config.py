@@ -65,6 +65,11 @@ def test_full_file_is_read(tmp_path: Path) -> None:
         ("metrics: {listen: 'localhost'}\n", "metrics.listen", "is not host:port"),
         ("metrics: {listen: '127.0.0.1:0'}\n", "metrics.listen", "a port from 1 to 65535"),
         ("metrics: {listen: 'a b:9464'}\n", "metrics.listen", "not an IP address or host"),
+        ("metrics: {allow: 192.0.2.7}\n", "metrics.allow", "must be a list of IP addresses"),
+        ("metrics: {allow: [prom.example]}\n", "metrics.allow", "not an IP address or network"),
+        ("metrics: {allow: [10.1.2.3/16]}\n", "metrics.allow", "has host bits set"),
+        ("metrics: {allow: ['10.0.0.0/33']}\n", "metrics.allow", "not an IP address or network"),
+        ("metrics: {allow: [7]}\n", "metrics.allow", "7 is not an IP address or network"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -81,6 +86,13 @@ def test_metrics_listen_is_host_and_port_or_off(tmp_path: Path) -> None:
     text = "metrics: {listen: '[::1]:9100'}\n"
     assert load_config(write(tmp_path, text)).metrics.listen == ("::1", 9100)
     assert load_config(write(tmp_path, "metrics: {listen: null}\n")).metrics.listen is None
+
+
+def test_metrics_allow_is_a_list_of_addresses_and_networks(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "{}\n")).metrics.allow == ()  # anyone who reaches it
+    text = "metrics: {allow: [192.0.2.7, 10.1.0.0/16, '2001:db8::/32']}\n"
+    allow = load_config(write(tmp_path, text)).metrics.allow
+    assert [str(n) for n in allow] == ["192.0.2.7/32", "10.1.0.0/16", "2001:db8::/32"]
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import html
 import json
 import re
 import urllib.parse
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ HOST = f"127.0.0.1:{PORT}"
 TOKEN = "t0ken"
 XSS = "<script>alert(1)</script>"
 JOB = "0123456789abcdef0123"
+GROUP = "g-0123456789abcdef0123"
 
 
 def console(cluster: FakeCluster) -> Console:
@@ -297,3 +299,99 @@ async def test_the_static_files_are_served_and_pages_work_on_a_phone() -> None:
 async def test_an_unsigned_console_says_so_on_the_submit_form() -> None:
     page = text(await ask(console(FakeCluster(signed=False)), "GET", "/submit"))
     assert "No operator key" in page
+
+
+def fleet_reply(done: bool = False) -> dict[str, Any]:
+    """A fleet_get reply as daemon/fleetapi.py makes it: one host ran, one is unreachable."""
+    definition = {
+        "id": GROUP,
+        "job": {"cmd": f"echo {XSS}", "cpus": 1.0},
+        "selector": {"labels": {"role": "web"}},
+        "policy": {"max_parallel": 1, "max_failures": 0, "batch_wait": 0, "canary": 0},
+    }
+    ran = {
+        "host": "web1",
+        "result": "failed",
+        "job": JOB,
+        "state": "FAILED",
+        "exit_code": 3,
+        "duration": 2.5,
+        "last_line": XSS,
+        "attempts": 1,
+    }
+    lost = {
+        "host": "web<2>",
+        "result": "unreachable",
+        "job": "1123456789abcdef0123",
+        "state": "CANCELED",
+        "reason": "unreachable: offline & past the wait",
+        "attempts": 0,
+    }
+    group = {"id": GROUP, "definition": definition, "done": done, "canceled": False}
+    return {
+        "group": {**group, "key_id": "ops", "accepted_at": 1_700_000_000.0},
+        "hosts": [ran, lost],
+        "counts": {"failed": 1, "unreachable": 1},
+    }
+
+
+async def test_a_fleet_run_page_shows_each_host_escaped_and_offers_cancel() -> None:
+    cluster = FakeCluster(groups={GROUP: fleet_reply()})
+    page = text(await ask(console(cluster), "GET", f"/fleet/{GROUP}"))
+    assert "<script>alert" not in page and "web<2>" not in page
+    rows = re.findall(r"<tr>\s*(.*?)</tr>", page.split("<tbody>")[1], re.S)
+    cells = [
+        [
+            html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
+            for c in re.findall(r"<td>(.*?)</td>", row, re.S)
+        ]
+        for row in rows
+    ]
+    assert cells == [
+        ["web1", "failed", "FAILED", "3", "2.5s", XSS],
+        ["web<2>", "unreachable", "CANCELED", "-", "-", "unreachable: offline & past the wait"],
+    ]
+    assert f'<a href="/jobs/{JOB}">web1</a>' in page  # a host's part is one click away
+    assert "1 failed, 1 unreachable" in page and "labels role=web" in page
+    assert "max parallel 1, max failures 0," in page
+    assert f'action="/fleet/{GROUP}/cancel"' in page and f'value="{TOKEN}"' in page
+    assert 'http-equiv="refresh"' in page  # rolling out: it reloads itself
+
+
+async def test_an_ended_fleet_run_has_no_cancel_and_stops_reloading() -> None:
+    reply = fleet_reply(done=True)
+    reply["group"]["definition"]["policy"] = {"max_parallel": None, "max_failures": None}
+    page = text(await ask(console(FakeCluster(groups={GROUP: reply})), "GET", f"/fleet/{GROUP}"))
+    assert ">ended<" in page
+    assert "max parallel all, max failures no limit," in page  # as schedctl run defaults them
+    assert 'id="cancel"' not in page and 'http-equiv="refresh"' not in page
+
+
+async def test_cancel_a_fleet_run_with_the_token_only() -> None:
+    cluster = FakeCluster(groups={GROUP: fleet_reply()})
+    app = console(cluster)
+    refused = await ask(app, "POST", f"/fleet/{GROUP}/cancel", {"csrf": "wrong"})
+    assert refused.status == 403 and cluster.groups_canceled == []
+    response = await ask(app, "POST", f"/fleet/{GROUP}/cancel", {"csrf": TOKEN})
+    assert (response.status, response.headers["Location"]) == (303, f"/fleet/{GROUP}")
+    assert cluster.groups_canceled == [GROUP]
+    page = text(await ask(app, "GET", f"/fleet/{GROUP}"))
+    assert "rolling out (canceled)" in page and 'id="cancel"' not in page
+
+
+async def test_an_unknown_fleet_run_is_404_and_a_malformed_id_no_page() -> None:
+    app = console(FakeCluster())
+    missing = await ask(app, "GET", f"/fleet/{GROUP}")
+    assert missing.status == 404 and f"no fleet run {GROUP}" in text(missing)
+    assert (await ask(app, "GET", "/fleet/g-nothex")).status == 404
+
+
+async def test_a_part_s_job_page_links_its_fleet_run_and_only_a_well_formed_one() -> None:
+    part = job_record(JOB, "FAILED", spec={"fleet": {"group": GROUP, "host": "web1"}})
+    forged = job_record("1" * 20, spec={"fleet": {"group": f'"><script>{XSS}', "host": "x"}})
+    plain = job_record("2" * 20)
+    app = console(FakeCluster(jobs=[part, forged, plain]))
+    page = text(await ask(app, "GET", f"/jobs/{JOB}"))
+    assert f'id="fleet" href="/fleet/{GROUP}"' in page and "(host web1)" in page
+    for other in (forged, plain):
+        assert 'id="fleet"' not in text(await ask(app, "GET", f"/jobs/{other['id']}"))

@@ -178,7 +178,7 @@ async def _serve_metrics(
     metrics.listen cannot be bound, which the operator must fix."""
     if config.metrics.listen is None:
         return True
-    server = MetricsServer(metrics.registry, *config.metrics.listen)
+    server = MetricsServer(metrics.registry, *config.metrics.listen, config.metrics.allow)
     try:
         await server.start()
     except ListenError as exc:

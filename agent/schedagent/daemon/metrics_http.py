@@ -4,18 +4,22 @@ On the loop, not in prometheus-client's own server thread: the figures read at s
 time (running jobs, the leader's view) are the loop's data structures, which another
 thread could see half-changed (a dict resized under its iteration). A scrape costs the
 loop a millisecond or so every scrape interval; slow or silent clients cost it nothing
-(each connection is bounded in time and size).
+(each connection is bounded in time and size). A peer outside metrics.allow (when set)
+gets 403 and no figure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from schedagent.config import IPNetwork
 from schedagent.errors import ListenError
 from schedagent.tasks import cancel_and_wait
 
@@ -23,12 +27,19 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0
 MAX_HEAD = 8192
+# Refused peers logged once each, at most this many: a scanner cannot flood the log.
+MAX_LOGGED_REFUSALS = 100
 
 
 class MetricsServer:
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, host: str, port: int, allow: Sequence[IPNetwork] = ()
+    ) -> None:
+        """allow: the peers that may scrape; empty, any that can connect."""
         self.registry = registry
         self.host, self.port = host, port
+        self.allow = tuple(allow)
+        self._refused: set[str] = set()
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
@@ -75,7 +86,9 @@ class MetricsServer:
         head = await reader.readuntil(b"\r\n\r\n")
         method, _, rest = head.partition(b" ")
         path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-        if method not in (b"GET", b"HEAD"):
+        if not self._allowed(writer.get_extra_info("peername")):
+            status, body, kind = "403 Forbidden", b"", "text/plain"
+        elif method not in (b"GET", b"HEAD"):
             status, body, kind = "405 Method Not Allowed", b"GET only\n", "text/plain"
         elif path != b"/metrics":
             status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
@@ -88,3 +101,21 @@ class MetricsServer:
         if method != b"HEAD":
             writer.write(body)
         await writer.drain()
+
+    def _allowed(self, peer: object) -> bool:
+        """Whether the connection's source address is in metrics.allow (or it is empty)."""
+        if not self.allow:
+            return True
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        try:
+            address = ipaddress.ip_address(str(host).split("%", 1)[0])
+        except ValueError:
+            address = None  # not an IP peer (a Unix socket): not on any list
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 client of a dual-stack [::] listen
+        if address is not None and any(address in network for network in self.allow):
+            return True
+        if len(self._refused) < MAX_LOGGED_REFUSALS and str(host) not in self._refused:
+            self._refused.add(str(host))
+            log.warning("metrics: refused a scrape from %s: not in metrics.allow", host)
+        return False

@@ -60,7 +60,9 @@ class Cluster(Protocol):
 
     async def schedule_action(self, action: str, name: str) -> Record: ...
 
-    # Fleet runs (another engineer's work) add their verbs here, and a page in pages/.
+    async def fleet_get(self, group_id: str) -> Record: ...
+
+    async def fleet_cancel(self, group_id: str) -> Record: ...
 
 
 class NatsCluster:
@@ -127,6 +129,15 @@ class NatsCluster:
         if self.key is None:
             raise CtlError("schedules are always signed: no operator key (see schedctl keygen)")
         return await signed_action(self.client, action, name, self.key)
+
+    async def fleet_get(self, group_id: str) -> Record:
+        return await self.client.call("fleet_get", {"id": group_id})
+
+    async def fleet_cancel(self, group_id: str) -> Record:
+        if self.key is None:
+            raise CtlError("fleet runs are always signed: no operator key (see schedctl keygen)")
+        signature = self.key.sign_group_cancel(group_id).to_dict()
+        return await self.client.call("fleet_cancel", {"id": group_id, "signature": signature})
 
 
 def _capped(chunks: list[tuple[str, str]], next_seq: int) -> Output:

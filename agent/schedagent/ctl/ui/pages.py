@@ -9,7 +9,8 @@ from typing import Any
 
 import jinja2
 
-from schedagent.core import tail
+from schedagent.core import rollout, tail
+from schedagent.core.fleet import GROUP_ID_RE
 from schedagent.core.model import FINAL_STATES, JobState
 from schedagent.ctl.client import ApiError, Record, field
 from schedagent.ctl.ui.console import Cluster
@@ -19,6 +20,7 @@ from schedagent.errors import SpecError
 
 JOB_ID = r"(?P<job>[0-9a-f]{20})"
 SCHEDULE_NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})"
+GROUP_ID = r"(?P<group>g-[0-9a-f]{20})"
 
 
 async def find_jobs(cluster: Cluster, wanted: JobFilter) -> tuple[list[Record], str | None]:
@@ -39,6 +41,14 @@ async def find_jobs(cluster: Cluster, wanted: JobFilter) -> tuple[list[Record], 
         if not batch or (len(batch) < PAGE_SIZE and not reply.get("next")):
             return found, None
     return found, before
+
+
+def group_of(job: Record) -> str | None:
+    """The id of the fleet run a job is a part of, if it is one (a well-formed id only:
+    it goes into a link)."""
+    origin = (job.get("spec") or {}).get("fleet")
+    group = origin.get("group") if isinstance(origin, dict) else None
+    return group if isinstance(group, str) and GROUP_ID_RE.match(group) else None
 
 
 def output_from_record(job: Record) -> tuple[list[tuple[str, str]], str]:
@@ -70,7 +80,9 @@ class Pages:
         router.add("GET", "/schedules", self.schedules)
         router.add("GET", f"/schedules/{SCHEDULE_NAME}", self.schedule)
         router.add("POST", f"/schedules/{SCHEDULE_NAME}/(?P<action>pause|resume)", self.act)
-        # Fleet runs (another engineer's work) add their pages here, and "/fleet" to NAV.
+        # No agent verb lists fleet runs: a run's page is reached from its parts' pages.
+        router.add("GET", f"/fleet/{GROUP_ID}", self.fleet)
+        router.add("POST", f"/fleet/{GROUP_ID}/cancel", self.fleet_cancel)
         return router
 
     def render(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
@@ -124,6 +136,7 @@ class Pages:
             chunks=chunks,
             next_seq=output.next_seq,
             output_note=note,
+            group=group_of(record),
         )
 
     async def job_output(self, request: Request) -> Response:
@@ -192,3 +205,21 @@ class Pages:
         name = request.params["name"]
         await self.cluster.schedule_action(request.params["action"], name)
         return redirect(f"/schedules/{name}")
+
+    async def fleet(self, request: Request) -> Response:
+        reply = await self.cluster.fleet_get(request.params["group"])
+        group: Record = field(reply, "group", dict)
+        counts = field(reply, "counts", dict)
+        return self.render(
+            request,
+            "fleet.html",
+            group=group,
+            d=group.get("definition") or {},
+            hosts=[h for h in field(reply, "hosts", list) if isinstance(h, dict)],
+            summary=rollout.summary({str(k): int(v) for k, v in counts.items()}),
+        )
+
+    async def fleet_cancel(self, request: Request) -> Response:
+        group_id = request.params["group"]
+        await self.cluster.fleet_cancel(group_id)
+        return redirect(f"/fleet/{group_id}")

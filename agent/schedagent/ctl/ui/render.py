@@ -9,7 +9,8 @@ import jinja2
 
 from schedagent.ctl import format as fmt
 
-# The pages in the navigation bar. Fleet runs, once they exist, add ("/fleet", "Fleet").
+# The pages in the navigation bar. Fleet runs have none: no agent verb lists them (a
+# run's page, /fleet/<id>, is linked from its parts' job pages).
 NAV = (("/nodes", "Nodes"), ("/jobs", "Jobs"), ("/schedules", "Schedules"), ("/submit", "Submit"))
 
 
@@ -35,6 +36,21 @@ def _schedule_when(schedule: Any) -> str:
     return f"{definition.get('cron')} ({definition.get('tz')})"
 
 
+def _selector(selector: object) -> str:
+    """Which hosts a fleet run targets, as `schedctl run` is told: all, labels or nodes."""
+    if not isinstance(selector, dict):
+        return "-"
+    if selector.get("all"):
+        return "every known host"
+    if selector.get("labels"):
+        return "labels " + fmt.pairs(selector["labels"])
+    return "nodes " + ", ".join(map(str, selector.get("nodes") or []))
+
+
+def _seconds(value: object) -> str:
+    return f"{value:.1f}s" if isinstance(value, int | float) else "-"
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("schedagent.ctl.ui", "templates"),
@@ -52,6 +68,8 @@ def environment() -> jinja2.Environment:
         short=_plain(lambda cmd: fmt.short(cmd, 80)),
         load=_plain(_load),
         schedule_when=_schedule_when,
+        selector=_plain(_selector),
+        seconds=_plain(_seconds),
     )
     env.globals["nav"] = NAV
     return env
