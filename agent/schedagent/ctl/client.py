@@ -19,7 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from schedagent.core import wire
 from schedagent.core.model import FINAL_STATES
 from schedagent.ctl.exits import EXIT_ERROR, EXIT_NO_CLUSTER, EXIT_NOT_FOUND
-from schedagent.errors import WireError
+from schedagent.errors import SchedagentError, WireError
 from schedagent.nats.connect import connect, keep_reconnecting, tls_context, without_secrets
 
 # A timed-out submit may still have been applied; the idempotency key makes resending safe.
@@ -34,7 +34,7 @@ IDLE_HEARTBEAT = 2.0
 Record = dict[str, Any]
 
 
-class CtlError(Exception):
+class CtlError(SchedagentError):
     """A failure schedctl reports as one line on stderr, with its exit status."""
 
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
