@@ -116,6 +116,9 @@ def _inventory(base: Path) -> tuple[dict[str, object], dict[str, dict[str, int]]
                 "etcd_address": "127.0.0.1",
                 "nats_address": "127.0.0.1",
                 "schedagent_labels": {"zone": "a"},
+                # The role's default job user is the package's schedjob, which only the
+                # .deb creates: these agents run from the checkout, so jobs run as nobody.
+                "schedagent_job_user": "nobody",
             },
             "hosts": hosts,
             "children": {
