@@ -11,8 +11,6 @@ looks again on every group change, and every POLL seconds while a group is unfin
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -46,14 +44,7 @@ class FleetLoop:
         self.view: Mirror[Group] = Mirror(jobs.store, keys.groups, _decode)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.view.run())
-            await self.view.synced.wait()
-            while True:
-                self.view.changed.clear()
-                wake_in = await self.run_pass()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.view.changed.wait(), wake_in)
+        await self.view.drive(self.run_pass)
 
     async def run_pass(self) -> float:
         """Advance every unfinished group; seconds until the next pass."""

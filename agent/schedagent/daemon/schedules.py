@@ -15,8 +15,6 @@ handled it (so the runs it waits for exist), or is skipped if a parent did not r
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -65,14 +63,7 @@ class ScheduleLoop:
         self.cyclic: dict[str, str] = {}  # name -> why its slots are skipped (after cycle)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.view.run())
-            await self.view.synced.wait()
-            while True:
-                self.view.changed.clear()
-                wake_in = await self.run_pass()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.view.changed.wait(), wake_in)
+        await self.view.drive(self.run_pass)
 
     async def run_pass(self) -> float:
         """Advance every schedule whose next slot is due; seconds until one is."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from schedagent.errors import StoreUnavailableError
@@ -54,6 +55,18 @@ class Mirror(Generic[T]):
         so a listener can keep its own structures in step without rescanning items."""
         self._on_change.append(on_change)
         self._on_reset.append(on_reset)
+
+    async def drive(self, step: Callable[[], Awaitable[float]]) -> None:
+        """Run the mirror and, once synced, step() on every change or when the seconds it
+        returned have passed: the leader's schedule and fleet loops."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.run())
+            await self.synced.wait()
+            while True:
+                self.changed.clear()
+                wake_in = await step()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), wake_in)
 
     async def run(self) -> None:
         """Run until cancelled."""
