@@ -66,7 +66,10 @@ async def test_a_job_whose_node_is_lost_after_its_cancel_is_not_retried(
     # again elsewhere.
     cluster: LocalCluster = cluster_factory(2, agent_overrides={**FAST, "node_ttl": 3})
     ran = tmp_path / "marks"
-    async with ApiClient(cluster.nats_url) as api:
+    # Each try routed to the frozen agent is lost; short tries make the cancel land on
+    # the live one well before the frozen one's 3 s lease runs out (at 2 s a try, five
+    # unlucky draws in a row let the retry win the race and the test fail).
+    async with ApiClient(cluster.nats_url, try_timeout=0.25) as api:
         job_id = await api.submit(marks.marked("sleep 600", ran, beat=True), retries=2)
         victim = cluster.agents[(await api.wait_for(job_id, {"RUNNING"}))["node"]]
         # Frozen once the command has begun (RUNNING is written before its cgroup lets
