@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import time
 from typing import Any
@@ -174,3 +175,39 @@ async def test_a_host_that_joins_after_missed_slots_gets_one_catch_up_run_not_al
     assert skipped and (skipped[0]["count"] or 0) >= 3, final["recent"]
     after = sorted(s for s in ran["node1"] if s >= joined_at)
     assert after and all(s in ran["node3"] for s in after), (after, ran["node3"])
+
+
+async def test_forbid_skips_slots_while_the_previous_fleet_run_has_unfinished_parts(
+    cluster_factory: Any,
+) -> None:
+    cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
+    name = "slow"
+    async with ApiClient(cluster.nats_url) as api:
+        # One host at a time, 1.5 s each: a run lasts 4.5 s or more, slots come every 2 s.
+        cmd = part_cmd("sleep 1.5")
+        args = ["--every", "2s", "--all", "--max-parallel", "1", "--max-failures", "3"]
+        made = await asyncio.to_thread(
+            schedctl, cluster, "schedule", "create", name, "--cmd", cmd, *args
+        )
+        assert made.returncode == 0, made.stderr
+        await wait_for("3 whole runs", 60, lambda: _whole_runs(cluster, name) >= 3)
+        final = await quiesce(cluster, api, name)
+    by_slot: dict[int, list[Any]] = collections.defaultdict(list)
+    for run in _runs(cluster):
+        by_slot[slot_of(run.job)].append(run)
+    ordered = sorted(by_slot.items())
+    for (slot, runs), (later, next_runs) in itertools.pairwise(ordered):
+        ended = max(r.last for r in runs)
+        started = min(r.start for r in next_runs)
+        assert started > ended, f"slot {later} started while slot {slot}'s run went on"
+    forbid = [e for e in final["recent"] if str(e.get("skipped", "")).startswith("forbid")]
+    assert forbid, final["recent"]
+
+
+def _whole_runs(cluster: LocalCluster, name: str) -> int:
+    """Slots every host has run and ended."""
+    ran = [r for r in _runs(cluster) if r.ended]
+    hosts_by_slot: dict[int, set[str]] = collections.defaultdict(set)
+    for run in ran:
+        hosts_by_slot[slot_of(run.job)].add(run.host)
+    return sum(len(hosts) == len(cluster.agents) for hosts in hosts_by_slot.values())
