@@ -126,6 +126,8 @@ async def test_an_all_schedule_runs_once_per_slot_on_every_host_across_a_leader_
     assert "fleet: all" in listed.stdout, listed.stdout
     text = await asyncio.to_thread(schedctl, cluster, "schedule", "show", name)
     assert f"fleet run {groups[-1]}  done: 3 succeeded" in text.stdout, text.stdout
+    table = await asyncio.to_thread(schedctl, cluster, "status", groups[-1])
+    assert f"(schedule {name}, slot " in table.stdout, table.stdout
 
 
 def _runs(cluster: LocalCluster) -> list[Any]:

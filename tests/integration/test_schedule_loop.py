@@ -114,3 +114,50 @@ async def test_two_loops_at_once_make_one_group_per_slot_of_a_fleet_schedule(
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_replace_cancels_a_fleet_schedules_unfinished_group_and_forbid_skips(
+    etcd_server: Any,
+) -> None:
+    """Two slots due at once: the first slot's group has targets without a part yet
+    (no fleet loop runs here), so it still runs when the second slot fires."""
+    store = Store([etcd_server.url])
+    await store.connect()
+    try:
+        await store.txn([], [Put(KEYS.host("a"), KnownHost(name="a", labels={}).to_json())])
+        key = SigningKey.generate()
+        loop = ScheduleLoop(KEYS, JobStore(store, KEYS), QuietBus(), [])  # type: ignore[arg-type]
+        loop.led_since = time.time()
+        made = {}
+        for policy in ("replace", "forbid"):
+            definition = parse_definition(
+                {
+                    "name": policy,
+                    "every": 1,
+                    "job": {"cmd": "true"},
+                    "catch_up": "all",
+                    "concurrency": policy,
+                    "fleet": {"selector": {"all": True}, "policy": {}},
+                }
+            )
+            signature = key.sign_schedule(definition.to_dict(), now=time.time() - 2.5)
+            schedule = Schedule(definition, signature)
+            assert await ScheduleStore(store, KEYS).create(schedule)
+            read_at = (await store.get(KEYS.schedule(policy))).mod_revision  # type: ignore[union-attr]
+            await loop.advance(schedule, read_at)
+            kvs, _ = await store.get_prefix(KEYS.groups)
+            groups = [Group.from_json(kv.value) for kv in kvs]
+            made[policy] = sorted(
+                (g.schedule["slot"], g.canceled)
+                for g in groups
+                if g.schedule is not None and g.schedule["name"] == policy
+            )
+        replaced = made["replace"]
+        assert len(replaced) >= 2 and not replaced[-1][1], replaced
+        assert all(canceled for _, canceled in replaced[:-1]), replaced
+        assert len(made["forbid"]) == 1 and not made["forbid"][0][1], made["forbid"]
+        state, _ = await ScheduleStore(store, KEYS).state("forbid")
+        assert state is not None
+        assert any(str(e.get("skipped", "")).startswith("forbid") for e in state.recent)
+    finally:
+        await store.close()
