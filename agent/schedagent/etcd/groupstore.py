@@ -16,7 +16,7 @@ from schedagent.core.names import Keys
 from schedagent.errors import NotFoundError
 from schedagent.etcd import malformed
 from schedagent.etcd.jobstore import decode_job, decode_node
-from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Op, Put, Store
+from schedagent.etcd.store import KV, Absent, Compare, Delete, ModRevisionIs, Op, Put, Store
 
 # Parts per transaction: two compares each (absent live and done) under etcd's 128.
 PARTS_PER_TXN = 48
@@ -67,6 +67,17 @@ class GroupStore:
         live = await self.nodes()
         known.update((node.name, dict(node.labels)) for node in live)
         return known, {node.name for node in live if not node.draining}
+
+    async def forget(self, name: str) -> bool | None:
+        """Forget a host that is gone for good: its hosts/ record and any cordon, so
+        `--all` no longer names it. None if it is live (its node record exists: the
+        agent would only write hosts/ again); else whether it was known at all."""
+        known = await self.store.get(self.keys.host(name)) is not None
+        gone = Absent(self.keys.node(name))
+        deletes = [Delete(self.keys.host(name)), Delete(self.keys.cordon(name))]
+        if not await self.store.txn([gone], deletes):
+            return None
+        return known
 
     async def online(self) -> set[str]:
         """The hosts online now: a live, not draining node record."""
