@@ -8,7 +8,7 @@ has one job in a group.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from schedagent.core.fleet import Group, part_job_id
 from schedagent.core.model import Job, KnownHost, NodeRecord
@@ -86,6 +86,19 @@ class GroupStore:
     async def nodes(self) -> list[NodeRecord]:
         kvs, _ = await self.store.get_prefix(self.keys.nodes)
         return [node for node in map(decode_node, kvs) if node is not None]
+
+    async def ended_before(self, cutoff: float) -> AsyncIterator[tuple[KV, Group]]:
+        """The ended groups accepted before cutoff, a page of records at a time."""
+        async for page in self.store.scan(self.keys.groups):
+            for kv in page.kvs:
+                group = decode_group(kv)
+                if group is not None and group.done and group.accepted_at < cutoff:
+                    yield kv, group
+
+    async def delete_if_unchanged(self, kv: KV, fence: Sequence[Compare]) -> bool:
+        return await self.store.txn(
+            [*fence, ModRevisionIs(kv.key, kv.mod_revision)], [Delete(kv.key)]
+        )
 
     async def parts(self, group: Group) -> dict[str, Job]:
         """The jobs the group's targets have so far (host -> job, live or final)."""
