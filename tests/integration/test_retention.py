@@ -124,9 +124,7 @@ async def test_a_fleet_run_goes_once_every_one_of_its_jobs_has(store: Store) -> 
     groups = GroupStore(store, KEYS)
 
     async def put_group(hosts: list[str], done: bool, accepted: float, parts: list[str]) -> str:
-        group = dataclasses.replace(
-            signed_group("true", {"all": True}, hosts), accepted_at=accepted
-        )
+        group = signed_group("true", {"all": True}, hosts, accepted_at=accepted)
         group = dataclasses.replace(group, done=done)
         assert await groups.create(group)
         for host in parts:
@@ -144,12 +142,12 @@ async def test_a_fleet_run_goes_once_every_one_of_its_jobs_has(store: Store) -> 
     assert await remaining(store, KEYS.groups) == {
         KEYS.group(g) for g in (part_left, not_ended, recent)
     }
-    assert gone not in {k.rsplit("/", 1)[-1] for k in await remaining(store, KEYS.groups)}
+    assert KEYS.group(gone) not in await remaining(store, KEYS.groups)
     # Its last part swept by the job retention, the group follows at the next sweep.
     assert await Retention(lambda: JobsConfig(retention=600), jobs, []).sweep(now + 1) == 1
     assert await sweep_groups(groups, now - 600, []) == 1
     assert KEYS.group(part_left) not in await remaining(store, KEYS.groups)
-    # A deposed leader deletes none.
+    # A deposed leader deletes none (`recent` is past this cutoff).
     lost_fence = [CreateRevisionIs(KEYS.job("no-such-election-key"), 1)]
     await store.txn([], [Put(KEYS.group(not_ended), b"")])  # malformed: logged, skipped
     assert await sweep_groups(groups, now, lost_fence) == 0

@@ -22,6 +22,8 @@ from schedagent.etcd.store import KV, Absent, Compare, Delete, ModRevisionIs, Op
 PARTS_PER_TXN = 48
 # Keys per read: a part is looked for under jobs/ and done/.
 KEYS_PER_READ = 128
+# Group records per read in a retention sweep: up to ~300 KiB each (10,000 targets).
+GROUPS_PER_READ = 16
 
 
 def decode_group(kv: KV) -> Group | None:
@@ -88,12 +90,21 @@ class GroupStore:
         return [node for node in map(decode_node, kvs) if node is not None]
 
     async def ended_before(self, cutoff: float) -> AsyncIterator[tuple[KV, Group]]:
-        """The ended groups accepted before cutoff, a page of records at a time."""
-        async for page in self.store.scan(self.keys.groups):
+        """The ended groups accepted before cutoff, a page of records at a time.
+
+        A group id is `g-` and a job id, whose first 12 digits are its millisecond
+        clock: only ids below the cutoff's are read, so recent runs cost no sweep."""
+        start = self.keys.group("g-")
+        end = self.keys.group(f"g-{int(cutoff * 1000):012x}")
+        while True:
+            page = await self.store.range_page(start, end, GROUPS_PER_READ)
             for kv in page.kvs:
                 group = decode_group(kv)
                 if group is not None and group.done and group.accepted_at < cutoff:
                     yield kv, group
+            if not page.more or not page.kvs:
+                return
+            start = page.kvs[-1].key + "\0"
 
     async def delete_if_unchanged(self, kv: KV, fence: Sequence[Compare]) -> bool:
         return await self.store.txn(
