@@ -55,13 +55,20 @@ def results(cluster: LocalCluster, group_id: str) -> dict[str, str]:
 
 
 def signed_group(
-    cmd: str, selector: dict[str, Any], hosts: list[str], key: SigningKey | None = None
+    cmd: str,
+    selector: dict[str, Any],
+    hosts: list[str],
+    key: SigningKey | None = None,
+    accepted_at: float | None = None,
 ) -> Group:
+    """A group signed by key (the harness's), made at accepted_at (its id's clock too)."""
+    group_id = f"g-{new_job_id(accepted_at)}"
     definition = parse_definition(
-        {"id": f"g-{new_job_id()}", "job": {"cmd": cmd}, "selector": selector, "policy": {}}
+        {"id": group_id, "job": {"cmd": cmd}, "selector": selector, "policy": {}}
     )
     signature = (key or harness_key()[0]).sign_group(definition.to_dict())
-    return Group(definition, signature, 0.0, tuple(Target(h, True) for h in hosts))
+    targets = tuple(Target(h, True) for h in hosts)
+    return Group(definition, signature, accepted_at or 0.0, targets)
 
 
 def group_id_of(done: subprocess.CompletedProcess[str]) -> str:

@@ -41,12 +41,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
                 print(f"--- {agent.name} log tail ---\n{agent.log_tail(15)}")
 
 
-@pytest.fixture
-async def api(cluster: LocalCluster) -> Any:
-    async with ApiClient(cluster.nats_url) as client:
-        yield client
-
-
 def max_concurrent_cpus(intervals: list[tuple[float, float, float]]) -> float:
     """Peak of the summed CPUs over time, from (start, end, cpus) intervals."""
     points = []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from apiclient import ApiClient
-from schedagent.ctl.exits import EXIT_ERROR, EXIT_NOT_FOUND
+from schedagent.ctl.exits import EXIT_ERROR, EXIT_HOSTS_MISSED, EXIT_NOT_FOUND
 from schedagent.dev import marks
 from schedagent.dev.cluster import LocalCluster
 
@@ -166,3 +166,38 @@ async def test_explain_names_why_and_a_placed_jobs_node(cluster_factory: Any) ->
         status, out = await schedctl(cluster, "explain", placed)
         assert status == 0 and "RUNNING on node2 (attempt 1): the only node it is pinned to" in out
         await api.call("cancel", id=job_id)
+
+
+async def test_a_forgotten_node_is_no_longer_a_fleet_target_until_it_comes_back(
+    cluster_factory: Any,
+) -> None:
+    cluster: LocalCluster = cluster_factory(2, agent_overrides=FAST)
+    async with ApiClient(cluster.nats_url) as api:
+        status, out = await schedctl(cluster, "node", "forget", "node2")
+        assert status == EXIT_ERROR and "node node2 is up" in out, (status, out)
+        await asyncio.to_thread(cluster.agents["node2"].stop)
+        await wait_until_not_listed(api, "node2")
+        # Stopped, it is still known: a fleet run over --all names it unreachable.
+        status, out = await schedctl(cluster, "run", "--all", "--cmd", "true", "--wait")
+        assert status == EXIT_HOSTS_MISSED and "1 unreachable" in out, (status, out)
+        status, out = await schedctl(cluster, "node", "forget", "node2")
+        assert (status, out) == (0, "node node2 forgotten: fleet runs no longer name it\n")
+        status, out = await schedctl(cluster, "run", "--all", "--cmd", "true", "--wait")
+        assert status == 0 and out.startswith("1 succeeded\n"), (status, out)
+        status, out = await schedctl(cluster, "node", "forget", "node2")
+        assert status == EXIT_NOT_FOUND and "not known" in out, (status, out)
+        # Back, it is known again.
+        await asyncio.to_thread(cluster.agents["node2"].start)
+        await asyncio.to_thread(cluster.wait_for_nodes, ["node2"])
+        await asyncio.to_thread(cluster.agents["node2"].stop)
+        await wait_until_not_listed(api, "node2")
+        status, out = await schedctl(cluster, "run", "--all", "--cmd", "true", "--wait")
+        assert status == EXIT_HOSTS_MISSED, (status, out)
+
+
+async def wait_until_not_listed(api: ApiClient, node: str) -> None:
+    for _ in range(150):
+        if node not in {n["name"] for n in (await api.call("nodes"))["nodes"]}:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{node} still listed")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,6 @@ STRANGER = SigningKey.generate()
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(2, base_dir=tmp_path_factory.mktemp("fleetsec")) as local:
         yield local
-
-
-@pytest.fixture
-async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
-    async with ApiClient(cluster.nats_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def store(cluster: LocalCluster) -> AsyncIterator[Store]:
-    etcd = Store([cluster.etcd_endpoint])
-    await etcd.connect()
-    yield etcd
-    await etcd.close()
 
 
 def forged_parts(pwned: Path) -> dict[str, tuple[str, JobSpec, str]]:

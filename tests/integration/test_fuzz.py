@@ -93,6 +93,9 @@ def is_valid_read(verb: str, body: bytes) -> bool:
     return verb in ("nodes", "leader") or (verb == "list" and isinstance(parsed, dict))
 
 
+# Ten thousand round trips: a minute on a quiet machine, over the suite's 300 s default
+# once under a loaded CI run's.
+@pytest.mark.timeout(900)
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

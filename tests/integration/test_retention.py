@@ -5,21 +5,27 @@ under jobs/ are swept or moved to done/, and a deposed leader deletes nothing.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+import etcdhttp
 from apiclient import ApiClient
+from fleethelp import group_id_of, schedctl, signed_group
 from schedagent.config import JobsConfig
+from schedagent.core.fleet import part_job_id
 from schedagent.core.model import Job, JobState, new_job_id
 from schedagent.core.names import Keys
 from schedagent.core.spec import parse_spec
+from schedagent.daemon.groupretention import sweep_groups
 from schedagent.daemon.retention import Retention
 from schedagent.dev.cluster import LocalCluster
 from schedagent.dev.procs import EtcdServer
 from schedagent.errors import FencedError
+from schedagent.etcd.groupstore import GroupStore
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.store import CreateRevisionIs, Put, Store
 
@@ -112,6 +118,41 @@ async def test_a_deposed_leader_deletes_nothing(store: Store) -> None:
     assert len(await remaining(store, KEYS.jobs)) == 3
 
 
+async def test_a_fleet_run_goes_once_every_one_of_its_jobs_has(store: Store) -> None:
+    now = time.time()
+    jobs = JobStore(store, KEYS)
+    groups = GroupStore(store, KEYS)
+
+    async def put_group(hosts: list[str], done: bool, accepted: float, parts: list[str]) -> str:
+        group = signed_group("true", {"all": True}, hosts, accepted_at=accepted)
+        group = dataclasses.replace(group, done=done)
+        assert await groups.create(group)
+        for host in parts:
+            spec, part_id = group.part_spec(host), part_job_id(group.id, host)
+            part = Job(id=part_id, spec=spec, state=JobState.SUCCEEDED, submitted_at=now)
+            part.updated_at = now
+            await put(store, [part])
+        return group.id
+
+    gone = await put_group(["a", "b"], True, now - 3600, [])
+    part_left = await put_group(["a", "b"], True, now - 3600, ["b"])
+    not_ended = await put_group(["a"], False, now - 3600, [])
+    recent = await put_group(["a"], True, now - 10, [])
+    assert await sweep_groups(groups, now - 600, []) == 1
+    assert await remaining(store, KEYS.groups) == {
+        KEYS.group(g) for g in (part_left, not_ended, recent)
+    }
+    assert KEYS.group(gone) not in await remaining(store, KEYS.groups)
+    # Its last part swept by the job retention, the group follows at the next sweep.
+    assert await Retention(lambda: JobsConfig(retention=600), jobs, []).sweep(now + 1) == 1
+    assert await sweep_groups(groups, now - 600, []) == 1
+    assert KEYS.group(part_left) not in await remaining(store, KEYS.groups)
+    # A deposed leader deletes none (`recent` is past this cutoff).
+    lost_fence = [CreateRevisionIs(KEYS.job("no-such-election-key"), 1)]
+    await store.txn([], [Put(KEYS.group(not_ended), b"")])  # malformed: logged, skipped
+    assert await sweep_groups(groups, now, lost_fence) == 0
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(
@@ -140,3 +181,19 @@ async def test_the_leader_forgets_finished_jobs_after_the_retention(cluster: Loc
         assert again != done
         await api.call("cancel", id=pending)
         await api.call("cancel", id=running)
+
+
+@pytest.mark.slow
+async def test_the_leader_forgets_a_fleet_run_after_its_jobs(cluster: LocalCluster) -> None:
+    done = await asyncio.to_thread(schedctl, cluster, "run", "--all", "--cmd", "true", "--wait")
+    assert done.returncode == 0, done.stderr
+    group = group_id_of(done)
+    deadline = time.monotonic() + 30
+    while await asyncio.to_thread(
+        etcdhttp.get, cluster.etcd_endpoint, cluster.etcd_prefix + "/groups/" + group
+    ):
+        assert time.monotonic() < deadline, "the ended fleet run was never deleted"
+        await asyncio.sleep(0.2)
+    # Its jobs went first: no record of any part is left.
+    left = await asyncio.to_thread(etcdhttp.under, cluster.etcd_endpoint, cluster.etcd_prefix + "/")
+    assert not [key for key, value in left.items() if group.encode() in value], sorted(left)

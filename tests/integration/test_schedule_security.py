@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -36,20 +36,6 @@ STRANGER = SigningKey.generate()
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(2, base_dir=tmp_path_factory.mktemp("schedsec")) as local:
         yield local
-
-
-@pytest.fixture
-async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
-    async with ApiClient(cluster.nats_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def store(cluster: LocalCluster) -> AsyncIterator[Store]:
-    etcd = Store([cluster.etcd_endpoint])
-    await etcd.connect()
-    yield etcd
-    await etcd.close()
 
 
 async def paused_schedule(api: ApiClient, name: str, cmd: str) -> Schedule:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import pwd
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +30,6 @@ from schedagent.host.jobprocs import job_attempts
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(2, base_dir=tmp_path_factory.mktemp("secure")) as local:
         yield local
-
-
-@pytest.fixture
-async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
-    async with ApiClient(cluster.nats_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def store(cluster: LocalCluster) -> AsyncIterator[Store]:
-    etcd = Store([cluster.etcd_endpoint])
-    await etcd.connect()
-    yield etcd
-    await etcd.close()
 
 
 async def inject(store: Store, api: ApiClient, spec: dict[str, Any], node: str = "node1") -> str:

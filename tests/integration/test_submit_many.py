@@ -34,12 +34,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         local.stop()
 
 
-@pytest.fixture
-async def api(cluster: LocalCluster) -> Any:
-    async with ApiClient(cluster.nats_url) as client:
-        yield client
-
-
 def schedctl(cluster: LocalCluster, *args: str, stdin: str | None = None) -> Any:
     argv = [SCHEDCTL, "--nats", cluster.nats_url, "--key", str(cluster.key_path), *args]
     return subprocess.run(

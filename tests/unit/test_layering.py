@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "agent" / "schedagent"
-TOP_LEVEL = {"schedagent", "schedagent.config", "schedagent.errors", "schedagent.tasks"}
+# The helpers every part may use: the config, the error tree, owned tasks, and the stream
+# server under both the agent's metrics endpoint and the console.
+TOP_LEVEL = {
+    "schedagent",
+    "schedagent.config",
+    "schedagent.errors",
+    "schedagent.tasks",
+    "schedagent.streamserver",
+}
 
 # What each sub-package may import of schedagent besides the top-level modules.
 ALLOWED = {

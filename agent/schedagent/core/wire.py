@@ -271,7 +271,7 @@ def ok(fields: Mapping[str, Any]) -> Body:
 
 
 def error(code: str, message: str) -> Body:
-    """code: bad_request, not_found, unavailable or internal."""
+    """code: bad_request, not_found, conflict, unavailable or internal."""
     return {"ok": False, "error": message, "code": code}
 
 

@@ -201,6 +201,8 @@ def format_nodes(nodes: Sequence[Record], cordons: Sequence[Record] | None = Non
 
 def format_cordon(action: str, name: str, reply: Record) -> str:
     cordon = reply.get("cordon")
+    if action == "forget":
+        return f"node {name} forgotten: fleet runs no longer name it"
     if action == "uncordon" or not isinstance(cordon, dict):
         return f"node {name} takes new jobs again"
     return f"node {name} {_cordon_state(cordon)}"

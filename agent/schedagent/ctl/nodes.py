@@ -1,4 +1,4 @@
-"""`schedctl node cordon|uncordon|drain NAME`: keep new jobs off a node, or empty it."""
+"""`schedctl node cordon|uncordon|drain|forget NAME`: keep jobs off a node, empty it, drop it."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _send(action: str, name: str, deadline: float | None, as_json: bool) -> None
 
 @click.group()
 def node() -> None:
-    """Cordon, drain or uncordon a node (signed with your operator key, audited)."""
+    """Cordon, drain, uncordon or forget a node (signed with your operator key, audited)."""
 
 
 @node.command()
@@ -76,3 +76,13 @@ def drain(name: str, deadline: float | None, as_json: bool) -> None:
 def uncordon(name: str, as_json: bool) -> None:
     """Node NAME takes new jobs again (ends a cordon or a drain)."""
     _send("uncordon", name, None, as_json)
+
+
+@node.command()
+@node_argument
+@json_option
+def forget(name: str, as_json: bool) -> None:
+    """Forget node NAME, decommissioned and its agent stopped: fleet runs over --all or
+    a label no longer name it (as unreachable), and its cordon goes. Refused while it is
+    up; should it come back, it is known again."""
+    _send("forget", name, None, as_json)

@@ -24,9 +24,16 @@ from schedagent.daemon.gate import Gate, Refused, audit
 from schedagent.daemon.nodeapi import NodeApi, cordon_dict
 from schedagent.daemon.schedapi import ScheduleApi
 from schedagent.daemon.submit import SubmitMany
-from schedagent.errors import NotFoundError, SchedagentError, SpecError, StoreUnavailableError
+from schedagent.errors import (
+    ConflictError,
+    NotFoundError,
+    SchedagentError,
+    SpecError,
+    StoreUnavailableError,
+)
 from schedagent.etcd.cordonstore import CordonStore
 from schedagent.etcd.election import Election
+from schedagent.etcd.groupstore import GroupStore
 from schedagent.etcd.jobstore import JobStore, decode_node
 from schedagent.etcd.store import Store
 from schedagent.nats.bus import Bus
@@ -66,7 +73,8 @@ class Api:
         self.handlers.update(ScheduleApi(config, self.gate, jobs, bus).handlers())
         self.handlers.update(FleetApi(config, self.gate, jobs).handlers())
         self.cordons = CordonStore(store, keys)
-        self.handlers.update(NodeApi(self.gate, self.cordons).handlers())
+        groups = GroupStore(store, keys)
+        self.handlers.update(NodeApi(self.gate, self.cordons, groups).handlers())
         self._sub: Any = None
         self.limiter = RateLimiter()
 
@@ -233,6 +241,9 @@ async def answer(handlers: Mapping[str, Handler], verb: str, data: bytes) -> dic
         return wire.error("bad_request", str(exc))
     except NotFoundError as exc:
         return wire.error("not_found", str(exc))
+    except ConflictError as exc:
+        log.info("%s request refused: %s", verb, exc)
+        return wire.error("conflict", str(exc))
     except StoreUnavailableError as exc:
         log.warning("%s request failed: %s", verb, exc)
         return wire.error("unavailable", str(exc))

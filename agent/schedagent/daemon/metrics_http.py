@@ -11,7 +11,6 @@ gets 403 and no figure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -21,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from schedagent.config import IPNetwork
 from schedagent.errors import ListenError
-from schedagent.tasks import cancel_and_wait
+from schedagent.streamserver import StreamServer
 
 log = logging.getLogger(__name__)
 
@@ -31,56 +30,30 @@ MAX_HEAD = 8192
 MAX_LOGGED_REFUSALS = 100
 
 
-class MetricsServer:
+class MetricsServer(StreamServer):
     def __init__(
         self, registry: CollectorRegistry, host: str, port: int, allow: Sequence[IPNetwork] = ()
     ) -> None:
         """allow: the peers that may scrape; empty, any that can connect."""
+        super().__init__(self._timed_answer, host, port, limit=MAX_HEAD)
         self.registry = registry
-        self.host, self.port = host, port
         self.allow = tuple(allow)
         self._refused: set[str] = set()
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
     async def start(self) -> None:
         try:
-            self._server = await asyncio.start_server(
-                self._on_client, self.host, self.port, limit=MAX_HEAD
-            )
+            await super().start()
         except OSError as exc:
             # asyncio words it "error while attempting to bind on address ...": the
             # errno's own text is the line an operator needs.
             problem = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ListenError(f"metrics.listen {self.address}: cannot listen: {problem}") from exc
-        self.port = self._server.sockets[0].getsockname()[1]  # port 0 asks for a free one
         log.info("metrics on http://%s/metrics", self.address)
 
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        await cancel_and_wait(*self._clients)
-        await self._server.wait_closed()
-
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # the server runs each client in a task of its own
-        self._clients.add(task)
-        try:
-            await asyncio.wait_for(self._answer(reader, writer), REQUEST_TIMEOUT)
-        except (TimeoutError, ConnectionError, EOFError, asyncio.LimitOverrunError):
-            pass  # a slow, oversized or vanished client: nothing to tell it
-        finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    async def _timed_answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await asyncio.wait_for(self._answer(reader, writer), REQUEST_TIMEOUT)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")

@@ -1,4 +1,4 @@
-"""The node verbs of the API: node_cordon, node_uncordon and node_drain (signed, audited)."""
+"""The node verbs of the API: node_cordon, _uncordon, _drain and _forget (signed, audited)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import msgspec
 
 from schedagent.core.cordon import Cordon, check_deadline, check_node_name
 from schedagent.daemon.gate import Gate, Refused, audit_node
-from schedagent.errors import NotFoundError, SpecError
+from schedagent.errors import ConflictError, NotFoundError, SpecError
 from schedagent.etcd.cordonstore import CordonStore
+from schedagent.etcd.groupstore import GroupStore
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +21,17 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class NodeApi:
-    def __init__(self, gate: Gate, cordons: CordonStore) -> None:
+    def __init__(self, gate: Gate, cordons: CordonStore, groups: GroupStore) -> None:
         self.gate = gate
         self.cordons = cordons
+        self.groups = groups
 
     def handlers(self) -> dict[str, Handler]:
         return {
             "node_cordon": lambda req: self.cordon(req, drain=False),
             "node_drain": lambda req: self.cordon(req, drain=True),
             "node_uncordon": self.uncordon,
+            "node_forget": self.forget,
         }
 
     def _checked(self, action: str, req: dict[str, Any]) -> tuple[str, float | None, str | None]:
@@ -69,6 +72,19 @@ class NodeApi:
             raise NotFoundError(f"node {node} is not cordoned")
         log.info("node %s uncordoned by an operator", node)
         audit_node("node-uncordon", node, signer, "uncordoned")
+        return {"node": node}
+
+    async def forget(self, req: dict[str, Any]) -> dict[str, Any]:
+        node, _, signer = self._checked("forget", req)
+        known = await self.groups.forget(node)
+        if known is None:
+            audit_node("node-forget", node, signer, "refused: it is up")
+            raise ConflictError(f"node {node} is up: stop its agent (for good) first")
+        if not known:
+            audit_node("node-forget", node, signer, "was not known")
+            raise NotFoundError(f"node {node} is not known")
+        log.info("node %s forgotten by an operator: fleet runs no longer name it", node)
+        audit_node("node-forget", node, signer, "forgotten")
         return {"node": node}
 
 

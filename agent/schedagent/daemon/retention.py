@@ -1,4 +1,4 @@
-"""Retention: the leader deletes job records that finished longer ago than jobs.retention."""
+"""Retention: the leader deletes jobs finished over jobs.retention ago, then their fleet runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from schedagent.config import JobsConfig
 from schedagent.core.model import Job
 from schedagent.core.names import Keys
+from schedagent.daemon.groupretention import sweep_groups
 from schedagent.errors import FencedError, StoreUnavailableError
+from schedagent.etcd.groupstore import GroupStore
 from schedagent.etcd.jobstore import OPS_PER_WRITE, JobStore, decode_job
 from schedagent.etcd.store import KV, Compare, Delete, ModRevisionIs, Op
 
@@ -41,6 +43,7 @@ class Retention:
         self.store = jobs.store
         self.keys = jobs.keys
         self.fence = list(fence)
+        self.groups = GroupStore(self.store, self.keys)
 
     async def run(self) -> None:
         """Sweep now and then until cancelled or deposed (the scheduler notices too)."""
@@ -49,7 +52,9 @@ class Retention:
             retention = self.jobs_config().retention
             try:
                 if retention > 0:
-                    await self.sweep(time.time() - retention)
+                    cutoff = time.time() - retention
+                    await self.sweep(cutoff)
+                    await sweep_groups(self.groups, cutoff, self.fence)
                 # Once per leadership, so an upgrade's old history leaves the live prefix;
                 # after a first pause, not while the new leader reads its view.
                 if rounds == 1:

@@ -8,7 +8,7 @@ has one job in a group.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from schedagent.core.fleet import Group, part_job_id
 from schedagent.core.model import Job, KnownHost, NodeRecord
@@ -16,12 +16,14 @@ from schedagent.core.names import Keys
 from schedagent.errors import NotFoundError
 from schedagent.etcd import malformed
 from schedagent.etcd.jobstore import decode_job, decode_node
-from schedagent.etcd.store import KV, Absent, Compare, ModRevisionIs, Op, Put, Store
+from schedagent.etcd.store import KV, Absent, Compare, Delete, ModRevisionIs, Op, Put, Store
 
 # Parts per transaction: two compares each (absent live and done) under etcd's 128.
 PARTS_PER_TXN = 48
 # Keys per read: a part is looked for under jobs/ and done/.
 KEYS_PER_READ = 128
+# Group records per read in a retention sweep: up to ~300 KiB each (10,000 targets).
+GROUPS_PER_READ = 16
 
 
 def decode_group(kv: KV) -> Group | None:
@@ -68,6 +70,17 @@ class GroupStore:
         known.update((node.name, dict(node.labels)) for node in live)
         return known, {node.name for node in live if not node.draining}
 
+    async def forget(self, name: str) -> bool | None:
+        """Forget a host that is gone for good: its hosts/ record and any cordon, so
+        `--all` no longer names it. None if it is live (its node record exists: the
+        agent would only write hosts/ again); else whether it was known at all."""
+        known = await self.store.get(self.keys.host(name)) is not None
+        gone = Absent(self.keys.node(name))
+        deletes = [Delete(self.keys.host(name)), Delete(self.keys.cordon(name))]
+        if not await self.store.txn([gone], deletes):
+            return None
+        return known
+
     async def online(self) -> set[str]:
         """The hosts online now: a live, not draining node record."""
         return {node.name for node in await self.nodes() if not node.draining}
@@ -75,6 +88,28 @@ class GroupStore:
     async def nodes(self) -> list[NodeRecord]:
         kvs, _ = await self.store.get_prefix(self.keys.nodes)
         return [node for node in map(decode_node, kvs) if node is not None]
+
+    async def ended_before(self, cutoff: float) -> AsyncIterator[tuple[KV, Group]]:
+        """The ended groups accepted before cutoff, a page of records at a time.
+
+        A group id is `g-` and a job id, whose first 12 digits are its millisecond
+        clock: only ids below the cutoff's are read, so recent runs cost no sweep."""
+        start = self.keys.group("g-")
+        end = self.keys.group(f"g-{int(cutoff * 1000):012x}")
+        while True:
+            page = await self.store.range_page(start, end, GROUPS_PER_READ)
+            for kv in page.kvs:
+                group = decode_group(kv)
+                if group is not None and group.done and group.accepted_at < cutoff:
+                    yield kv, group
+            if not page.more or not page.kvs:
+                return
+            start = page.kvs[-1].key + "\0"
+
+    async def delete_if_unchanged(self, kv: KV, fence: Sequence[Compare]) -> bool:
+        return await self.store.txn(
+            [*fence, ModRevisionIs(kv.key, kv.mod_revision)], [Delete(kv.key)]
+        )
 
     async def parts(self, group: Group) -> dict[str, Job]:
         """The jobs the group's targets have so far (host -> job, live or final)."""

@@ -8,10 +8,8 @@ installed, which would cost every agent and every schedctl command 8 MiB and 0.2
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import logging
 import re
 import ssl
 import urllib.parse
@@ -19,9 +17,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
-from schedagent.tasks import cancel_and_wait
-
-log = logging.getLogger(__name__)
+from schedagent.streamserver import StreamServer
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 256 * 1024
@@ -154,50 +150,18 @@ def encode(response: Response, head_only: bool) -> bytes:
     )
 
 
-class HttpServer:
-    """Serves `answer` on host:port (TLS with a context); every connection task owned."""
+class HttpServer(StreamServer):
+    """Serves `answer` on host:port (TLS with a context)."""
 
     def __init__(
         self, answer: Handler, host: str, port: int, tls: ssl.SSLContext | None = None
     ) -> None:
+        super().__init__(self._exchange, host, port, limit=MAX_HEAD, tls=tls)
         self.answer = answer
-        self.host, self.port, self.tls = host, port, tls
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._on_client, self.host, self.port, limit=MAX_HEAD, ssl=self.tls
-        )
-        self.port = self._server.sockets[0].getsockname()[1]  # port 0 asks for a free one
-
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        await cancel_and_wait(*self._clients)
-        await self._server.wait_closed()
-
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # the server runs each client in a task of its own
-        self._clients.add(task)
-        try:
-            await self._exchange(reader, writer)
-        except (TimeoutError, ConnectionError, EOFError, asyncio.LimitOverrunError):
-            pass  # a slow, oversized or vanished client: nothing to tell it
-        except ssl.SSLError as exc:
-            log.info("TLS handshake failed: %s", exc)
-        finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
+        return f"{'https' if self.tls else 'http'}://{self.address}/"
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         scheme = "https" if self.tls else "http"
