@@ -106,8 +106,15 @@ async def test_an_all_schedule_runs_once_per_slot_on_every_host_across_a_leader_
         await leader_node(api, TTL + 15, not_=leader)
         await asyncio.to_thread(cluster.agents[leader].start)
         await wait_for("slots after the failover", 60, lambda: _after(cluster, name, killed_at, 3))
+        await asyncio.to_thread(cluster.add_agent, "node4")  # a host joins while one leads
+        joined_at = time.time()
+        await wait_for("node4's slots", 30, lambda: _after(cluster, name, joined_at, 2))
         final = await quiesce(cluster, api, name)
+        await _fleet_only_verbs_are_refused(cluster, name)
     ran = slots_by_host(cluster, name)
+    newcomer = ran.pop("node4")
+    current = joined_at - joined_at % 3  # the slot current when node4 joined
+    assert newcomer and min(newcomer) >= current, (current, sorted(newcomer))
     assert all(-1 not in slots for slots in ran.values()), f"a part of no slot ran: {ran}"
     twice = {h: [s for s, n in slots.items() if n > 1] for h, slots in ran.items()}
     assert not any(twice.values()), f"a host ran a slot twice: {twice}"
@@ -120,14 +127,24 @@ async def test_an_all_schedule_runs_once_per_slot_on_every_host_across_a_leader_
     groups = final["last_groups"]
     assert groups and all(g.startswith("g-") for g in groups)
     last_group = await asyncio.to_thread(status, cluster, groups[-1])
-    assert last_group["counts"] == {"succeeded": 3}, last_group
+    assert last_group["counts"] == {"succeeded": 4}, last_group  # node4 included
     assert last_group["group"]["schedule"]["name"] == name
     listed = await asyncio.to_thread(schedctl, cluster, "schedule", "list")
     assert "fleet: all" in listed.stdout, listed.stdout
     text = await asyncio.to_thread(schedctl, cluster, "schedule", "show", name)
-    assert f"fleet run {groups[-1]}  done: 3 succeeded" in text.stdout, text.stdout
+    assert f"fleet run {groups[-1]}  done: 4 succeeded" in text.stdout, text.stdout
     table = await asyncio.to_thread(schedctl, cluster, "status", groups[-1])
     assert f"(schedule {name}, slot " in table.stdout, table.stdout
+
+
+async def _fleet_only_verbs_are_refused(cluster: LocalCluster, name: str) -> None:
+    """A run outside the slots and --after a fleet schedule are not built: refused."""
+    run = await asyncio.to_thread(schedctl, cluster, "schedule", "run", name)
+    assert run.returncode != 0 and "is a fleet schedule" in run.stderr, run.stderr
+    args = ["schedule", "create", "child", "--every", "3s", "--cmd", "true", "--after", name]
+    child = await asyncio.to_thread(schedctl, cluster, *args)
+    assert child.returncode != 0, child.stdout
+    assert "a fleet schedule cannot be waited for" in child.stderr, child.stderr
 
 
 def _runs(cluster: LocalCluster) -> list[Any]:
