@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-from schedagent.core import rollout
 from schedagent.core.fleet import Group, parse_selector, snapshot
 from schedagent.core.names import Keys
 from schedagent.core.schedfleet import slot_group
@@ -51,10 +50,7 @@ class SlotGroups:
                 group, _ = await self.groups.get(group_id)
             except NotFoundError:
                 continue
-            if group.done:
-                continue
-            parts = await self.groups.parts(group)
-            if any(not rollout.result_of(parts.get(host)).final for host in group.hosts()):
+            if not group.done and await self.groups.unfinished(group):
                 found.add(group_id)
         return found
 
