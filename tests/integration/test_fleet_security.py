@@ -1,5 +1,6 @@
-"""Signed fleet runs end to end: forged or altered groups, and parts for hosts outside the
-selector, are refused by the agent that would run them, and audited.
+"""Signed fleet runs end to end: forged or altered groups (a fleet schedule's slot groups
+too), and parts for hosts outside the selector, are refused by the agent that would run
+them, and audited.
 
 What a compromised leader (or anyone with etcd write access) can do is write job records
 and dispatch them (tests/forge.py): each part below is injected so, and the agent must
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -19,10 +22,12 @@ import pytest
 from apiclient import ApiClient
 from fleethelp import signed_group
 from forge import dispatch_assigned
-from schedagent.core.fleet import Group, part_job_id
+from schedagent.core.fleet import Group, Target, part_job_id
 from schedagent.core.model import JobSpec, new_job_id
+from schedagent.core.schedfleet import slot_group
+from schedagent.core.schedule import Schedule, parse_definition
 from schedagent.core.signing import SigningKey
-from schedagent.dev.cluster import LocalCluster
+from schedagent.dev.cluster import LocalCluster, harness_key
 from schedagent.etcd.store import Store
 
 STRANGER = SigningKey.generate()
@@ -110,3 +115,58 @@ async def test_fleet_runs_must_be_signed_and_are_audited(
     logs = "".join(agent.log_tail(600) for agent in cluster.agents.values())
     assert f"audit fleet-create group {group.id} key {STRANGER.key_id}: signature" in logs
     assert f"audit fleet-cancel group {genuine.id} key {STRANGER.key_id}: signature" in logs
+
+
+def forged_slot_parts(pwned: Path) -> dict[str, tuple[str, JobSpec, str]]:
+    """name -> (job id, spec, why refused): parts of a fleet schedule's slot group on
+    node1 as a compromised leader might write them."""
+    evil = f"touch {pwned}"
+    schedule = _fleet_schedule("true", {"all": True})
+    slot = int(time.time()) // 10 * 10  # a slot of `every 10` after the signing
+    good = slot_group(schedule, slot, [Target("node1", True)], time.time())
+    assert good.schedule is not None
+    job = {**good.definition.job, "cmd": evil}
+    group_altered = dataclasses.replace(
+        good, definition=dataclasses.replace(good.definition, job=job)
+    )
+    definition = {**good.schedule["definition"], "job": {**good.schedule["definition"]["job"]}}
+    definition["job"]["cmd"] = evil
+    origin = {**good.schedule, "definition": definition}
+    schedule_altered = dataclasses.replace(good, schedule=origin)
+    not_a_slot = slot_group(schedule, slot + 1, good.targets, time.time())
+    stranger = slot_group(_fleet_schedule(evil, {"all": True}, STRANGER), slot, good.targets, 0)
+    elsewhere = slot_group(_fleet_schedule(evil, {"nodes": ["node2"]}), slot, good.targets, 0)
+    return {
+        name: (part_job_id(g.id, "node1"), g.part_spec("node1"), why)
+        for name, g, why in (
+            ("group-altered", group_altered, "fleet run of slot"),
+            ("schedule-altered", schedule_altered, "does not match"),
+            ("not-a-slot", not_a_slot, "is not a slot of schedule"),
+            ("unknown-key", stranger, "signed by unknown key"),
+            ("outside-selector", elsewhere, "outside"),
+        )
+    }
+
+
+def _fleet_schedule(cmd: str, selector: dict[str, Any], key: SigningKey | None = None) -> Schedule:
+    raw = {"name": "patch", "every": 10, "job": {"cmd": cmd}}
+    definition = parse_definition({**raw, "fleet": {"selector": selector, "policy": {}}})
+    signature = (key or harness_key()[0]).sign_schedule(definition.to_dict(), now=time.time() - 25)
+    return Schedule(definition, signature)
+
+
+@pytest.mark.parametrize(
+    "case", ["group-altered", "schedule-altered", "not-a-slot", "unknown-key", "outside-selector"]
+)
+async def test_forged_scheduled_fleet_parts_are_refused_and_audited(
+    api: ApiClient, store: Store, cluster: LocalCluster, tmp_path: Path, case: str
+) -> None:
+    pwned = tmp_path / "pwned"
+    job_id, spec, why = forged_slot_parts(pwned)[case]
+    await dispatch_assigned(store, api, job_id, spec)
+    job = await api.wait_for(job_id, deadline=20)
+    assert job["state"] == "FAILED" and job["reason"].startswith("signature rejected"), job
+    assert why in job["reason"], job["reason"]
+    assert job["attempts"][0]["started_at"] is None
+    assert not pwned.exists()
+    assert f"audit refused job {job_id}" in cluster.agents["node1"].log_tail(400)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from schedagent.core.signing import SigningKey
 from schedagent.ctl.exits import EXIT_USAGE
 from schedagent.ctl.main import cli
-from schedagent.ctl.schedules import ScheduleNames, schedule_list
+from schedagent.ctl.schedules import ScheduleNames, create, definition_from, schedule_list
 
 
 @pytest.fixture
@@ -65,3 +66,50 @@ def test_after_takes_comma_separated_schedules_in_the_order_given() -> None:
     names = ScheduleNames().convert("extract, load", None, None)
     assert names == ("extract", "load")
     assert schedule_list(None, None, [names, ("load", "report")]) == ["extract", "load", "report"]  # type: ignore[arg-type]
+
+
+def _definition(*args: str) -> dict[str, Any]:
+    """The definition `schedule create NAME ARGS` would sign."""
+    params = create.make_context("create", ["nightly", *args]).params
+    return definition_from(params.pop("name"), {k: v for k, v in params.items() if k != "as_json"})
+
+
+def test_all_nodes_fleet_or_a_roll_out_option_make_each_slot_a_fleet_run() -> None:
+    every = ["--every", "5m", "--cmd", "true"]
+    assert _definition(*every, "--all")["fleet"]["selector"] == {"all": True}
+    nodes = _definition(*every, "--nodes", "a,b", "--max-parallel", "1", "--canary", "1")
+    assert nodes["fleet"] == {
+        "selector": {"nodes": ["a", "b"]},
+        "policy": {
+            "max_parallel": 1,
+            "max_failures": None,
+            "batch_wait": 0.0,
+            "canary": 1,
+            "offline_wait": 0.0,
+        },
+    }
+    web = _definition(*every, "--label", "role=web", "--fleet")
+    assert web["fleet"]["selector"] == {"labels": {"role": "web"}}
+    assert web["job"]["labels"] == {} and web["job"]["node"] is None
+    plain = _definition(*every, "--label", "role=web")  # a plain job's placement, as before
+    assert "fleet" not in plain and plain["job"]["labels"] == {"role": "web"}
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--all", "--nodes", "a"], "give one of --all"),
+        (["--max-parallel", "2"], "give one of --all"),
+        (["--fleet"], "give one of --all"),
+        (["--all", "--node", "a"], "--node pins one job"),
+        (["--all", "--max-failures", "120%"], "share"),
+        (["--all", "--after", "other"], "after is not supported for fleet schedules"),
+    ],
+)
+def test_bad_fleet_schedule_arguments_exit_2_saying_why(
+    key: str, args: list[str], why: str
+) -> None:
+    base = ["--key", key, "schedule", "create", "nightly", "--every", "5m", "--cmd", "true"]
+    result = CliRunner().invoke(cli, [*base, *args])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert why in result.output

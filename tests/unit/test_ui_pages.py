@@ -395,3 +395,16 @@ async def test_a_part_s_job_page_links_its_fleet_run_and_only_a_well_formed_one(
     assert f'id="fleet" href="/fleet/{GROUP}"' in page and "(host web1)" in page
     for other in (forged, plain):
         assert 'id="fleet"' not in text(await ask(app, "GET", f"/jobs/{other['id']}"))
+
+
+async def test_a_fleet_schedule_shows_its_hosts_and_links_each_slots_fleet_run() -> None:
+    group = "g-018f00000000abcdef12"
+    fleet = {"selector": {"labels": {"role": "web"}}, "policy": {}}
+    definition = {"name": "patch", "every": 60, "job": {"cmd": "true"}, "fleet": fleet}
+    cluster = FakeCluster(
+        schedule_list=[{"definition": definition, "paused": False}],
+        recent_slots=[{"slot": 1_700_000_000, "group": group, "state": "running"}],
+    )
+    page = text(await ask(console(cluster), "GET", "/schedules/patch"))
+    assert "fleet run on labels role=web" in page
+    assert f'href="/fleet/{group}"' in page and "running" in page

@@ -239,7 +239,12 @@ def part_job_id(group_id: str, host: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Group:
     """A group as etcd keeps it: the signed definition, the targets, and whether it was
-    canceled or has ended (with its counts by result, once it has)."""
+    canceled or has ended (with its counts by result, once it has).
+
+    A schedule's slot's group carries `schedule` ({name, slot, definition}: the signed
+    schedule's definition) and that schedule's signature as its own: the operator
+    signed the schedule, not each slot's group (core/schedfleet.py checks it).
+    """
 
     definition: Definition
     signature: Signature
@@ -248,6 +253,7 @@ class Group:
     canceled: bool = False
     done: bool = False
     counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    schedule: Mapping[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -263,6 +269,7 @@ class Group:
             "canceled": self.canceled,
             "done": self.done,
             "counts": dict(self.counts),
+            **({} if self.schedule is None else {"schedule": dict(self.schedule)}),
         }
 
     def to_json(self) -> bytes:
@@ -294,22 +301,38 @@ class Group:
         if not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values()):
             raise FleetError("a group record's counts must map results to numbers")
         targets = _targets(data.get("targets"))
-        return cls(definition, signature, float(accepted), targets, canceled, done, counts)
+        origin = _schedule_origin(data.get("schedule"))
+        return cls(definition, signature, float(accepted), targets, canceled, done, counts, origin)
 
     def part_spec(self, host: str) -> JobSpec:
         """The job of the part on host: the signed job pinned there, carrying the group's
         definition and signature for the running agent to check (core/fleetrun.py)."""
-        origin = {
+        origin: dict[str, Any] = {
             "group": self.id,
             "host": host,
             "definition": self.definition.to_dict(),
             "signature": self.signature.to_dict(),
         }
+        if self.schedule is not None:
+            origin["schedule"] = dict(self.schedule)
         spec = parse_spec(dict(self.definition.job))
         return msgspec.structs.replace(spec, node=host, fleet=origin)
 
     def hosts(self) -> list[str]:
         return [t.host for t in self.targets]
+
+
+def _schedule_origin(raw: object) -> dict[str, Any] | None:
+    """A slot's group's schedule: its name, the slot and the signed definition (checked
+    against the signature where a part runs, core/schedfleet.py)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"name", "slot", "definition"}:
+        raise FleetError("a group's schedule is {name, slot, definition}")
+    name, slot, definition = raw["name"], raw["slot"], raw["definition"]
+    if not isinstance(name, str) or type(slot) is not int or not isinstance(definition, dict):
+        raise FleetError("a group's schedule has a name, an integer slot and a definition")
+    return {"name": name, "slot": slot, "definition": definition}
 
 
 def _targets(raw: object) -> tuple[Target, ...]:

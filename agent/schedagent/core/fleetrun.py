@@ -7,6 +7,10 @@ to the part's host and waiting for nothing, that the host is this agent and one 
 signed selector admits (by name, or by this agent's own labels), and that the job's id
 is the one derived from (group, host). So neither the leader nor the bus can make a
 group run anything else, or run it on a host outside its selector.
+
+A schedule's slot's group is signed by its schedule (core/schedfleet.py): the part then
+checks against the schedule's signature, claims a nonce per slot and host, and must
+first start within the max age of its slot.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from schedagent.core.fleet import Group, job_fields, part_job_id
 from schedagent.core.model import JobSpec
+from schedagent.core.schedfleet import verify_slot_group
 from schedagent.core.signing import SignatureRejected, verify_group
 from schedagent.errors import SpecError
 
@@ -44,7 +49,7 @@ def verify_part(
     if origin is None:
         raise SignatureRejected("not a fleet run's part")
     group = _group_of(origin)
-    key = verify_group(group.definition.to_dict(), group.signature, trusted)
+    key, nonce, fresh_from = _signer(group, trusted)
     host, (node, labels) = origin.get("host"), here
     if origin.get("group") != group.id:
         raise SignatureRejected("the part names another group than its definition")
@@ -58,7 +63,17 @@ def verify_part(
         raise SignatureRejected(f"host {node} is outside the fleet run's selector")
     if job_id != part_job_id(group.id, node):
         raise SignatureRejected(f"job {job_id} is not the part of {group.id} on {node}")
-    return PartCheck(key, f"{group.signature.nonce}.{node}", group.signature.signed_at)
+    return PartCheck(key, f"{nonce}.{node}", fresh_from)
+
+
+def _signer(group: Group, trusted: Mapping[str, Ed25519PublicKey]) -> tuple[str, str, float]:
+    """Who signed the group, its nonce (a slot's: the schedule's and the slot), and the
+    time its parts' first starts must be fresh from (a slot's: the slot)."""
+    if group.schedule is None:
+        key = verify_group(group.definition.to_dict(), group.signature, trusted)
+        return key, group.signature.nonce, group.signature.signed_at
+    check = verify_slot_group(group, trusted)
+    return check.key_id, f"{group.signature.nonce}.{check.slot}", float(check.slot)
 
 
 def _group_of(origin: Mapping[str, object]) -> Group:
@@ -72,6 +87,7 @@ def _group_of(origin: Mapping[str, object]) -> Group:
                 "targets": [],
                 "canceled": False,
                 "done": False,
+                "schedule": origin.get("schedule"),
             }
         )
     except SpecError as exc:

@@ -152,9 +152,14 @@ def _skip_until(slots: Slots, first: int, until: int, reason: str) -> Skip:
 
 
 def record(
-    state: ScheduleState, step: Step, live: Collection[str], job_id: str | None = None
+    state: ScheduleState,
+    step: Step,
+    live: Collection[str],
+    job_id: str | None = None,
+    kind: str = "job",
 ) -> ScheduleState:
-    """The state after step (job_id: the job a Fire created); `live` as decide saw it."""
+    """The state after step (job_id: the job a Fire created, or with kind "group" the
+    fleet run); `live` as decide saw it."""
     recent = list(state.recent)
     still_live = [j for j in state.live if j in live]
     if isinstance(step, Skip):
@@ -171,7 +176,7 @@ def record(
             recent.append(entry)
     else:
         last = step.slot
-        recent.append({"slot": step.slot, "job": job_id})
+        recent.append({"slot": step.slot, kind: job_id})
         if job_id is not None:
             still_live = [j for j in still_live if j not in step.cancel] + [job_id]
     return dataclasses.replace(

@@ -11,11 +11,12 @@ from typing import Any
 
 import msgspec
 
+from schedagent.core.fleet import parse_policy, parse_selector
 from schedagent.core.model import JobSpec
 from schedagent.core.signing import Signature, SignatureRejected
 from schedagent.core.slots import Slots, slot_job_id, splay_delay
 from schedagent.core.spec import MAX_PARENTS, parse_spec
-from schedagent.errors import ScheduleError, SpecError
+from schedagent.errors import FleetError, ScheduleError, SpecError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 CONCURRENCY = ("forbid", "replace", "allow")
@@ -36,6 +37,7 @@ DEFINITION_FIELDS = frozenset(
         "catch_up_window",
         "splay",
         "after",
+        "fleet",
     }
 )
 
@@ -54,16 +56,21 @@ class Definition:
     catch_up_window: float = DEFAULT_WINDOW
     splay: float = 0.0
     after: tuple[str, ...] = ()  # schedules whose run of a slot must SUCCEED first
+    # A fleet schedule's hosts and roll-out: {"selector": ..., "policy": ...} as a fleet
+    # run signs them (core/fleet.py); each slot is one fleet run (core/schedfleet.py).
+    fleet: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The definition as it is signed. `after` only when set, so a schedule without
-        it signs as it did before the field existed (and still verifies)."""
+        """The definition as it is signed. `after` and `fleet` only when set, so a
+        schedule without them signs as it did before they existed (and still verifies)."""
         data = dataclasses.asdict(self)
         data["job"] = dict(self.job)
         if self.after:
             data["after"] = list(self.after)
         else:
             del data["after"]
+        if self.fleet is None:
+            del data["fleet"]
         return data
 
     def parent_runs(self, slot: int) -> tuple[str, ...]:
@@ -111,9 +118,33 @@ def parse_definition(raw: object, max_cmd_bytes: int = 65536) -> Definition:
         catch_up_window=_seconds(raw.get("catch_up_window", DEFAULT_WINDOW), "catch_up_window"),
         splay=_seconds(raw.get("splay", 0.0), "splay", zero=True),
         after=_parents(raw.get("after"), name),
+        fleet=_fleet(raw.get("fleet")),
     )
     definition.slots()  # the cron expression and the zone, checked
+    if definition.fleet is not None:
+        _check_fleet_job(definition)
     return definition
+
+
+def _fleet(raw: object) -> dict[str, Any] | None:
+    """A fleet schedule's selector and policy, normalised as a fleet run signs them."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not set(raw) <= {"selector", "policy"}:
+        raise ScheduleError("fleet must be an object with selector and policy")
+    try:
+        selector, policy = parse_selector(raw.get("selector")), parse_policy(raw.get("policy", {}))
+    except FleetError as exc:
+        raise ScheduleError(f"fleet: {exc}") from None
+    return {"selector": selector.to_dict(), "policy": policy.to_dict()}
+
+
+def _check_fleet_job(definition: Definition) -> None:
+    """The selector says where a fleet schedule runs; no parent waits are built for it."""
+    if definition.job["node"] is not None or definition.job["labels"]:
+        raise ScheduleError("a fleet schedule's hosts are its selector: no node or labels")
+    if definition.after:
+        raise ScheduleError("after is not supported for fleet schedules")
 
 
 def _job(raw: object, max_cmd_bytes: int) -> dict[str, Any]:

@@ -7,49 +7,18 @@ from typing import Any
 
 import click
 
-from schedagent.core.fleet import GROUP_ID_RE, HOST_RE, PERCENT_RE, parse_definition
+from schedagent.core.fleet import GROUP_ID_RE, parse_definition
 from schedagent.core.model import new_job_id
 from schedagent.ctl.client import Client, CtlError, Record, field
 from schedagent.ctl.command import json_option, print_json, run
+from schedagent.ctl.fleetopts import POLICY_OPTIONS, SELECTOR_OPTIONS, fleet_job, policy, selector
 from schedagent.ctl.fleetview import exit_status, follow_group, format_group, summary_line
-from schedagent.ctl.jobopts import Command, cmd_option, job_fields, job_options
-from schedagent.ctl.params import Duration, IdsParam, StrParam
+from schedagent.ctl.jobopts import Command, cmd_option, job_options
+from schedagent.ctl.params import StrParam
 from schedagent.ctl.schedules import operator_key
 from schedagent.errors import FleetError
 
 RETRYABLE = ("failed", "unreachable", "skipped", "canceled")
-
-
-class Count(StrParam):
-    """N hosts, or P% of the targets."""
-
-    name = "N|P%"
-
-    def __init__(self, low: int) -> None:
-        self.low = low
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        raw = str(value).strip()
-        if PERCENT_RE.match(raw) and 0 < int(raw[:-1]) <= 100:
-            return raw
-        if raw.isdigit() and int(raw) >= self.low:
-            return int(raw)
-        self.fail(f"{value!r}: a number of hosts ({self.low} or more) or a share 1%-100%")
-
-
-class NodeNames(IdsParam):
-    name = "NODE[,NODE...]"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, ...]:
-        if isinstance(value, tuple):
-            return value
-        names = tuple(dict.fromkeys(part.strip() for part in str(value).split(",")))
-        for name in names:
-            if not HOST_RE.match(name):
-                self.fail(f"{name!r} is not a node name", param, ctx)
-        return names
 
 
 class GroupId(StrParam):
@@ -73,34 +42,9 @@ def _only(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, 
 def _options(command: Command) -> Command:
     decorators: list[Callable[[Command], Command]] = [
         cmd_option,
-        click.option("--all", "select_all", is_flag=True, help="Every known host."),
-        click.option("--nodes", type=NodeNames(), help="These hosts (known or not)."),
+        *SELECTOR_OPTIONS,
         job_options,
-        click.option("--max-parallel", type=Count(1), help="Hosts at once (default: all)."),
-        click.option(
-            "--max-failures",
-            type=Count(0),
-            help="Stop starting hosts once more than this failed (default: 0 with "
-            "--max-parallel, else no limit).",
-        ),
-        click.option(
-            "--batch-wait",
-            type=Duration(zero=True),
-            default=0.0,
-            help="Wait this long after a host ends before its slot starts another.",
-        ),
-        click.option(
-            "--canary",
-            type=click.IntRange(0, 10000),
-            default=0,
-            help="The first N hosts alone; the rest only if they all succeeded.",
-        ),
-        click.option(
-            "--offline-wait",
-            type=Duration(zero=True),
-            default=0.0,
-            help="How long an offline host may take to come back (from acceptance).",
-        ),
+        *POLICY_OPTIONS,
         click.option(
             "--retry",
             "retry_group",
@@ -133,7 +77,9 @@ def run_fleet(**options: Any) -> None:
     print the fleet run's id (GROUP: see `status GROUP`, `cancel GROUP`)."""
     key = operator_key()
     if options["retry_group"] is None:
-        fixed = _definition(_selector(options), {"cmd": _cmd(options), **_job(options)}, options)
+        fixed = _definition(
+            selector(options), {"cmd": _cmd(options), **fleet_job(options)}, options
+        )
     else:
         fixed = None
 
@@ -166,37 +112,10 @@ def _cmd(options: dict[str, Any]) -> str:
     return str(options["cmd"])
 
 
-def _job(options: dict[str, Any]) -> dict[str, Any]:
-    fields = job_fields(options)
-    if fields.pop("node") is not None:
-        raise click.UsageError("--node pins one job; a fleet run takes --nodes A,B,...")
-    fields.pop("labels")  # --label selects the hosts
-    return fields
-
-
-def _selector(options: dict[str, Any]) -> dict[str, Any]:
-    labels, nodes, everything = dict(options["labels"]), options["nodes"], options["select_all"]
-    if sum(map(bool, (labels, nodes, everything))) != 1:
-        raise click.UsageError("give one of --all, --label K=V (one or more), --nodes A,B")
-    if everything:
-        return {"all": True}
-    return {"labels": labels} if labels else {"nodes": list(nodes)}
-
-
-def _policy(options: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "max_parallel": options["max_parallel"],
-        "max_failures": options["max_failures"],
-        "batch_wait": options["batch_wait"],
-        "canary": options["canary"],
-        "offline_wait": options["offline_wait"],
-    }
-
-
 def _definition(
     selector: dict[str, Any], job: dict[str, Any], options: dict[str, Any]
 ) -> dict[str, Any]:
-    raw = {"id": f"g-{new_job_id()}", "job": job, "selector": selector, "policy": _policy(options)}
+    raw = {"id": f"g-{new_job_id()}", "job": job, "selector": selector, "policy": policy(options)}
     try:
         return parse_definition(raw).to_dict()
     except FleetError as exc:

@@ -10,7 +10,7 @@ from schedagent.core import rollout
 from schedagent.ctl.client import Client, Record, field
 from schedagent.ctl.exits import EXIT_HOSTS_FAILED, EXIT_HOSTS_MISSED
 from schedagent.ctl.follow import JobFollower
-from schedagent.ctl.format import table, text
+from schedagent.ctl.format import table, text, when
 
 POLL = 1.0
 
@@ -96,6 +96,9 @@ def format_group(reply: Record) -> str:
     head = f"fleet run {group.get('id')}: {'ended' if group.get('done') else 'rolling out'}"
     if group.get("canceled"):
         head += " (canceled)"
+    origin = group.get("schedule")
+    if isinstance(origin, dict):  # a fleet schedule's slot
+        head += f" (schedule {text(origin.get('name'))}, slot {when(origin.get('slot'))})"
     body = table(["HOST", "RESULT", "STATE", "EXIT", "DURATION", "LAST LINE"], rows)
     return f"{head}\n{body}\n{summary_line(reply)}"
 

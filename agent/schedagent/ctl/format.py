@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schedagent.core import tail
+from schedagent.core import rollout, tail
 from schedagent.core.model import FINAL_STATES
 
 Record = Mapping[str, Any]
@@ -257,6 +257,45 @@ def _stamp(seconds: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds))
 
 
+def _hosts(definition: Record) -> str:
+    """Where a schedule runs: a fleet schedule's selector, else a plain job's placement."""
+    fleet = definition.get("fleet")
+    job = definition.get("job") or {}
+    if isinstance(fleet, dict):
+        chosen = fleet.get("selector") or {}
+        if chosen.get("all"):
+            return "fleet: all"
+        if chosen.get("nodes"):
+            return "fleet: " + ",".join(map(str, chosen["nodes"]))
+        return "fleet: " + ",".join(f"{k}={v}" for k, v in (chosen.get("labels") or {}).items())
+    if job.get("node"):
+        return f"node {job['node']}"
+    labels = job.get("labels") or {}
+    return ",".join(f"{k}={v}" for k, v in labels.items()) or "any node"
+
+
+def _rollout(definition: Record) -> str:
+    policy = (definition.get("fleet") or {}).get("policy") or {}
+    parallel, failures = policy.get("max_parallel"), policy.get("max_failures")
+    return (
+        f"max parallel {'all' if parallel is None else parallel}, max failures "
+        f"{'default' if failures is None else failures}, batch wait "
+        f"{policy.get('batch_wait')}s, canary {policy.get('canary')}, offline wait "
+        f"{policy.get('offline_wait')}s"
+    )
+
+
+def _slot_line(entry: Record) -> str:
+    """A fired slot: its job and state, or its fleet run and state (counts once done)."""
+    if "group" in entry:
+        counts = entry.get("counts")
+        state = str(entry.get("state"))
+        if isinstance(counts, dict):
+            state += ": " + rollout.summary({str(k): int(v) for k, v in counts.items()})
+        return f"  {_stamp(entry.get('slot'))}  fleet run {entry.get('group')}  {state}"
+    return f"  {_stamp(entry.get('slot'))}  job {entry.get('job')}  {entry.get('state')}"
+
+
 def format_schedules(schedules: Sequence[Record]) -> str:
     if not schedules:
         return "no schedules"
@@ -267,13 +306,14 @@ def format_schedules(schedules: Sequence[Record]) -> str:
             [
                 str(d.get("name")),
                 _when(s),
+                _hosts(d),
                 "paused" if s.get("paused") else "active",
                 str(d.get("concurrency")),
                 str(d.get("catch_up")),
                 str((d.get("job") or {}).get("cmd", ""))[:CMD_WIDTH],
             ]
         )
-    return table(["NAME", "WHEN", "STATE", "CONCURRENCY", "CATCH-UP", "COMMAND"], rows)
+    return table(["NAME", "WHEN", "HOSTS", "STATE", "CONCURRENCY", "CATCH-UP", "COMMAND"], rows)
 
 
 def format_schedule(reply: Record) -> str:
@@ -285,6 +325,8 @@ def format_schedule(reply: Record) -> str:
         f"  command      {(d.get('job') or {}).get('cmd')}",
         f"  concurrency  {d.get('concurrency')}, catch-up {d.get('catch_up')} within "
         f"{d.get('catch_up_window')}s, splay {d.get('splay')}s",
+        f"  hosts        {_hosts(d)}",
+        *([f"  roll-out     {_rollout(d)}"] if d.get("fleet") else []),
         f"  after        {', '.join(map(str, d.get('after') or [])) or '-'}",
         f"  signed by    {s.get('key_id')} at {_stamp(s.get('starts_at'))}",
         f"  last slot    {_stamp(reply.get('last_slot'))}",
@@ -292,9 +334,8 @@ def format_schedule(reply: Record) -> str:
         "recent slots (oldest first):",
     ]
     for entry in reply.get("recent") or []:
-        if "job" in entry:
-            job = f"job {entry.get('job')}  {entry.get('state')}"
-            lines.append(f"  {_stamp(entry.get('slot'))}  {job}")
+        if "job" in entry or "group" in entry:
+            lines.append(_slot_line(entry))
             continue
         count = entry.get("count")
         span = f"{_stamp(entry.get('slot'))} .. {_stamp(entry.get('until'))}"

@@ -17,6 +17,14 @@ from schedagent.core.schedule import (
 from schedagent.core.signing import SigningKey
 from schedagent.ctl.client import Client, Record, field
 from schedagent.ctl.command import json_option, print_json, run, show
+from schedagent.ctl.fleetopts import (
+    POLICY_OPTIONS,
+    SELECTOR_OPTIONS,
+    fleet_job,
+    policy,
+    policy_given,
+    selector,
+)
 from schedagent.ctl.format import format_schedule, format_schedules
 from schedagent.ctl.jobopts import job_fields, job_options
 from schedagent.ctl.keys import find_key
@@ -70,7 +78,15 @@ def _options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--tz", default="UTC", show_default=True, help="IANA time zone of --cron."),
         click.option("--every", type=Duration(), help="Run every DURATION, aligned to the epoch."),
         click.option("--cmd", required=True, callback=check_cmd, help="Shell command to run."),
+        *SELECTOR_OPTIONS,
+        click.option(
+            "--fleet",
+            is_flag=True,
+            help="Each slot is one fleet run on the hosts --label selects (--all, --nodes "
+            "and the roll-out options imply it).",
+        ),
         job_options,
+        *POLICY_OPTIONS,
         click.option(
             "--concurrency",
             type=click.Choice(CONCURRENCY),
@@ -120,8 +136,9 @@ def definition_from(name: str, options: dict[str, Any]) -> dict[str, Any]:
         raise click.UsageError("--every must be whole seconds")
     if every is not None and options["tz"] != "UTC":
         raise click.UsageError("--tz applies to --cron only (--every is aligned to the epoch)")
-    job = {"cmd": options["cmd"], **job_fields(options)}
-    raw = {
+    fleet = is_fleet(options)
+    job = {"cmd": options["cmd"], **(fleet_job(options) if fleet else job_fields(options))}
+    raw: dict[str, Any] = {
         "name": name,
         "cron": cron,
         "tz": options["tz"],
@@ -133,10 +150,20 @@ def definition_from(name: str, options: dict[str, Any]) -> dict[str, Any]:
         "splay": options["splay"],
         "after": options["after"],
     }
+    if fleet:
+        raw["fleet"] = {"selector": selector(options), "policy": policy(options)}
     try:
         return parse_definition(raw).to_dict()
     except ScheduleError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def is_fleet(options: dict[str, Any]) -> bool:
+    """Whether the schedule's slots are fleet runs: --all, --nodes, --fleet or a roll-out
+    option given (else --label is a plain job's placement, as for submit)."""
+    return bool(
+        options["select_all"] or options["nodes"] or options["fleet"] or policy_given(options)
+    )
 
 
 def operator_key() -> SigningKey:

@@ -21,12 +21,14 @@ from schedagent.core import schedafter, schedplan
 from schedagent.core.schedule import NAME_RE, Schedule
 from schedagent.daemon.gate import Gate, Refused, audit_schedule
 from schedagent.errors import NotFoundError, SpecError
+from schedagent.etcd.groupstore import GroupStore
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.schedstore import ScheduleStore
 from schedagent.nats.bus import Bus
 
 log = logging.getLogger(__name__)
 
+LAST_GROUPS = 10  # a fleet schedule's latest slots' groups, named by `schedule show`
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -37,6 +39,7 @@ class ScheduleApi:
         self.jobs = jobs
         self.bus = bus
         self.schedules = ScheduleStore(jobs.store, jobs.keys)
+        self.groups = GroupStore(jobs.store, jobs.keys)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -91,6 +94,8 @@ class ScheduleApi:
             parent = existing.get(name)
             if parent is None:
                 raise SpecError(f"after: no schedule {name} (create it first)")
+            if parent.definition.fleet is not None:
+                raise SpecError(f"after {name}: a fleet schedule cannot be waited for")
             why = schedafter.incompatible(schedule.definition, parent.definition)
             if why is not None:
                 raise SpecError(f"after {name}: {why}")
@@ -107,9 +112,11 @@ class ScheduleApi:
         schedule, _ = await self.schedules.get(_name(req))
         stored, _ = await self.schedules.state(schedule.name)
         state = schedplan.state_for(schedule, stored)
-        recent = await self._with_job_states(list(state.recent))
+        recent = await self._with_group_states(await self._with_job_states(list(state.recent)))
+        groups = [e["group"] for e in recent if "group" in e]
         return {
             "schedule": _public(schedule),
+            "last_groups": groups[-LAST_GROUPS:],
             "last_slot": None if state.last_slot == schedule.starts_at else state.last_slot,
             "next_slot": schedule.definition.slots().next_after(state.last_slot),
             "recent": recent,
@@ -127,6 +134,25 @@ class ScheduleApi:
                 except NotFoundError:
                     states[job_id] = "gone"
         return [{**e, "state": states[e["job"]]} if "job" in e else e for e in recent]
+
+    async def _with_group_states(self, recent: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each fleet slot's entry with its group's state (running, canceled, done and
+        its counts; "gone" if its record was deleted)."""
+        found = []
+        for entry in recent:
+            if isinstance(entry.get("group"), str):
+                entry = {**entry, **await self._group_state(entry["group"])}
+            found.append(entry)
+        return found
+
+    async def _group_state(self, group_id: str) -> dict[str, Any]:
+        try:
+            group, _ = await self.groups.get(group_id)
+        except NotFoundError:
+            return {"state": "gone"}
+        if group.done:
+            return {"state": "done", "counts": dict(group.counts)}
+        return {"state": "canceled" if group.canceled else "running"}
 
     async def set_paused(self, req: dict[str, Any], paused: bool) -> dict[str, Any]:
         action = "pause" if paused else "resume"
@@ -161,6 +187,11 @@ class ScheduleApi:
     async def run_now(self, req: dict[str, Any]) -> dict[str, Any]:
         """One run outside the schedule: a job like a slot's, carrying the signed request."""
         schedule, _ = await self.schedules.get(_name(req))
+        if schedule.definition.fleet is not None:
+            raise SpecError(
+                f"schedule {schedule.name} is a fleet schedule: a run outside its slots is "
+                "not built; use schedctl run with its selector"
+            )
         signer, signature = self._check_action("run", schedule, req.get("signature"))
         spec = msgspec.structs.replace(
             schedule.slot_spec(None, signature), idempotency_key=f"schedule-run:{signature.nonce}"

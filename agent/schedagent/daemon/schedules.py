@@ -11,6 +11,9 @@ A schedule with `after` has each slot's run wait for its parents' runs of that s
 each pass takes the parents first, and a child's slot fires only once every parent has
 handled it (so the runs it waits for exist), or is skipped if a parent did not run it
 (core/schedafter.py).
+
+A fleet schedule's slot fires one fleet run: its group (daemon/schedfleet.py) is written
+in the step's transaction instead of a job, and the fleet loop rolls it out.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import time
 from collections.abc import Sequence
 
 from schedagent.core import schedafter, schedplan, transitions, wire
+from schedagent.core.fleet import Group
 from schedagent.core.model import Job, JobState
 from schedagent.core.names import Keys
 from schedagent.core.schedplan import Fire, ScheduleState, Skip, Step
 from schedagent.core.schedule import Schedule
 from schedagent.core.slots import slot_job_id
 from schedagent.daemon.metrics import AgentMetrics
+from schedagent.daemon.schedfleet import NO_HOSTS, SlotGroups
 from schedagent.errors import FencedError, NotFoundError, StoreUnavailableError
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.mirror import Entry, Mirror
@@ -55,6 +60,7 @@ class ScheduleLoop:
         self.bus = bus
         self.fence = list(fence)
         self.schedules = ScheduleStore(jobs.store, keys)
+        self.slot_groups = SlotGroups(jobs.store, keys, self.fence)
         self.view: Mirror[Schedule] = Mirror(jobs.store, keys.schedules, _decode)
         self.led_since = time.time()
         # key -> (the schedule's mod revision, when its next slot is due)
@@ -96,7 +102,7 @@ class ScheduleLoop:
         for _ in range(STEPS_PER_PASS):
             stored, state_revision = await self.schedules.state(schedule.name)
             state = schedplan.state_for(schedule, stored)
-            live = await self.schedules.live(state.live) if state.live else set()
+            live = await self._live(schedule, state.live)
             step = schedplan.decide(schedule, state, time.time(), self.led_since, live)
             if step is None:
                 return schedplan.next_due(schedule, state)
@@ -108,6 +114,14 @@ class ScheduleLoop:
             if not await self._apply(schedule, read_at, (state, state_revision), step, live):
                 return time.time()  # the schedule changed meanwhile: its new version next
         return time.time()
+
+    async def _live(self, schedule: Schedule, run_ids: Sequence[str]) -> set[str]:
+        """Which of the schedule's runs still run (a fleet schedule's: its groups)."""
+        if not run_ids:
+            return set()
+        if schedule.definition.fleet is not None:
+            return await self.slot_groups.live(run_ids)
+        return await self.schedules.live(run_ids)
 
     async def _after_parents(self, schedule: Schedule, step: Fire) -> Step | float:
         """The step, a Skip (a parent has no run of the slot, and will not), or when to
@@ -146,26 +160,40 @@ class ScheduleLoop:
     ) -> bool:
         """Write one step; False if the schedule or its state changed under it."""
         current, revision = state
-        job = None
+        made = None
         if isinstance(step, Fire):
-            for job_id in step.cancel:
-                await self._cancel(job_id, schedule.name)
-            job = _slot_job(schedule, step.slot)
-        new = schedplan.record(current, step, live, None if job is None else job.id)
+            made = await self._made(schedule, step.slot)
+            if made is None:
+                step = Skip(step.slot, step.slot, 1, NO_HOSTS)
+            for run_id in step.cancel if isinstance(step, Fire) else ():
+                await self._cancel(run_id, schedule)
+        kind = "group" if isinstance(made, Group) else "job"
+        new = schedplan.record(current, step, live, None if made is None else made.id, kind)
         where = (schedule.name, read_at)
-        if await self.schedules.step(where, (new, revision), job, self.fence):
-            _log_step(schedule, step, job)
+        if await self.schedules.step(where, (new, revision), made, self.fence):
+            _log_step(schedule, step, made)
             self._count(step)
-            if job is not None:
-                await self.bus.publish_event(job)
+            if isinstance(made, Job):
+                await self.bus.publish_event(made)
             return True
         if not await self.jobs.fence_holds(self.fence):
             raise FencedError("the election key changed: another agent leads now")
-        if job is not None and await self._exists(job.id):
-            # The slot has its job (a write whose answer was lost, state from an older
-            # version): record the step without making a second one.
+        if made is not None and await self._made_exists(made):
+            # The slot has its job or group (a write whose answer was lost, state from
+            # an older version): record the step without making a second one.
             return await self.schedules.step(where, (new, revision), None, self.fence)
         return False
+
+    async def _made(self, schedule: Schedule, slot: int) -> Job | Group | None:
+        """What a slot fires: its job, or a fleet schedule's group (None: no host)."""
+        if schedule.definition.fleet is not None:
+            return await self.slot_groups.make(schedule, slot)
+        return _slot_job(schedule, slot)
+
+    async def _made_exists(self, made: Job | Group) -> bool:
+        if isinstance(made, Group):
+            return await self.slot_groups.exists(made.id)
+        return await self._exists(made.id)
 
     def _count(self, step: Step) -> None:
         if isinstance(step, Skip):
@@ -181,8 +209,14 @@ class ScheduleLoop:
             return False
         return True
 
-    async def _cancel(self, job_id: str, name: str) -> None:
+    async def _cancel(self, run_id: str, schedule: Schedule) -> None:
         """Cancel an earlier run (concurrency replace), fenced, as `schedctl cancel` does."""
+        if schedule.definition.fleet is not None:
+            await self.slot_groups.cancel(run_id, schedule.name)
+        else:
+            await self._cancel_job(run_id, schedule.name)
+
+    async def _cancel_job(self, job_id: str, name: str) -> None:
         try:
             job, changed = await self.jobs.update(
                 job_id, lambda j: transitions.cancel(j, time.time()), self.fence
@@ -205,7 +239,7 @@ def _slot_job(schedule: Schedule, slot: int) -> Job:
     return Job(id=job_id, spec=spec, state=JobState.PENDING, submitted_at=now, updated_at=now)
 
 
-def _log_step(schedule: Schedule, step: Step, job: Job | None) -> None:
+def _log_step(schedule: Schedule, step: Step, made: Job | Group | None) -> None:
     if isinstance(step, Skip):
         log.info(
             "schedule %s: slots %d..%d skipped: %s",
@@ -214,13 +248,21 @@ def _log_step(schedule: Schedule, step: Step, job: Job | None) -> None:
             step.last,
             step.reason,
         )
-    elif job is not None:
+    elif isinstance(made, Group):
+        log.info(
+            "schedule %s: slot %d fired: fleet run %s on %d hosts",
+            schedule.name,
+            step.slot,
+            made.id,
+            len(made.targets),
+        )
+    elif made is not None:
         log.info(
             "schedule %s: slot %d fired: job %s",
             schedule.name,
             step.slot,
-            job.id,
-            extra={"job_id": job.id},
+            made.id,
+            extra={"job_id": made.id},
         )
 
 

@@ -128,6 +128,19 @@ class GroupStore:
                     found[host] = job
         return found
 
+    async def unfinished(self, group: Group) -> bool:
+        """Whether a target has no final result yet: its part is not under done/ (not
+        made yet, or live). Read from the last targets back, as only done/ keys: a
+        roll-out starts hosts in target order, so a run under way has hosts not made
+        yet at the end, and the answer is usually the first read."""
+        hosts = group.hosts()
+        for end in range(len(hosts), 0, -KEYS_PER_READ):
+            chunk = hosts[max(0, end - KEYS_PER_READ) : end]
+            keys = [self.keys.done_job(part_job_id(group.id, host)) for host in chunk]
+            if any(kv is None for kv in await self.store.get_many(keys)):
+                return True
+        return False
+
     async def add_parts(
         self, group_key: tuple[str, int], jobs: Sequence[Job], fence: Sequence[Compare]
     ) -> bool:

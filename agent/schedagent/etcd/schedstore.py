@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from schedagent.core.fleet import Group
 from schedagent.core.model import Job
 from schedagent.core.names import Keys
 from schedagent.core.schedplan import ScheduleState
@@ -75,14 +76,15 @@ class ScheduleStore:
         self,
         schedule_revision: tuple[str, int],
         state: tuple[ScheduleState, int],
-        job: Job | None,
+        made: Job | Group | None,
         fence: Sequence[Compare],
     ) -> bool:
-        """Write a step: the new state, and the slot's job if it fires, all or nothing.
+        """Write a step: the new state, and the slot's job (or a fleet schedule's group)
+        if it fires, all or nothing.
 
         Compared: the fence, the schedule as read (a pause or delete meanwhile makes the
         step be decided again), the state as read (another leader's step), and the job
-        absent as live work and as history (a slot fired already).
+        absent as live work and as history, or the group absent (a slot fired already).
         """
         (name, read_at), (new, state_revision) = schedule_revision, state
         state_key = self.keys.schedule_state(name)
@@ -92,9 +94,12 @@ class ScheduleStore:
             _revision_is(state_key, state_revision),
         ]
         ops: list[Op] = [Put(state_key, new.to_json())]
-        if job is not None:
-            compares += [Absent(self.keys.job(job.id)), Absent(self.keys.done_job(job.id))]
-            ops.append(Put(self.keys.job(job.id), job.to_json()))
+        if isinstance(made, Job):
+            compares += [Absent(self.keys.job(made.id)), Absent(self.keys.done_job(made.id))]
+            ops.append(Put(self.keys.job(made.id), made.to_json()))
+        elif made is not None:
+            compares.append(Absent(self.keys.group(made.id)))
+            ops.append(Put(self.keys.group(made.id), made.to_json()))
         return await self.store.txn(compares, ops)
 
     async def live(self, job_ids: Sequence[str]) -> set[str]:
