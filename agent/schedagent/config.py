@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -13,17 +12,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from schedagent.core.names import NODE_NAME_RE
+from schedagent import configvalues as checks
+from schedagent.configvalues import IPNetwork
 from schedagent.core.sizes import memory_limit, task_limit
 from schedagent.errors import ConfigError
 
 DEFAULT_PATH = "/etc/schedagent/agent.yaml"
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-NAME_RE = NODE_NAME_RE
-HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_TARGETS = ("auto", "journal", "stderr")
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +163,7 @@ class _Parser:
 
     def section(self, raw: object, cls: type[T], prefix: str) -> T:
         if not isinstance(raw, dict):
-            raise self.fail(prefix, f"must be a mapping, not {_kind(raw)}")
+            raise self.fail(prefix, f"must be a mapping, not {checks.kind(raw)}")
         # typeshed wants a dataclass type here; every T this walks is one (_SECTIONS).
         fields = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
         values: dict[str, Any] = {}
@@ -197,121 +191,6 @@ class _Parser:
             raise self.fail(dotted, str(exc)) from None
 
 
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _number(minimum: float, integer: bool = False) -> Callable[[object], float]:
-    def check(value: object) -> float:
-        ok_types = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_types):
-            want = "an integer" if integer else "a number"
-            raise TypeError(f"must be {want}, not {_kind(value)} {value!r}")
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return check
-
-
-def _optional_cpus(value: object) -> float | None:
-    if value is None:
-        return None
-    cpus = _number(0.01)(value)
-    return float(cpus)
-
-
-def _name(value: object) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid node name (letters, digits, '_' and '-', max 63)"
-        )
-    return value
-
-
-def _labels(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise TypeError(f"must be a mapping of strings, not {_kind(value)}")
-    out: dict[str, str] = {}
-    for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, str | int | float) or isinstance(v, bool):
-            raise TypeError(f"label {k!r}: keys and values must be strings")
-        out[k] = str(v)
-    return out
-
-
-def _urls(schemes: tuple[str, ...]) -> Callable[[object], tuple[str, ...]]:
-    def check(value: object) -> tuple[str, ...]:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items:
-            raise TypeError("must be a URL or a non-empty list of URLs")
-        for url in items:
-            _check_url(url, schemes)
-        return tuple(items)
-
-    return check
-
-
-def _check_url(url: object, schemes: tuple[str, ...]) -> None:
-    if not isinstance(url, str):
-        raise TypeError(f"must be a URL string, not {_kind(url)}")
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.scheme not in schemes or not parts.hostname or port == -1:
-        raise ValueError(f"{url!r} is not a valid URL (want {'/'.join(schemes)}://host:port)")
-
-
-def _prefix(value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or value.endswith("/"):
-        raise ValueError(f"{value!r} must start with '/' and not end with '/'")
-    return value
-
-
-def _subject_prefix(value: object) -> str:
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", value):
-        raise ValueError(f"{value!r} is not a valid NATS subject prefix")
-    return value
-
-
-def _optional_file(value: object) -> str | None:
-    # Only the form: the file may be installed after the configuration (Ansible checks
-    # the configuration before it copies the CA); connecting says if it is missing.
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise ValueError(f"{value!r} is not an absolute file path")
-    return value
-
-
-def _optional_host_name(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not HOST_RE.match(value):
-        raise ValueError(f"{value!r} is not a host name")
-    return value
-
-
-def _log_level(value: object) -> str:
-    if value not in LOG_LEVELS:
-        raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
-    return str(value)
-
-
-def _log_target(value: object) -> str:
-    if value not in LOG_TARGETS:
-        raise ValueError(f"{value!r} is not one of {', '.join(LOG_TARGETS)}")
-    return str(value)
-
-
-def _bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"must be true or false, not {_kind(value)} {value!r}")
-    return value
-
-
 _SECTIONS: dict[str, type] = {
     "etcd": EtcdConfig,
     "nats": NatsConfig,
@@ -323,107 +202,49 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def _listen_address(value: object) -> tuple[str, int] | None:
-    """host:port ([v6]:port for IPv6), or null for no endpoint."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"must be host:port or null, not {_kind(value)} {value!r}")
-    host, sep, port = value.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535)")
-    if not _is_ip(host) and not HOST_RE.match(host):
-        raise ValueError(f"{value!r}: {host!r} is not an IP address or host name")
-    return host, int(port)
-
-
-def _networks(value: object) -> tuple[IPNetwork, ...]:
-    """A list of IP addresses and networks (CIDR): 192.0.2.7, 10.1.0.0/16, 2001:db8::/32."""
-    if not isinstance(value, list):
-        raise TypeError(f"must be a list of IP addresses or networks, not {_kind(value)}")
-    found = []
-    for item in value:
-        if not isinstance(item, str):
-            raise TypeError(f"{item!r} is not an IP address or network")
-        try:
-            found.append(ipaddress.ip_network(item.strip()))
-        except ValueError as exc:  # its text says why: host bits set, not an address ...
-            raise ValueError(f"{item!r} is not an IP address or network ({exc})") from None
-    return tuple(found)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _public_keys(value: object) -> tuple[str, ...]:
-    from schedagent.core.signing import parse_public
-
-    if not isinstance(value, list):
-        raise TypeError(f"must be a list of public keys, not {_kind(value)}")
-    for item in value:
-        if not isinstance(item, str):
-            raise TypeError(f"{item!r} is not a public key string")
-        parse_public(item)
-    return tuple(value)
-
-
-def _user_names(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(v, str) and USER_RE.match(v) for v in value
-    ):
-        raise ValueError(f"must be a list of user names, got {value!r}")
-    return tuple(value)
-
-
 _CHECKS: dict[str, Callable[[object], Any]] = {
-    "node_name": _name,
-    "labels": _labels,
-    "cpus": _optional_cpus,
-    "node_ttl": _number(2, integer=True),
-    "log_level": _log_level,
-    "log_target": _log_target,
-    "etcd.endpoints": _urls(("http", "https")),
-    "etcd.prefix": _prefix,
-    "etcd.timeout": _number(0.1),
-    "etcd.tls_ca": _optional_file,
-    "etcd.tls_cert": _optional_file,
-    "etcd.tls_key": _optional_file,
-    "etcd.tls_server_name": _optional_host_name,
-    "nats.urls": _urls(("nats", "tls")),
-    "nats.prefix": _subject_prefix,
-    "nats.stream_replicas": _number(1, integer=True),
-    "nats.tls_ca": _optional_file,
-    "output.tail_bytes": _number(0, integer=True),
-    "output.chunk_bytes": _number(256, integer=True),
-    "output.stream_max_bytes": _number(1024, integer=True),
-    "output.stream_max_age": _number(1),
-    "output.journal": _bool,
-    "jobs.kill_grace": _number(0),
-    "jobs.retry_backoff": _number(0),
-    "jobs.retry_backoff_max": _number(0),
-    "jobs.dispatch_timeout": _number(1),
-    "jobs.drain_timeout": _number(0),
-    "jobs.max_cmd_bytes": _number(1, integer=True),
-    "jobs.retention": _number(0),
-    "security.require_signed_jobs": _bool,
-    "security.trusted_keys": _public_keys,
-    "security.signature_max_age": _number(1),
-    "security.run_as_allowed": _user_names,
-    "security.job_user": lambda v: None if v is None else _user_names([v])[0],
-    "security.max_env_bytes": _number(0, integer=True),
-    "security.max_requests_per_second": _number(1),
-    "containment.cgroups": _bool,
-    "containment.systemd": _bool,
+    "node_name": checks.node_name,
+    "labels": checks.labels,
+    "cpus": checks.optional_cpus,
+    "node_ttl": checks.number(2, integer=True),
+    "log_level": checks.log_level,
+    "log_target": checks.log_target,
+    "etcd.endpoints": checks.urls(("http", "https")),
+    "etcd.prefix": checks.key_prefix,
+    "etcd.timeout": checks.number(0.1),
+    "etcd.tls_ca": checks.optional_file,
+    "etcd.tls_cert": checks.optional_file,
+    "etcd.tls_key": checks.optional_file,
+    "etcd.tls_server_name": checks.optional_host_name,
+    "nats.urls": checks.urls(("nats", "tls")),
+    "nats.prefix": checks.subject_prefix,
+    "nats.stream_replicas": checks.number(1, integer=True),
+    "nats.tls_ca": checks.optional_file,
+    "output.tail_bytes": checks.number(0, integer=True),
+    "output.chunk_bytes": checks.number(256, integer=True),
+    "output.stream_max_bytes": checks.number(1024, integer=True),
+    "output.stream_max_age": checks.number(1),
+    "output.journal": checks.boolean,
+    "jobs.kill_grace": checks.number(0),
+    "jobs.retry_backoff": checks.number(0),
+    "jobs.retry_backoff_max": checks.number(0),
+    "jobs.dispatch_timeout": checks.number(1),
+    "jobs.drain_timeout": checks.number(0),
+    "jobs.max_cmd_bytes": checks.number(1, integer=True),
+    "jobs.retention": checks.number(0),
+    "security.require_signed_jobs": checks.boolean,
+    "security.trusted_keys": checks.public_keys,
+    "security.signature_max_age": checks.number(1),
+    "security.run_as_allowed": checks.user_names,
+    "security.job_user": lambda v: None if v is None else checks.user_names([v])[0],
+    "security.max_env_bytes": checks.number(0, integer=True),
+    "security.max_requests_per_second": checks.number(1),
+    "containment.cgroups": checks.boolean,
+    "containment.systemd": checks.boolean,
     "containment.memory": lambda v: None if v is None else memory_limit(v, "a memory limit"),
     "containment.tasks": lambda v: None if v is None else task_limit(v, "a task limit"),
-    "metrics.listen": _listen_address,
-    "metrics.allow": _networks,
+    "metrics.listen": checks.listen_address,
+    "metrics.allow": checks.networks,
 }
 
 

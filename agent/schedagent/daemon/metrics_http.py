@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from schedagent.config import IPNetwork
+from schedagent.configvalues import IPNetwork
 from schedagent.errors import ListenError
 from schedagent.streamserver import StreamServer
 

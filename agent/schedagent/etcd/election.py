@@ -9,8 +9,7 @@ import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from schedagent.config import NAME_RE
-from schedagent.core.names import Keys
+from schedagent.core.names import NODE_NAME_RE, Keys
 from schedagent.errors import FencedError, StoreUnavailableError
 from schedagent.etcd import malformed
 from schedagent.etcd.mirror import Mirror
@@ -35,7 +34,7 @@ def decode_candidate(key: str, raw: bytes) -> str | None:
     except UnicodeDecodeError as exc:
         malformed.note("election candidate", key, raw, exc)
         return None
-    if not CANDIDATE_KEY_RE.search(key) or not NAME_RE.match(name):
+    if not CANDIDATE_KEY_RE.search(key) or not NODE_NAME_RE.match(name):
         malformed.note("election candidate", key, raw, "not a lease key holding a node name")
         return None
     return name
