@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from apiclient import ApiClient
 from schedagent.dev.cluster import LocalCluster
 from schedagent.dev.procs import ETCD_BIN, NATS_BIN, EtcdServer, ManagedProcess, NatsServer
+from schedagent.etcd.store import Store
 
 ClusterFactory = Callable[..., LocalCluster]
 S = TypeVar("S", bound=ManagedProcess)
@@ -120,3 +130,20 @@ def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
             errors.append(exc)
     if errors:
         raise ExceptionGroup("cluster_factory teardown", errors)
+
+
+# Over a test module's own `cluster` fixture (each module says how many agents, how set).
+@pytest.fixture
+async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
+    """A client of the module's cluster's API, as schedctl talks to it."""
+    async with ApiClient(cluster.nats_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def store(cluster: LocalCluster) -> AsyncIterator[Store]:
+    """Direct access to the module's cluster's etcd: what a compromised leader has."""
+    etcd = Store([cluster.etcd_endpoint])
+    await etcd.connect()
+    yield etcd
+    await etcd.close()

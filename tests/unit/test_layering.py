@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "agent" / "schedagent"
-# The helpers every part may use: the config (and its value checks), the error tree, owned tasks, and the stream
-# server under both the agent's metrics endpoint and the console.
+# The helpers every part may use: the config (and its value checks), the error tree,
+# owned tasks, and the stream server under the agent's metrics endpoint and the console.
 TOP_LEVEL = {
     "schedagent",
     "schedagent.config",
