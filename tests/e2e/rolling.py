@@ -25,7 +25,9 @@ from .fleet import Host
 
 JOB_HOME = "/var/lib/schedjob"
 # Drain (jobs.drain_timeout 60 s) outlasts the release: the job ends, never handed back.
-HOLD_LIMIT_BEATS = 900  # 3 minutes at 0.2 s: a job nobody releases still ends
+# A job nobody releases still ends, failed; a playbook run here takes 3-4 minutes on a
+# busy machine, so the limit is well beyond that.
+HOLD_LIMIT_BEATS = 4500  # 15 minutes at 0.2 s
 
 
 def held_command(tag: str) -> str:
