@@ -2,9 +2,10 @@
 the first deployment. See docs/e2e.md.
 
 Built once per session, in this order, and torn down even when a step fails: the
-packages and the root (concurrently), three hosts booted on a bridge, an inventory and
-a first `ansible-playbook deploy.yml`. The tests then share that cluster, in the order
-they are written (later ones break hosts on purpose).
+packages and the root (concurrently), three hosts booted on a bridge, an inventory, a
+`deploy.yml --check` on the fresh hosts and a first `ansible-playbook deploy.yml`. The
+tests then share that cluster, in the order they are written (later ones break hosts on
+purpose).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class Cluster:
     debs: Debs
     first_run: PlaybookRun
     logs: Path
+    # `deploy.yml --check` on the fresh hosts, before the first run, and whether each
+    # host had the schedagent package right after it.
+    fresh_check: PlaybookRun
+    installed_after_check: dict[str, bool]
 
     def playbook(self, name: str, *extra: str) -> PlaybookRun:
         started = time.monotonic()
@@ -117,11 +122,15 @@ def cluster(fleet: Fleet, artifacts: tuple[Debs, Path], e2e_dir: Path) -> Iterat
     trusted_key = Schedctl.keygen(home)
     inventory = write_inventory(fleet, e2e_dir / "inventory", debs.first, trusted_key)
     started = time.monotonic()
+    fresh_check = playbook(inventory, logs / "playbook-check-fresh.log", "--check")
+    PHASES["playbook --check (fresh)"] = time.monotonic() - started
+    installed = {h.name: h.ssh_rc("dpkg-query -W schedagent").returncode == 0 for h in fleet.hosts}
+    started = time.monotonic()
     first = playbook(inventory, logs / "playbook-first.log")
     PHASES["playbook (first)"] = time.monotonic() - started
     failed = Schedctl("", home)  # (the first test fails first)
     ctl = Schedctl.for_inventory(fleet, inventory, home) if first.returncode == 0 else failed
-    yield Cluster(fleet, inventory, ctl, debs, first, logs)
+    yield Cluster(fleet, inventory, ctl, debs, first, logs, fresh_check, installed)
     # Ansible's SSH masters (ControlPersist) go with the hosts, not 30 s later.
     for sock in (logs / "ansible-cp").glob("*"):
         run("ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x", check=False, timeout=10)

@@ -20,10 +20,12 @@ import urllib.request
 from typing import Any
 
 import pytest
+import yaml
 
 from schedagent.ctl.exits import EXIT_NO_CLUSTER
 from schedagent.dev import marks
 
+from . import rolling
 from .conftest import Cluster
 from .deploy import PlaybookRun
 from .fleet import HOSTS, Host, wait_for
@@ -60,6 +62,15 @@ def _wait_final(cluster: Cluster, job_id: str, timeout: float) -> dict[str, Any]
 def _unit(host: Host, *props: str) -> dict[str, str]:
     out = host.ssh(f"systemctl show schedagent {' '.join('-p ' + p for p in props)}")
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_check_mode_on_the_fresh_hosts_succeeds_without_installing(cluster: Cluster) -> None:
+    # Before the first run: the packages' configuration and services are skipped there
+    # (nothing to check them against), everything else says what it would change.
+    _assert_ok(cluster.fresh_check)
+    assert set(cluster.fresh_check.recap) == {h.name for h in cluster.fleet.hosts}
+    assert all(counts["changed"] > 0 for counts in cluster.fresh_check.recap.values())
+    assert cluster.installed_after_check == dict.fromkeys(cluster.installed_after_check, False)
 
 
 def test_deploy_yml_deploys_the_cluster(cluster: Cluster) -> None:
@@ -158,11 +169,26 @@ def test_nats_talks_tls_only_with_certificates_from_the_cluster_ca(cluster: Clus
     no_ca = cluster.ctl.run("nodes", env={"SCHEDCTL_NATS_CA": ""})
     assert no_ca.returncode == EXIT_NO_CLUSTER, no_ca.stdout + no_ca.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in no_ca.stderr, no_ca.stderr
-    # The admin host's settings name the CA the schedctl role installed.
+    # The admin host's context names every server (tls://), the CA the schedctl role
+    # installed and a credentials file for root and the schedctl group only.
     admin = cluster.fleet.hosts[0]
-    env = admin.ssh("cat /etc/schedagent/schedctl.env")
-    assert "SCHEDCTL_NATS_CA=/etc/schedctl/nats-ca.pem\n" in env
-    assert re.search(r"(?m)^SCHEDCTL_NATS_URL=tls://schedctl:\S+@", env), "no tls:// URL"
+    config = yaml.safe_load(admin.ssh("cat /etc/schedctl/config.yaml"))
+    assert config["contexts"][config["current"]] == {
+        "nats": [f"tls://{h.address}:4222" for h in cluster.fleet.hosts],
+        "prefix": "sched",
+        "nats_ca": "/etc/schedctl/nats-ca.pem",
+        "credentials": "/etc/schedctl/credentials",
+    }
+    files = admin.ssh("stat -c '%n %U:%G %a' /etc/schedctl/config.yaml /etc/schedctl/credentials")
+    assert files.splitlines() == [
+        "/etc/schedctl/config.yaml root:root 644",
+        "/etc/schedctl/credentials root:schedctl 640",
+    ]
+    assert admin.ssh("cat /etc/schedctl/credentials") == f"schedctl:{password}\n"
+    # No login shell exports the password any more.
+    assert "SCHEDCTL_NATS_URL" not in admin.ssh_user("sudo -i env")
+    gone = admin.ssh_rc("ls /etc/profile.d/schedctl.sh /etc/schedagent/schedctl.env")
+    assert gone.returncode != 0 and gone.stdout == "", gone.stdout
 
 
 ETCDCTL_CERTS = (
@@ -379,6 +405,110 @@ def test_a_second_run_changes_nothing(cluster: Cluster) -> None:
     assert changed == {h.name: 0 for h in cluster.fleet.hosts}, "\n".join(again.changed_tasks())
 
 
+def test_check_mode_on_the_deployed_hosts_reports_no_change(cluster: Cluster) -> None:
+    check = cluster.playbook("check", "--check")
+    _assert_ok(check)
+    changed = {host: counts["changed"] for host, counts in check.recap.items()}
+    assert changed == {h.name: 0 for h in cluster.fleet.hosts}, "\n".join(check.changed_tasks())
+
+
+def _held_jobs(cluster: Cluster, tag: str) -> dict[str, str]:
+    """One held job on each node (node -> job id), each running."""
+    jobs = {
+        h.name: cluster.ctl.submit(rolling.held_command(tag), "--node", h.name)
+        for h in cluster.fleet.hosts
+    }
+    wait_for(
+        "a held job runs on every node",
+        lambda: all(cluster.ctl.job(j)["state"] == "RUNNING" for j in jobs.values()),
+        60,
+    )
+    return jobs
+
+
+def _assert_held_jobs_ran_once(cluster: Cluster, tag: str, jobs: dict[str, str]) -> None:
+    """Each job SUCCEEDED at its first attempt, and its own marks agree: one start,
+    one end, never a gap in its beats, on the node it was sent to."""
+    for node, job_id in jobs.items():
+        job = _wait_final(cluster, job_id, 120)
+        assert (job["state"], len(job["attempts"]), job["node"]) == ("SUCCEEDED", 1, node), job
+    seen = [m for h in cluster.fleet.hosts for m in rolling.host_marks(h, tag)]
+    assert {m.host for m in seen if m.kind == "end"} == set(jobs)
+    assert marks.ends(seen) == dict.fromkeys(jobs.values(), 1)
+    assert {m.attempt for m in seen} == {1}
+    assert marks.gaps(seen) == {}, marks.gaps(seen)
+    # Beats every 0.2 s all along: a few seconds at most even on a busy machine.
+    silences = rolling.longest_silence(seen)
+    assert all(gap < 5 for gap in silences.values()), silences
+
+
+def test_a_live_key_change_reloads_the_agents_under_their_jobs(cluster: Cluster) -> None:
+    """A label for every node (labels reload live): the agents reload, keep their main
+    process and their running jobs, and show the label."""
+    tag = f"reload-{int(time.time())}"
+    jobs = _held_jobs(cluster, tag)
+    before = {h.name: _unit(h, "MainPID")["MainPID"] for h in cluster.fleet.hosts}
+
+    def add_rack_label(inventory: dict[str, Any]) -> None:
+        for host in inventory["all"]["hosts"].values():
+            host["schedagent_labels"]["rack"] = "r1"
+
+    rolling.edit_inventory(cluster.inventory, add_rack_label)
+    result = cluster.playbook("reload")
+    _assert_ok(result)
+    changed = "\n".join(result.changed_tasks())
+    assert "Reload schedagent's configuration]" in changed, changed
+    assert "Restart schedagent, one agent at a time]" not in changed, changed
+    after = {h.name: _unit(h, "MainPID")["MainPID"] for h in cluster.fleet.hosts}
+    assert after == before
+    nodes = {n["name"]: n for n in cluster.ctl.json("nodes")["nodes"]}
+    assert all(nodes[h.name]["labels"].get("rack") == "r1" for h in cluster.fleet.hosts), nodes
+    # The jobs outlived the reload: still running, their processes still on each host.
+    for host in cluster.fleet.hosts:
+        assert cluster.ctl.job(jobs[host.name])["state"] == "RUNNING"
+        assert _processes_with(host, f"release-{tag}"), host.name
+        rolling.release(host, tag)
+    _assert_held_jobs_ran_once(cluster, tag, jobs)
+
+
+def test_a_restart_key_change_restarts_agents_one_at_a_time_under_jobs(cluster: Cluster) -> None:
+    """Another metrics port (a restart) and an etcd setting: etcd members and then
+    agents restart one at a time, each agent draining its running job first; no job
+    fails, and no two hosts were down at once."""
+    tag = f"restart-{int(time.time())}"
+    jobs = _held_jobs(cluster, tag)
+    before = {h.name: _unit(h, "MainPID")["MainPID"] for h in cluster.fleet.hosts}
+
+    def new_port_and_etcd_setting(inventory: dict[str, Any]) -> None:
+        inventory["all"]["vars"]["schedagent_metrics_listen"] = "127.0.0.1:9465"
+        # etcd's default, written out: the file changes, the cluster's behaviour not.
+        inventory["all"]["vars"]["etcd_extra_env"] = {"ETCD_HEARTBEAT_INTERVAL": "100"}
+
+    rolling.edit_inventory(cluster.inventory, new_port_and_etcd_setting)
+    watcher = rolling.Watcher(cluster.fleet.hosts, tag)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        run = pool.submit(cluster.playbook, "restart")
+        watcher.watch(run.done)
+        result = run.result()
+    _assert_ok(result)
+    # Each agent was seen stopping (draining its job) while the other two were active.
+    assert set(watcher.seen_stopping) == set(jobs), watcher.seen_stopping
+    for name, others in watcher.seen_stopping.items():
+        assert set(others.values()) == {"active"}, (name, others)
+    for service in ("schedagent", "etcd"):
+        windows = rolling.down_windows(cluster.fleet.hosts, service)
+        assert rolling.overlapping(windows) == [], (service, windows)
+    after = {h.name: _unit(h, "MainPID")["MainPID"] for h in cluster.fleet.hosts}
+    assert all(after[name] != before[name] for name in before), (before, after)
+    for host in cluster.fleet.hosts:
+        metrics = host.ssh(
+            'python3 -c "import urllib.request as u; '
+            "print(u.urlopen('http://127.0.0.1:9465/metrics').status)\""
+        )
+        assert metrics.strip() == "200", host.name
+    _assert_held_jobs_ran_once(cluster, tag, jobs)
+
+
 def test_killed_leader_agent_is_restarted_and_another_host_leads(cluster: Cluster) -> None:
     old = _leader(cluster)
     host = cluster.fleet.host(old)
@@ -424,9 +554,9 @@ def test_upgrading_the_package_under_running_jobs_loses_none(cluster: Cluster) -
         upgrade = pool.submit(
             cluster.playbook, "upgrade", "-e", f"schedagent_deb={cluster.debs.upgrade}"
         )
-        # Jobs keep coming while the playbook runs. A submit may find no agent that
-        # answers while all three restart at once (docs/deploy.md: no rolling restarts
-        # yet): schedctl then says so, exit status 3, and the job was never accepted.
+        # Jobs keep coming while the playbook runs; the agents restart one at a time.
+        # Should a submit find no agent that answers, schedctl says so (its own exit
+        # status) and the job was never accepted.
         during: list[str] = []
         refused: list[subprocess.CompletedProcess[str]] = []
         while not upgrade.done():

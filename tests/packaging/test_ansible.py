@@ -29,8 +29,11 @@ import nats.errors
 import pytest
 import yaml
 
+from schedagent.config import parse_config
 from schedagent.core.signing import SigningKey, key_id, parse_public, public_text, verify
+from schedagent.ctl.contexts import Context, load_config
 from schedagent.ctl.exits import EXIT_NO_CLUSTER
+from schedagent.daemon.reload import merge_live
 from schedagent.dev.procs import ETCD_BIN, NATS_BIN, ManagedProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +139,7 @@ def _inventory(base: Path) -> tuple[dict[str, object], dict[str, dict[str, int]]
 EXISTING = {
     "schedagent_etcd_endpoints": ["http://192.0.2.5:2379", "http://192.0.2.6:2379"],
     "schedagent_nats_urls": ["nats://192.0.2.8:4222"],
-    "schedctl_nats_url": "nats://192.0.2.8:4222",
+    "schedctl_nats_urls": ["nats://192.0.2.8:4222"],
     "schedagent_nats_user": "",
     "schedctl_nats_user": "",
 }
@@ -417,19 +420,19 @@ def test_existing_clusters_skip_the_etcd_and_nats_plays(tmp_path: Path) -> None:
         text=True,
     )
     assert check.returncode == 0, check.stderr
-    assert (
-        "SCHEDCTL_NATS_URL=nats://192.0.2.8:4222\n" in render.file("n1", "schedctl.env").read_text()
-    )
     # Only the operator key: no NATS passwords for clusters without authentication,
-    # and no CA for a NATS without TLS.
+    # and no CA for a NATS without TLS; the context names neither.
     assert sorted(p.name for p in render.credentials.iterdir()) == ["operator.pem"]
-    assert "SCHEDCTL_NATS_CA" not in render.file("n1", "schedctl.env").read_text()
+    context = _context(render)
+    assert context.nats == ("nats://192.0.2.8:4222",)
+    assert (context.nats_ca, context.credentials) == (None, None)
+    assert not render.file("n1", "schedctl/credentials").exists()
     assert "tls_ca" not in config["nats"]
     assert not any(k.startswith("tls_") for k in config["etcd"])
     # An existing NATS and etcd with TLS: their CAs must be given (none is made for them).
     tls = {
         "schedagent_nats_urls": ["tls://192.0.2.8:4222", "tls://192.0.2.9:4222"],
-        "schedctl_nats_url": "tls://192.0.2.8:4222",
+        "schedctl_nats_urls": ["tls://192.0.2.8:4222", "tls://192.0.2.9:4222"],
     }
     result = render.run("-e", json.dumps(tls))
     assert result.returncode != 0
@@ -462,9 +465,10 @@ def test_existing_clusters_skip_the_etcd_and_nats_plays(tmp_path: Path) -> None:
         text=True,
     )
     assert check.returncode == 0, check.stderr
-    env = _env_file(render.file("n1", "schedctl.env"))
-    assert env["SCHEDCTL_NATS_URL"] == "tls://192.0.2.8:4222"
-    assert env["SCHEDCTL_NATS_CA"] == "/etc/schedctl/nats-ca.pem"
+    context = _context(render)
+    assert context.nats == tuple(tls["schedctl_nats_urls"])
+    assert context.nats_ca == str(render.file("n1", "schedctl/nats-ca.pem"))
+    assert render.file("n1", "schedctl/nats-ca.pem").read_bytes() == ca.read_bytes()
 
 
 def _make_ca(directory: Path, name: str) -> Path:
@@ -551,8 +555,71 @@ def test_your_own_nats_ca_signs_the_servers_certificates(tmp_path: Path) -> None
     assert mine.read_text().startswith("-----BEGIN CERTIFICATE-----")
 
 
+def _context(render: Render) -> Context:
+    """The context the schedctl role wrote for the admin host, as schedctl reads it."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SCHEDCTL_CONFIG", str(render.file("n1", "schedctl/config.yaml")))
+        config = load_config()
+    assert config.current is not None and config.current in config.contexts, config
+    return config.contexts[config.current]
+
+
+def test_schedctl_gets_a_context_with_every_nats_server_and_a_credentials_file(
+    rendered: Render,
+) -> None:
+    context = _context(rendered)
+    assert context.name == "inventory"  # the inventory directory's name
+    ports = [rendered.ports[h]["nats_client_port"] for h in HOSTS]
+    assert context.nats == tuple(f"tls://127.0.0.1:{port}" for port in ports)
+    assert context.prefix == "sched"
+    assert context.nats_ca == str(rendered.file("n1", "schedctl/nats-ca.pem"))
+    # schedctl's own lookup finds the operator key: users of the group keep their own.
+    assert context.key is None
+    credentials = rendered.file("n1", "schedctl/credentials")
+    assert context.credentials == str(credentials)
+    assert credentials.stat().st_mode & 0o777 == 0o640
+    password = rendered.credential("nats-schedctl")
+    logins = ",".join(f"tls://schedctl:{password}@127.0.0.1:{port}" for port in ports)
+    assert context.urls() == logins
+    assert password not in rendered.file("n1", "schedctl/config.yaml").read_text()
+
+
+@pytest.mark.timeout(900)  # three playbook runs
+def test_a_live_key_reloads_and_any_other_restarts(tmp_path: Path) -> None:
+    """The role's digest of the settings that take a restart agrees with the agent:
+    a log_level change rewrites agent.yaml only; a node_ttl change moves the digest."""
+    render = _render(PLAYBOOK_BINS["debian"], tmp_path)
+
+    def files() -> dict[str, tuple[str, str]]:
+        return {
+            h: (
+                render.file(h, "agent.yaml").read_text(),
+                render.file(h, "agent.yaml.restart-sha256").read_text(),
+            )
+            for h in HOSTS
+        }
+
+    def agent_says(before: str, after: str) -> list[str]:
+        """The keys a SIGHUP with `after` in place of `before` leaves for a restart."""
+        old, new = (parse_config(yaml.safe_load(text)) for text in (before, after))
+        return merge_live(old, new)[2]
+
+    first = files()
+    for change, restart in (
+        ("schedagent_log_level=debug", []),
+        ("schedagent_node_ttl=12", ["node_ttl"]),
+    ):
+        result = render.run("-e", change)
+        assert result.returncode == 0, result.stdout[-4000:]
+        now = files()
+        for host in HOSTS:
+            assert now[host][0] != first[host][0], (change, host)
+            assert agent_says(first[host][0], now[host][0]) == restart, change
+            assert (now[host][1] != first[host][1]) == bool(restart), (change, host)
+
+
 def test_agents_trust_the_operator_key_the_admin_host_gets(rendered: Render) -> None:
-    key_file = rendered.file("n1", "operator.key")
+    key_file = rendered.file("n1", "schedctl/operator.key")
     assert key_file.stat().st_mode & 0o777 == 0o600
     key = SigningKey.load(key_file)
     pem = rendered.credentials / "operator.pem"
@@ -581,7 +648,7 @@ def test_more_trusted_keys_add_to_the_operator_key(tmp_path: Path) -> None:
         ),
     )
     assert result.returncode == 0, result.stdout[-4000:]
-    operator = public_text(SigningKey.load(render.file("n1", "operator.key")).public)
+    operator = public_text(SigningKey.load(render.file("n1", "schedctl/operator.key")).public)
     config = yaml.safe_load(render.file("n2", "agent.yaml").read_text())
     assert config["security"]["trusted_keys"] == [mine, operator, extra]
     check = subprocess.run(
@@ -720,13 +787,14 @@ def _registered(render: Render, host: str) -> bool:
 def _schedctl(
     render: Render, *args: str, url: str | None = None, ca: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """schedctl with the admin host's settings; url and ca (a file, "" for none) instead."""
-    env = {**os.environ, **_env_file(render.file("n1", "schedctl.env"))}
-    # The key the schedctl role installs as /etc/schedctl/operator.key, and the CA it
-    # installs as /etc/schedctl/nats-ca.pem.
-    env["SCHEDCTL_KEY"] = str(render.file("n1", "operator.key"))
-    assert env["SCHEDCTL_NATS_CA"] == "/etc/schedctl/nats-ca.pem"
-    env["SCHEDCTL_NATS_CA"] = str(render.credentials / "nats-ca.pem") if ca is None else ca
+    """schedctl through the context the role writes for the admin host (its NATS URLs,
+    CA and credentials file); url and ca (a file, "" for none) instead of the context's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHEDCTL_", "XDG_"))}
+    env["SCHEDCTL_CONFIG"] = str(render.file("n1", "schedctl/config.yaml"))
+    # The key the schedctl role installs as /etc/schedctl/operator.key.
+    env["SCHEDCTL_KEY"] = str(render.file("n1", "schedctl/operator.key"))
+    if ca is not None:
+        env["SCHEDCTL_NATS_CA"] = ca
     if url is not None:
         env["SCHEDCTL_NATS_URL"] = url
     return subprocess.run([SCHEDCTL, *args], env=env, capture_output=True, text=True, timeout=60)
