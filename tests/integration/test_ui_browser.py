@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 
 from helpers import live_processes_with, marker
@@ -41,6 +45,10 @@ def wait_for(what: str, check: Callable[[], Any], deadline: float = 30.0) -> Any
                 return value
         except (StaleElementReferenceException, NoSuchElementException):
             pass  # the old page went away, or the new one is not there yet
+        except WebDriverException as exc:
+            # chromedriver's words for a stale element read while the page reloads.
+            if "does not belong to the document" not in str(exc.msg):
+                raise
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {deadline}s waiting for {what}")
         time.sleep(0.1)
