@@ -9,7 +9,7 @@ import click
 
 from schedagent.core.fleet import HOST_RE, PERCENT_RE
 from schedagent.ctl.jobopts import Command, job_fields
-from schedagent.ctl.params import Duration, IdsParam, StrParam
+from schedagent.ctl.params import CommaList, Duration, StrParam
 
 
 class Count(StrParam):
@@ -29,19 +29,11 @@ class Count(StrParam):
         self.fail(f"{value!r}: a number of hosts ({self.low} or more) or a share 1%-100%")
 
 
-class NodeNames(IdsParam):
+class NodeNames(CommaList):
     name = "NODE[,NODE...]"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, ...]:
-        if isinstance(value, tuple):
-            return value
-        names = tuple(dict.fromkeys(part.strip() for part in str(value).split(",")))
-        for name in names:
-            if not HOST_RE.match(name):
-                self.fail(f"{name!r} is not a node name", param, ctx)
-        return names
+    pattern = HOST_RE
+    what = "a node name"
+    unique = True
 
 
 SELECTOR_OPTIONS: list[Callable[[Command], Command]] = [

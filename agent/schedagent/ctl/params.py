@@ -109,21 +109,40 @@ class JobId(StrParam):
         return job
 
 
-class JobIds(IdsParam):
-    """ID[,ID...]: job ids, comma-separated."""
+class CommaList(IdsParam):
+    """Comma-separated items, each checked against `pattern` (a list given twice, as a
+    tuple already, passes as it is)."""
 
-    name = "ID[,ID...]"
+    pattern: re.Pattern[str]
+    what: str  # how the error names a wrong item: "a job id (20 hex digits)"
+    unique = False  # each item once, in the order given
+
+    def item(self, part: str) -> str:
+        return part.strip()
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> tuple[str, ...]:
         if isinstance(value, tuple):
             return value
-        ids = tuple(part.strip().lower() for part in str(value).split(","))
-        for job in ids:
-            if not JOB_ID_RE.match(job):
-                self.fail(f"{job!r} is not a job id (20 hex digits)", param, ctx)
-        return ids
+        items = tuple(self.item(part) for part in str(value).split(","))
+        if self.unique:
+            items = tuple(dict.fromkeys(items))
+        for item in items:
+            if not self.pattern.match(item):
+                self.fail(f"{item!r} is not {self.what}", param, ctx)
+        return items
+
+
+class JobIds(CommaList):
+    """ID[,ID...]: job ids, comma-separated."""
+
+    name = "ID[,ID...]"
+    pattern = JOB_ID_RE
+    what = "a job id (20 hex digits)"
+
+    def item(self, part: str) -> str:
+        return part.strip().lower()
 
 
 def parent_list(ctx: click.Context, param: click.Parameter, value: Any) -> list[str]:

@@ -29,28 +29,19 @@ from schedagent.ctl.format import format_schedule, format_schedules
 from schedagent.ctl.jobopts import job_fields, job_options
 from schedagent.ctl.keys import find_key
 from schedagent.ctl.params import (
+    CommaList,
     Duration,
-    IdsParam,
     check_cmd,
 )
 from schedagent.errors import ScheduleError
 
 
-class ScheduleNames(IdsParam):
+class ScheduleNames(CommaList):
     """SCHEDULE[,SCHEDULE...]: schedule names, comma-separated."""
 
     name = "SCHEDULE[,SCHEDULE...]"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, ...]:
-        if isinstance(value, tuple):
-            return value
-        names = tuple(part.strip() for part in str(value).split(","))
-        for name in names:
-            if not NAME_RE.match(name):
-                self.fail(f"{name!r} is not a schedule name", param, ctx)
-        return names
+    pattern = NAME_RE
+    what = "a schedule name"
 
 
 def schedule_list(ctx: click.Context, param: click.Parameter, value: Any) -> list[str]:
