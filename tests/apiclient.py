@@ -77,6 +77,17 @@ class ApiClient:
     async def get(self, job_id: str) -> dict[str, Any]:
         return (await self.call("get", id=job_id))["job"]  # type: ignore[no-any-return]
 
+    async def leader_node(self, not_: str | None = None, deadline: float = 15) -> str:
+        """The leader's node name, once there is one (other than not_)."""
+        end = time.monotonic() + deadline
+        while True:
+            leader = (await self.call("leader"))["leader"]
+            if leader is not None and leader["node"] != not_:
+                return str(leader["node"])
+            if time.monotonic() > end:
+                raise AssertionError(f"no leader other than {not_} after {deadline}s")
+            await asyncio.sleep(0.1)
+
     async def wait_for(
         self, job_id: str, states: set[str] | None = None, deadline: float = 30
     ) -> dict[str, Any]:

@@ -36,7 +36,7 @@ async def skewed_follower(
     the leader with the true one; and that follower's name."""
     cluster: LocalCluster = await asyncio.to_thread(cluster_factory, 2, **overrides)
     async with ApiClient(cluster.nats_url) as api:
-        leader = await leader_of(api)
+        leader = await api.leader_node()
     follower = cluster.agents[next(n for n in cluster.agents if n != leader)]
     follower.kill()  # its record goes with its lease; the leader stays (oldest candidate)
     key = f"{cluster.etcd_prefix}/nodes/{follower.name}"
@@ -47,14 +47,6 @@ async def skewed_follower(
     await asyncio.to_thread(follower.start)
     await asyncio.to_thread(cluster.wait_for_nodes, [follower.name])
     return cluster, follower.name
-
-
-async def leader_of(api: ApiClient) -> str:
-    end = time.monotonic() + 15
-    while (leader := (await api.call("leader"))["leader"]) is None:
-        assert time.monotonic() < end, "no leader"
-        await asyncio.sleep(0.1)
-    return str(leader["node"])
 
 
 async def test_a_retry_waits_its_backoff_whatever_the_workers_clock(cluster_factory: Any) -> None:

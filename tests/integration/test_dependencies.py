@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +38,6 @@ async def settled(api: ApiClient) -> None:
 
 def runs_of(ran: Path) -> dict[str, marks.Run]:
     return {run.job: run for run in marks.runs(marks.read_file(ran))}
-
-
-async def leader_of(api: ApiClient, not_: str | None = None, deadline: float = 20) -> str:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        leader = (await api.call("leader"))["leader"]
-        if leader is not None and leader["node"] != not_:
-            return str(leader["node"])
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no leader other than {not_} after {deadline}s")
 
 
 async def test_a_child_runs_after_both_parents_succeeded(
@@ -129,7 +118,7 @@ async def test_a_leader_killed_while_children_wait_still_gives_their_outcome(
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
     ran, go = tmp_path / "marks", tmp_path / "go"
     async with ApiClient(cluster.nats_url) as api:
-        leader = await leader_of(api)
+        leader = await api.leader_node(deadline=20)
         worker = next(name for name in cluster.agents if name != leader)
         good = await api.submit(gated(go, ran), node=worker)
         bad = await api.submit(gated(go, ran, status=1), node=worker)
@@ -140,7 +129,7 @@ async def test_a_leader_killed_while_children_wait_still_gives_their_outcome(
         cluster.agents[leader].kill()
         # The parents end while nobody leads: the new leader learns of it from done/.
         go.touch()
-        await leader_of(api, not_=leader)
+        await api.leader_node(not_=leader, deadline=20)
         done = await api.wait_for(child)
         unrun = await api.wait_for(doomed)
         await settled(api)

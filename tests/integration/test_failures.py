@@ -34,18 +34,6 @@ FAST = {
 SCHEDCTL = str(Path(sys.executable).parent / "schedctl")
 
 
-async def leader_of(api: ApiClient, deadline: float = 15, not_: str | None = None) -> str:
-    """The leader's node name, once there is one (other than not_)."""
-    end = time.monotonic() + deadline
-    while True:
-        leader = (await api.call("leader"))["leader"]
-        if leader is not None and leader["node"] != not_:
-            return str(leader["node"])
-        if time.monotonic() > end:
-            raise AssertionError(f"no leader other than {not_} after {deadline}s")
-        await asyncio.sleep(0.1)
-
-
 async def records(api: ApiClient) -> dict[str, Job]:
     jobs = await api.list_all()
     return {j["id"]: Job.from_dict(j) for j in jobs}
@@ -189,7 +177,7 @@ async def test_leader_killed_mid_placement_loses_nothing(
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
     ran = tmp_path / "marks"
     async with ApiClient(cluster.nats_url) as api:
-        leader = await leader_of(api)
+        leader = await api.leader_node()
         ids = await asyncio.gather(
             *(
                 api.submit(marks.marked(f"sleep 0.{i % 5}; echo {i}", ran), retries=2)
@@ -198,7 +186,7 @@ async def test_leader_killed_mid_placement_loses_nothing(
         )
         cluster.agents[leader].kill()
         survivors = [name for name in cluster.agents if name != leader]
-        new_leader = await leader_of(api, deadline=TTL + 5, not_=leader)
+        new_leader = await api.leader_node(deadline=TTL + 5, not_=leader)
         assert new_leader in survivors
         more = [await api.submit(marks.marked("echo after", ran), retries=2) for _ in range(5)]
         jobs = await api.wait_all(list(ids) + more, deadline=60)
@@ -213,9 +201,9 @@ async def test_after_a_leader_dies_no_job_is_placed_on_its_node(cluster_factory:
     ttl = 20
     cluster: LocalCluster = cluster_factory(3, agent_overrides={**FAST, "node_ttl": ttl})
     async with ApiClient(cluster.nats_url) as api:
-        old = await leader_of(api)
+        old = await api.leader_node()
         cluster.agents[old].kill()
-        await leader_of(api, deadline=10, not_=old)
+        await api.leader_node(deadline=10, not_=old)
         assert old in {n["name"] for n in (await api.call("nodes"))["nodes"]}, "still listed"
         ids = [await api.submit(f"echo after-{i}") for i in range(12)]
         jobs = await api.wait_all(ids, deadline=ttl / 2)
@@ -229,10 +217,10 @@ async def test_paused_leader_is_deposed_fenced_and_steps_down(
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
     ran = tmp_path / "marks"
     async with ApiClient(cluster.nats_url) as api:
-        old = await leader_of(api)
+        old = await api.leader_node()
         cluster.agents[old].pause()
         try:
-            new = await leader_of(api, deadline=TTL + 5, not_=old)
+            new = await api.leader_node(deadline=TTL + 5, not_=old)
             ids = [
                 await api.submit(marks.marked("echo while-paused", ran), retries=1)
                 for _ in range(10)
@@ -343,7 +331,7 @@ async def test_an_attempt_a_live_node_does_not_take_up_goes_elsewhere(
     )
     ran = tmp_path / "marks"
     async with ApiClient(cluster.nats_url) as api:
-        leader = await leader_of(api)
+        leader = await api.leader_node()
         frozen = next(name for name in cluster.agents if name != leader)
         # The leader's CPUs taken, so the job can only be placed on the frozen node.
         blocker = await api.submit("sleep 600", node=leader, cpus=2)

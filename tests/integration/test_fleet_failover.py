@@ -20,22 +20,12 @@ TTL = 3
 FAST = {"node_ttl": TTL, "jobs": {"retry_backoff": 0.2, "dispatch_timeout": 2.0}}
 
 
-async def leader_of(api: ApiClient, deadline: float = 15, not_: str | None = None) -> str:
-    end = time.monotonic() + deadline
-    while True:
-        leader = (await api.call("leader"))["leader"]
-        if leader is not None and leader["node"] != not_:
-            return str(leader["node"])
-        assert time.monotonic() < end, f"no leader other than {not_} after {deadline}s"
-        await asyncio.sleep(0.1)
-
-
 async def test_a_stopped_host_is_unreachable_and_a_retry_runs_it_once_back(
     cluster_factory: Any,
 ) -> None:
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
     async with ApiClient(cluster.nats_url) as api:
-        leader = await leader_of(api)
+        leader = await api.leader_node()
         away = next(name for name in cluster.agents if name != leader)
         cluster.agents[away].stop()
         await wait_until_gone(api, away, TTL + 10)
@@ -64,7 +54,7 @@ async def test_leader_killed_mid_roll_out_continues_nothing_twice_budget_holds(
 ) -> None:
     cluster: LocalCluster = cluster_factory(4, agent_overrides=FAST)
     async with ApiClient(cluster.nats_url) as api:
-        leader = await leader_of(api)
+        leader = await api.leader_node()
         first, second, third = sorted(name for name in cluster.agents if name != leader)
         fail_on(cluster, second)
         nodes = ",".join([first, second, third])
@@ -75,7 +65,7 @@ async def test_leader_killed_mid_roll_out_continues_nothing_twice_budget_holds(
         # Killed while the first host's part runs: the new leader must go on from there.
         await wait_until(lambda: bool(starts(cluster)[first]), 20, f"{first} started")
         cluster.agents[leader].kill()
-        await leader_of(api, deadline=TTL + 10, not_=leader)
+        await api.leader_node(deadline=TTL + 10, not_=leader)
         await wait_until_ended(cluster, group_id, 60)
         assert results(cluster, group_id) == {
             first: "succeeded",

@@ -247,16 +247,6 @@ async def _run_binary_jobs(api: ApiClient, count: int) -> None:
         assert (await api.wait_for(job_id))["state"] == "SUCCEEDED"
 
 
-async def _leader(api: ApiClient, not_: str | None = None, deadline: float = 15) -> str:
-    end = time.monotonic() + deadline
-    while True:
-        leader = (await api.call("leader"))["leader"]
-        if leader is not None and leader["node"] != not_:
-            return str(leader["node"])
-        assert time.monotonic() < end, f"no leader other than {not_} after {deadline}s"
-        await asyncio.sleep(0.1)
-
-
 def _placed(cluster: LocalCluster) -> list[tuple[str, str]]:
     """(node, job id) of every key of the placement index, via etcd's gateway."""
     prefix = f"{cluster.etcd_prefix}/placed/"
@@ -277,14 +267,14 @@ async def test_a_new_leader_runs_a_job_within_the_failover_target_after_a_long_h
     async with ApiClient(cluster.nats_url) as api:
         await _run_binary_jobs(api, 20)
         await _load_history(cluster)
-        leader = await _leader(api)
+        leader = await api.leader_node()
         cluster.agents[leader].kill()
         killed = time.monotonic()
         mark = tmp_path / "ran-after-failover"
         job_id = await api.submit(f"echo ran > {mark}")
         await wait_until(mark.exists, FAILOVER_DEADLINE, "the job submitted after the failover")
         assert time.monotonic() - killed <= FAILOVER_DEADLINE
-        assert await _leader(api, not_=leader) != leader
+        assert await api.leader_node(not_=leader) != leader
         assert (await api.wait_for(job_id))["state"] == "SUCCEEDED"
         # The history is still there to read, newest first, a reply at a time.
         newest = (await api.call("list", limit=50))["jobs"]
@@ -300,7 +290,7 @@ async def test_an_agent_restarted_with_a_long_history_reaps_its_leftovers_and_se
     overrides = {**FAST, "node_ttl": 15}
     cluster: LocalCluster = await asyncio.to_thread(cluster_factory, 3, agent_overrides=overrides)
     async with ApiClient(cluster.nats_url) as api:
-        leader = await _leader(api)
+        leader = await api.leader_node()
         victim = next(name for name in cluster.agents if name != leader)
         m = marker()
         left = await api.submit(f"sleep {m}", node=victim)

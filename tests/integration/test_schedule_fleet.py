@@ -50,16 +50,6 @@ async def wait_for(what: str, deadline: float, check: Any) -> None:
         await asyncio.sleep(0.2)
 
 
-async def leader_node(api: ApiClient, deadline: float = 30, not_: str | None = None) -> str:
-    end = time.monotonic() + deadline
-    while True:
-        leader = (await api.call("leader"))["leader"]
-        if leader is not None and leader["node"] != not_:
-            return str(leader["node"])
-        assert time.monotonic() < end, f"no leader other than {not_} after {deadline}s"
-        await asyncio.sleep(0.1)
-
-
 def create(cluster: LocalCluster, name: str, *args: str) -> None:
     made = schedctl(cluster, "schedule", "create", name, "--cmd", part_cmd(), *args)
     assert made.returncode == 0, made.stderr
@@ -98,12 +88,12 @@ async def test_an_all_schedule_runs_once_per_slot_on_every_host_across_a_leader_
             return len(common - {-1}) >= count
 
         await wait_for("2 slots on every host", 30, lambda: slots_on_all(2))
-        leader = await leader_node(api)
+        leader = await api.leader_node(deadline=30)
         # Between slots: the last slot's parts have all ended, the next is up to 3 s away.
         await wait_for("the last parts to end", 10, lambda: all(r.ended for r in _runs(cluster)))
         await asyncio.to_thread(cluster.agents[leader].kill)
         killed_at = time.time()
-        await leader_node(api, TTL + 15, not_=leader)
+        await api.leader_node(deadline=TTL + 15, not_=leader)
         await asyncio.to_thread(cluster.agents[leader].start)
         await wait_for("slots after the failover", 60, lambda: _after(cluster, name, killed_at, 3))
         await asyncio.to_thread(cluster.add_agent, "node4")  # a host joins while one leads

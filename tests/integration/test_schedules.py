@@ -26,26 +26,6 @@ FAST = {
 }
 
 
-async def leader_node(api: ApiClient, deadline: float = 30) -> str:
-    end = time.monotonic() + deadline
-    while True:
-        leader = (await api.call("leader"))["leader"]
-        if leader is not None:
-            return str(leader["node"])
-        if time.monotonic() > end:
-            raise AssertionError(f"no leader after {deadline}s")
-        await asyncio.sleep(0.1)
-
-
-async def new_leader(api: ApiClient, old: str, deadline: float = 30) -> str:
-    end = time.monotonic() + deadline
-    while (name := await leader_node(api)) == old:
-        if time.monotonic() > end:
-            raise AssertionError(f"{old} still leads after {deadline}s")
-        await asyncio.sleep(0.1)
-    return name
-
-
 async def test_every_slot_runs_once_while_leaders_die_and_nats_restarts(
     cluster_factory: Any, tmp_path: Path
 ) -> None:
@@ -58,10 +38,10 @@ async def test_every_slot_runs_once_while_leaders_die_and_nats_restarts(
         await wait_for_slots(path, "tick", 3, 20)
         events = []
         for round_ in range(2):
-            leader = await leader_node(api)
+            leader = await api.leader_node(deadline=30)
             await asyncio.to_thread(cluster.agents[leader].kill)
             events.append(f"{time.time():.1f} killed leader {leader}")
-            await new_leader(api, leader)
+            await api.leader_node(not_=leader, deadline=30)
             await asyncio.to_thread(cluster.agents[leader].start)
             await wait_for_slots(path, "tick", 6 + 6 * round_, 30)
             if round_ == 0:
@@ -139,7 +119,7 @@ async def test_catch_up_none_one_all_after_the_whole_cluster_was_down(
         for agent in cluster.agents.values():
             await asyncio.to_thread(agent.start)
         await wait_until_served(api.nc, 30)
-        await leader_node(api)
+        await api.leader_node(deadline=30)
         led_at = time.time()
         for policy, path in paths.items():
             await wait_for_slots(path, policy, len(slot_starts(path, policy)) + 3, 30)
