@@ -9,6 +9,7 @@ refuse it and never start its command (the file the command would make is the ev
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -84,14 +85,7 @@ async def test_forged_parts_are_refused_by_the_agent_and_audited(
     api: ApiClient, store: Store, cluster: LocalCluster, tmp_path: Path, case: str
 ) -> None:
     pwned = tmp_path / "pwned"
-    job_id, spec, why = forged_parts(pwned)[case]
-    await dispatch_assigned(store, api, job_id, spec)
-    job = await api.wait_for(job_id, deadline=20)
-    assert job["state"] == "FAILED" and job["reason"].startswith("signature rejected"), job
-    assert why in job["reason"], job["reason"]
-    assert job["attempts"][0]["started_at"] is None
-    assert not pwned.exists()
-    assert f"audit refused job {job_id}" in cluster.agents["node1"].log_tail(400)
+    await refused_unrun(api, store, cluster, *forged_parts(pwned)[case], pwned)
 
 
 async def test_fleet_runs_must_be_signed_and_are_audited(
@@ -162,11 +156,24 @@ async def test_forged_scheduled_fleet_parts_are_refused_and_audited(
     api: ApiClient, store: Store, cluster: LocalCluster, tmp_path: Path, case: str
 ) -> None:
     pwned = tmp_path / "pwned"
-    job_id, spec, why = forged_slot_parts(pwned)[case]
+    await refused_unrun(api, store, cluster, *forged_slot_parts(pwned)[case], pwned)
+
+
+async def refused_unrun(
+    api: ApiClient,
+    store: Store,
+    cluster: LocalCluster,
+    job_id: str,
+    spec: JobSpec,
+    why: str,
+    pwned: Path,
+) -> None:
+    """Dispatch the forged part as a compromised leader would: refused, never started
+    (the file its command would make is not there), and audited."""
     await dispatch_assigned(store, api, job_id, spec)
     job = await api.wait_for(job_id, deadline=20)
     assert job["state"] == "FAILED" and job["reason"].startswith("signature rejected"), job
     assert why in job["reason"], job["reason"]
     assert job["attempts"][0]["started_at"] is None
-    assert not pwned.exists()
+    assert not await asyncio.to_thread(pwned.exists)
     assert f"audit refused job {job_id}" in cluster.agents["node1"].log_tail(400)
