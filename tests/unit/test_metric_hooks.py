@@ -9,9 +9,10 @@ import pytest
 from schedagent.config import AgentConfig, ContainmentConfig, NatsConfig, OutputConfig
 from schedagent.core.model import Job, JobSpec, JobState, Outcome
 from schedagent.core.names import Keys
+from schedagent.daemon.attemptends import AGENT_STOPPED
 from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.running import RunningJob
-from schedagent.daemon.worker import AGENT_STOPPED, LEASE_LOST, Worker
+from schedagent.daemon.worker import LEASE_LOST, Worker
 from schedagent.dev.memstore import MemStore
 from schedagent.errors import StoreUnavailableError
 from schedagent.etcd.jobstore import JobStore
@@ -93,7 +94,7 @@ def test_the_worker_counts_how_each_attempt_ended(
     worker = Worker(config, JobStore(MemStore(), Keys("t")), bus, lambda: 1, metrics)  # type: ignore[arg-type]
     job = Job(id="0" * 20, spec=JobSpec(cmd="true"), state=JobState.RUNNING, submitted_at=0.0)
     running = RunningJob(job.id, 1, 1.0, pid=pid, interrupted=interrupted)
-    worker._count_end(job, running, outcome)
+    worker.ends.count(job, running, outcome)
     state, reason = expected
     sample = metrics.registry.get_sample_value
     assert sample("schedagent_jobs_finished_total", {"state": state, "reason": reason}) == 1

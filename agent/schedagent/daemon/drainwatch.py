@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from schedagent.core.cordon import Cordon
 from schedagent.core.names import Keys
-from schedagent.daemon.worker import NODE_DRAINED, Worker
+from schedagent.daemon.attemptends import NODE_DRAINED
+from schedagent.daemon.worker import Worker
 from schedagent.etcd.cordonstore import decode_cordon
 from schedagent.etcd.mirror import Mirror
 from schedagent.etcd.store import Store

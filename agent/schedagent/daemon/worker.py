@@ -15,8 +15,8 @@ import nats.js.errors
 
 from schedagent.config import AgentConfig
 from schedagent.core import transitions, wire
-from schedagent.core.model import Job, JobState, Outcome
-from schedagent.core.reasons import HANDED_BACK, INTERRUPTED
+from schedagent.core.model import Job, Outcome
+from schedagent.daemon.attemptends import AGENT_STOPPED, HAND_BACKS, AttemptEnds
 from schedagent.daemon.gate import Gate, audit
 from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.orphans import reap_previous_incarnation, remove_leftover_cgroups
@@ -24,7 +24,7 @@ from schedagent.daemon.running import OutputTail, RunningJob
 from schedagent.daemon.starter import Busy, Refusal, Started, Starter
 from schedagent.errors import ConflictError, NotFoundError, StoreUnavailableError, WireError
 from schedagent.etcd.batcher import TxnBatcher
-from schedagent.etcd.jobstore import JobStore, Mutation
+from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.session import Session
 from schedagent.etcd.updates import BatchedUpdates
 from schedagent.host import journal
@@ -36,12 +36,7 @@ from schedagent.nats.dispatches import DispatchConsumer
 log = logging.getLogger(__name__)
 
 NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
-WRITE_RETRY_DELAY = 1.0
 PID_RECORD_DELAY = 1.0
-AGENT_STOPPED = "agent stopped"
-NODE_DRAINED = "node drained by an operator"
-# Interruptions that hand the attempt back (no retry used): nothing went wrong with the job.
-HAND_BACKS = (AGENT_STOPPED, NODE_DRAINED)
 LEASE_LOST = "agent lost its etcd lease"
 
 
@@ -87,6 +82,7 @@ class Worker:
         self.finished = 0
         self.handed_back = 0
         self.backoff = transitions.Backoff(config.jobs.retry_backoff, config.jobs.retry_backoff_max)
+        self.ends = AttemptEnds(self.node, self.updates, self.backoff, self.metrics, bus)
         self.containment = Containment.setup(config.node_name, config.containment.cgroups)
         if os.geteuid() == 0 and config.security.job_user is None:
             log.warning("root, and no security.job_user: jobs that name no user run as root")
@@ -152,7 +148,7 @@ class Worker:
     async def _refuse(self, msg: Any, job_id: str, attempt: int, reason: str) -> None:
         """End an attempt this worker will not run: the job fails with the reason."""
         self.metrics.jobs_refused.inc()
-        stored, changed = await self._write_until_done(
+        stored, changed = await self.ends.write_until_done(
             job_id, lambda j: transitions.refuse(j, self.node, attempt, reason, time.time())
         )
         await msg.ack()
@@ -323,79 +319,10 @@ class Worker:
     async def _record_end(
         self, job: Job, running: RunningJob, outcome: Outcome, tail: OutputTail
     ) -> None:
-        def mutate(j: Job) -> Job | None:
-            now, attempt = time.time(), running.attempt
-            if running.interrupted in HAND_BACKS:
-                return transitions.hand_back(j, self.node, attempt, running.interrupted, now)
-            if running.interrupted is not None:
-                if j.attempt != attempt:
-                    return None
-                return transitions.lose(j, self.node, running.interrupted, self.backoff, now)
-            return transitions.finish(j, self.node, attempt, outcome, tail.kept(), self.backoff)
-
-        stored, changed = await self._write_end(job.id, running, mutate)
-        if stored is None or not changed:
-            log.warning(
-                "job %s attempt %d: result not recorded, the job moved on (%s, attempt %d)",
-                job.id,
-                running.attempt,
-                stored.state if stored else "?",
-                stored.attempt if stored else 0,
-                extra={"job_id": job.id, "attempt": running.attempt},
-            )
-            return
-        handed_back = running.interrupted in HAND_BACKS
-        self.handed_back += handed_back
-        self.finished += not handed_back
-        self._count_end(job, running, outcome)
-        log.info(
-            "job %s attempt %d ended: %s (%s)",
-            job.id,
-            running.attempt,
-            stored.state,
-            stored.reason,
-            extra={"job_id": job.id, "attempt": running.attempt, "exit_code": stored.exit_code},
-        )
-        await self.bus.publish_event(stored)
-
-    def _count_end(self, job: Job, running: RunningJob, outcome: Outcome) -> None:
-        """The attempt's end in the metrics: how it ended, not the job (which may retry)."""
-        if running.interrupted is not None:
-            state = HANDED_BACK if running.interrupted in HAND_BACKS else INTERRUPTED
-            reason: str | None = running.interrupted
-        elif outcome.error is not None and running.pid is None:
-            state, reason = str(JobState.FAILED), "cannot start"
-        else:
-            end, reason = transitions.outcome_state(outcome, job.spec.timeout)
-            state = str(end)
-        self.metrics.attempt_ended(state, reason, outcome.ended_at - outcome.started_at)
-
-    async def _write_end(
-        self, job_id: str, running: RunningJob, mutate: Mutation
-    ) -> tuple[Job | None, bool]:
-        """The end, compared at the revision this worker wrote; else on what etcd holds."""
-        seen = None
-        if running.record is not None and running.revision:
-            seen = (running.record, running.revision)
-        return await self._write_until_done(job_id, mutate, seen)
-
-    async def _write_until_done(
-        self, job_id: str, mutate: Mutation, seen: tuple[Job, int] | None = None
-    ) -> tuple[Job | None, bool]:
-        """mutate's write, batched with other jobs' (etcd/updates.py), compared with the
-        record as seen (read first if None)."""
-        # A finished attempt must be recorded: keep trying while etcd is away.
-        while True:
-            try:
-                return await self.updates.update(job_id, mutate, seen)
-            except NotFoundError:
-                return None, False
-            except (StoreUnavailableError, ConflictError) as exc:
-                log.warning(
-                    "cannot record the end of job %s yet: %s", job_id, exc, extra={"job_id": job_id}
-                )
-                seen = None
-                await asyncio.sleep(WRITE_RETRY_DELAY)
+        if await self.ends.record(job, running, outcome, tail):
+            handed_back = running.interrupted in HAND_BACKS
+            self.handed_back += handed_back
+            self.finished += not handed_back
 
     def stop_attempt(self, job_id: str, attempt: int | None, why: str) -> bool:
         """Kill a running attempt (any, if attempt is None) for a cancel or because it is
