@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from schedagent.config import AgentConfig
 from schedagent.core.names import Keys
@@ -15,24 +15,20 @@ from schedagent.daemon.api import Api
 from schedagent.daemon.drainwatch import DrainWatch
 from schedagent.daemon.etcd_reach import EtcdReach
 from schedagent.daemon.fence import Fence
-from schedagent.daemon.fleet import FleetLoop
 from schedagent.daemon.leader_heartbeat import LeaderHeartbeat
-from schedagent.daemon.leaderapi import LeaderApi
+from schedagent.daemon.leadership import Leadership
 from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.metrics_cluster import LeaderCollector
 from schedagent.daemon.metrics_http import MetricsServer
 from schedagent.daemon.reconciler import Reconciler
 from schedagent.daemon.registry import Registry
 from schedagent.daemon.reload import Reloader
-from schedagent.daemon.retention import Retention
-from schedagent.daemon.scheduler import Scheduler
-from schedagent.daemon.schedules import ScheduleLoop
 from schedagent.daemon.worker import Worker
 from schedagent.errors import ListenError, StoreUnavailableError
 from schedagent.etcd.election import Election
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.session import Session
-from schedagent.etcd.store import Compare, CreateRevisionIs, Store
+from schedagent.etcd.store import Store
 from schedagent.etcd.tls import EtcdTls
 from schedagent.host.notify import Notifier
 from schedagent.host.service import Heartbeat, Snapshot, status_line, watchdog_problem
@@ -223,28 +219,7 @@ async def _serve(
     await api.start()
 
     leader_beat = LeaderHeartbeat(bus, store, election)
-
-    async def lead(fence: Sequence[Compare]) -> None:
-        metrics.leaderships.inc()
-        token = fence[0].revision if isinstance(fence[0], CreateRevisionIs) else 0
-        beat = asyncio.create_task(leader_beat.beat(token), name="leader-heartbeat")
-        retention = Retention(lambda: config.jobs, jobs, fence)
-        sweeper = asyncio.create_task(retention.run(), name="retention")
-        # Its fenced writes fail once another agent leads; the scheduler notices too.
-        loop = ScheduleLoop(keys, jobs, bus, fence, metrics)
-        slots = asyncio.create_task(loop.run(), name="schedules")
-        rollouts = asyncio.create_task(FleetLoop(keys, jobs, bus, fence).run(), name="fleet")
-        suspects = functools.partial(leader_beat.suspects, config.node_ttl + 1.0)
-        scheduler = Scheduler(config, store, keys, jobs, bus, fence, suspects, metrics)
-        leader_figures.view = scheduler.view
-        leader_api = LeaderApi(bus, jobs, scheduler)
-        try:
-            await leader_api.start()
-            await _lead_until_either_ends(scheduler.run(), [slots, rollouts])
-        finally:
-            leader_figures.view = None
-            await leader_api.stop()
-            await cancel_and_wait(beat, sweeper, slots, rollouts)
+    leadership = Leadership(config, (store, keys, jobs, bus, metrics), leader_beat, leader_figures)
 
     async def republish() -> None:
         # New labels and CPUs show at once; if etcd is away, registry.run retries anyway.
@@ -264,28 +239,22 @@ async def _serve(
         session.lease_id,
     )
     heartbeat.ready(describe())
+    background = {
+        "lease": session.keep_alive(),
+        "lease-follower": worker.follow_lease(session),
+        "reconciler": Reconciler(worker, session).run(),
+        "registry": registry.run(),
+        "election": election.run(leadership.lead),
+        "leader-watch": leader_beat.watch(),
+        "fence": fence.run(),
+        "drain-watch": drains.run(),
+        "etcd-reach": reach.run(),
+        "status": heartbeat.keep_status(describe),
+        "watchdog": heartbeat.watchdog(),
+        "reloads": _reloads(signals.reload, reloader, heartbeat, describe),
+    }
     try:
-        async with asyncio.TaskGroup() as tg:
-            background = [
-                tg.create_task(session.keep_alive(), name="lease"),
-                tg.create_task(worker.follow_lease(session), name="lease-follower"),
-                tg.create_task(Reconciler(worker, session).run(), name="reconciler"),
-                tg.create_task(registry.run(), name="registry"),
-                tg.create_task(election.run(lead), name="election"),
-                tg.create_task(leader_beat.watch(), name="leader-watch"),
-                tg.create_task(fence.run(), name="fence"),
-                tg.create_task(drains.run(), name="drain-watch"),
-                tg.create_task(reach.run(), name="etcd-reach"),
-                tg.create_task(heartbeat.keep_status(describe), name="status"),
-                tg.create_task(heartbeat.watchdog(), name="watchdog"),
-                tg.create_task(_reloads(signals.reload, reloader, heartbeat, describe)),
-            ]
-            worker_task = tg.create_task(worker.run(), name="worker")
-            await signals.stop.wait()
-            heartbeat.stopping(f"stopping: draining {len(worker.running)} running job(s)")
-            await _drain(registry, worker, worker_task, signals)
-            for task in background:
-                task.cancel()
+        await _run_until_stopped(background, worker, registry, signals, heartbeat)
     finally:
         await api.stop()
         await worker.containment.close()
@@ -293,21 +262,23 @@ async def _serve(
     return 0
 
 
-async def _lead_until_either_ends(
-    scheduler: Awaitable[None], loops: Sequence[asyncio.Task[None]]
+async def _run_until_stopped(
+    background: dict[str, Coroutine[Any, Any, None]],
+    worker: Worker,
+    registry: Registry,
+    signals: Signals,
+    heartbeat: Heartbeat,
 ) -> None:
-    """Run the scheduler until it or a leader loop (schedules, fleet runs) ends; a loop
-    that failed (fenced, etcd away) ends the leadership too, with its error, so the
-    election stands again."""
-    placing = asyncio.ensure_future(scheduler)
-    await asyncio.wait({placing, *loops}, return_when=asyncio.FIRST_COMPLETED)
-    if not placing.done():
-        await cancel_and_wait(placing)
-        for loop in loops:
-            if loop.done():
-                loop.result()  # raises what ended the loop
-        return
-    placing.result()
+    """Run the worker and the background loops until a stop signal, then drain the
+    worker and cancel the loops; a loop that fails ends the agent (the TaskGroup)."""
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(work, name=name) for name, work in background.items()]
+        worker_task = tg.create_task(worker.run(), name="worker")
+        await signals.stop.wait()
+        heartbeat.stopping(f"stopping: draining {len(worker.running)} running job(s)")
+        await _drain(registry, worker, worker_task, signals)
+        for task in tasks:
+            task.cancel()
 
 
 def _describer(
