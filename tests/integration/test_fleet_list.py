@@ -1,0 +1,167 @@
+"""Listing fleet runs (fleet_list, `schedctl runs`) on a real 2-agent cluster.
+
+Three runs end three ways; the list must give them newest first, page through them,
+and count each the way the hosts' own marks and exit statuses say it went (each part
+writes its status into its agent's directory), never only as the records say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+import etcdhttp
+from apiclient import ApiClient
+from fleethelp import group_id_of, part_cmd, schedctl, starts
+from schedagent.core import wire
+from schedagent.core.fleet import part_job_id
+from schedagent.ctl.exits import EXIT_ERROR, EXIT_USAGE
+from schedagent.daemon.api import answer
+from schedagent.dev.cluster import LocalCluster
+
+STATUS = "fleet-status"  # each part appends `JOB STATUS` here, in its agent's directory
+# Fails on node2 by itself (its working directory is its agent's).
+FAILS_ON_NODE2 = '[ "$(basename "$PWD")" != node2 ]'
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(2, base_dir=tmp_path_factory.mktemp("fleetlist")) as local:
+        yield local
+
+
+@pytest.fixture
+async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
+    async with ApiClient(cluster.nats_url) as client:
+        yield client
+
+
+def with_status(body: str) -> str:
+    """A part that marks itself and records its own exit status."""
+    return part_cmd(f'{body}\nrc=$?; echo "$SCHED_JOB_ID $rc" >> {STATUS}; exit $rc')
+
+
+def own_counts(cluster: LocalCluster, group_id: str, hosts: list[str]) -> dict[str, int]:
+    """A run's counts from the hosts themselves: a status written is a success or a
+    failure; a target that ran nothing (no marks) was not reached."""
+    ran = {run.job for runs in starts(cluster).values() for run in runs if run.ended}
+    statuses: dict[str, int] = {}
+    for agent in cluster.agents.values():
+        path = agent.dir / STATUS
+        for line in path.read_text().splitlines() if path.exists() else []:
+            job, rc = line.split()
+            statuses[job] = int(rc)
+    counts: dict[str, int] = {}
+    for host in hosts:
+        job = part_job_id(group_id, host)
+        result = "unreachable"
+        if job in ran:
+            result = "succeeded" if statuses[job] == 0 else "failed"
+        counts[result] = counts.get(result, 0) + 1
+    return counts
+
+
+async def start_runs(cluster: LocalCluster) -> list[tuple[str, list[str]]]:
+    """Three ended runs, oldest first: all succeed; one host fails; one is unreachable."""
+    made = []
+    for args, status, hosts in (
+        (["--all", "--cmd", with_status("true")], 0, ["node1", "node2"]),
+        (["--all", "--cmd", with_status(FAILS_ON_NODE2)], 6, ["node1", "node2"]),
+        (["--nodes", "node1,ghost", "--cmd", with_status("true")], 7, ["ghost", "node1"]),
+    ):
+        done = await asyncio.to_thread(schedctl, cluster, "run", *args, "--wait")
+        assert done.returncode == status, (args, done.stdout, done.stderr)
+        made.append((group_id_of(done), hosts))
+    return made
+
+
+async def test_runs_are_listed_newest_first_paged_and_counted_as_the_hosts_ran_them(
+    cluster: LocalCluster, api: ApiClient
+) -> None:
+    made = await start_runs(cluster)
+    newest_first = [group for group, _ in reversed(made)]
+    listed = json.loads((await asyncio.to_thread(schedctl, cluster, "runs", "--json")).stdout)
+    runs = listed["runs"]
+    assert [r["id"] for r in runs] == newest_first
+    for entry, (group_id, hosts) in zip(runs, reversed(made), strict=True):
+        assert entry["state"] == "ended" and entry["targets"] == len(hosts), entry
+        assert entry["counts"] == own_counts(cluster, group_id, hosts), entry
+        assert "hosts" not in entry, "a summary, not the per-host table"
+    assert runs[0]["counts"] == {"succeeded": 1, "unreachable": 1}
+    assert runs[1]["counts"] == {"succeeded": 1, "failed": 1}
+
+    # One a page: each reply's `next` is where the next one starts; none after the last.
+    paged: list[str] = []
+    before = None
+    while True:
+        reply = await api.call("fleet_list", limit=1, before=before)
+        paged += [r["id"] for r in reply["runs"]]
+        before = reply["next"]
+        if before is None:
+            break
+        assert before == paged[-1]
+    assert paged == newest_first
+    two = await api.call("fleet_list", limit=2)
+    assert [r["id"] for r in two["runs"]] == newest_first[:2] and two["next"] == newest_first[1]
+
+    table = await asyncio.to_thread(schedctl, cluster, "runs", "--limit", "2")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["GROUP", "ACCEPTED", "STATE"] and len(lines) == 3, lines
+    assert lines[1].startswith(newest_first[0]) and "1 succeeded, 1 unreachable" in lines[1]
+    assert lines[2].startswith(newest_first[1]) and "1 succeeded, 1 failed" in lines[2]
+
+
+async def test_a_run_rolling_out_is_listed_without_reading_its_parts(
+    cluster: LocalCluster, api: ApiClient
+) -> None:
+    args = ["run", "--all", "--max-parallel", "1", "--cmd", part_cmd("sleep 30")]
+    made = await asyncio.to_thread(schedctl, cluster, *args)
+    assert made.returncode == 0, made.stderr
+    group_id = made.stdout.strip()
+    # A record under groups/ that is no group is skipped, not an error.
+    junk = f"{cluster.etcd_prefix}/groups/g-{'f' * 20}"
+    etcdhttp.put(cluster.etcd_endpoint, junk, b"not a group")
+    (entry,) = (await api.call("fleet_list"))["runs"]
+    assert (entry["id"], entry["state"], entry["counts"]) == (group_id, "rolling out", None)
+    canceled = await asyncio.to_thread(schedctl, cluster, "cancel", group_id)
+    assert canceled.returncode == 0, canceled.stderr
+    (entry,) = (await api.call("fleet_list"))["runs"]
+    assert entry["state"] == "canceled", entry
+    table = await asyncio.to_thread(schedctl, cluster, "runs")
+    assert group_id in table.stdout and "canceled" in table.stdout, table.stdout
+
+
+async def test_bad_arguments_and_an_older_agent_are_one_clear_line(
+    cluster: LocalCluster, api: ApiClient
+) -> None:
+    for body in ({"limit": 0}, {"limit": 501}, {"limit": "9"}, {"before": "nope"}):
+        reply = await api.raw("fleet_list", json.dumps({"v": 1, **body}).encode())
+        assert reply["ok"] is False and reply["code"] == "bad_request", (body, reply)
+        assert next(iter(body)) in reply["error"], reply
+    for bad in ("0", "-1", "x"):
+        done = await asyncio.to_thread(schedctl, cluster, "runs", "--limit", bad)
+        assert done.returncode == EXIT_USAGE and "--limit" in done.stderr, done.stderr
+    empty = await asyncio.to_thread(schedctl, cluster, "runs")
+    assert (empty.returncode, empty.stdout.strip()) == (0, "no fleet runs"), empty.stderr
+
+    # An agent from before the verb answers as daemon/api.py always has: unknown verb.
+    async def nodes(req: dict[str, Any]) -> dict[str, Any]:
+        return {"nodes": []}
+
+    async def older_agent(msg: Any) -> None:
+        verb = msg.subject.rsplit(".", 1)[-1]
+        await msg.respond(wire.reply(await answer({"nodes": nodes}, verb, msg.data)))
+
+    sub = await api.nc.subscribe("old.api.*", cb=older_agent)
+    try:
+        done = await asyncio.to_thread(schedctl, cluster, "--prefix", "old", "runs")
+    finally:
+        await sub.unsubscribe()
+    assert done.returncode == EXIT_ERROR, (done.stdout, done.stderr)
+    (line,) = done.stderr.splitlines()
+    assert "older than this schedctl" in line and "cannot list fleet runs" in line, line
