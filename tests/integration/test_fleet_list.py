@@ -8,7 +8,9 @@ writes its status into its agent's directory), never only as the records say.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 import etcdhttp
 from apiclient import ApiClient
-from fleethelp import group_id_of, part_cmd, schedctl, starts
+from fleethelp import group_id_of, part_cmd, schedctl, signed_group, starts
 from schedagent.core import wire
 from schedagent.core.fleet import part_job_id
 from schedagent.ctl.exits import EXIT_ERROR, EXIT_USAGE
@@ -165,3 +167,34 @@ async def test_bad_arguments_and_an_older_agent_are_one_clear_line(
     assert done.returncode == EXIT_ERROR, (done.stdout, done.stderr)
     (line,) = done.stderr.splitlines()
     assert "older than this schedctl" in line and "cannot list fleet runs" in line, line
+
+
+async def test_many_runs_over_hours_page_through_in_order_each_once(
+    cluster: LocalCluster, api: ApiClient
+) -> None:
+    # Ended runs written as records (their parts are not the point here), spread over
+    # two hours and bunched within seconds, so pages cross etcd reads of 16 records
+    # and the windows etcd/newest.py widens and narrows.
+    now = time.time()
+    stamps = [now - 7200 + 300 * n for n in range(20)] + [now - 30 + 0.01 * n for n in range(25)]
+    written = []
+    for stamp in stamps:
+        made = signed_group("true", {"all": True}, ["node1", "node2"], accepted_at=stamp)
+        ended = dataclasses.replace(made, done=True, counts={"succeeded": 2})
+        key = f"{cluster.etcd_prefix}/groups/{ended.id}"
+        etcdhttp.put(cluster.etcd_endpoint, key, ended.to_json())
+        written.append(ended.id)
+    expected = sorted(written, reverse=True)
+    for limit in (7, 16, 500):
+        paged: list[str] = []
+        before = None
+        while True:
+            reply = await api.call("fleet_list", limit=limit, before=before)
+            assert len(reply["runs"]) <= limit
+            paged += [r["id"] for r in reply["runs"]]
+            if reply["next"] is None:
+                break
+            before = reply["next"]
+        assert paged == expected, limit
+    listed = await asyncio.to_thread(schedctl, cluster, "runs", "--limit", "40", "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)["runs"]] == expected[:40]
