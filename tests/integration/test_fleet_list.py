@@ -20,9 +20,10 @@ import etcdhttp
 from apiclient import ApiClient
 from fleethelp import group_id_of, part_cmd, schedctl, signed_group, starts
 from schedagent.core import wire
-from schedagent.core.fleet import part_job_id
+from schedagent.core.fleet import MAX_TARGETS, part_job_id
 from schedagent.ctl.exits import EXIT_ERROR, EXIT_USAGE
 from schedagent.daemon.api import answer
+from schedagent.daemon.fleetlist import READ_BUDGET
 from schedagent.dev.cluster import LocalCluster
 
 STATUS = "fleet-status"  # each part appends `JOB STATUS` here, in its agent's directory
@@ -198,3 +199,33 @@ async def test_many_runs_over_hours_page_through_in_order_each_once(
         assert paged == expected, limit
     listed = await asyncio.to_thread(schedctl, cluster, "runs", "--limit", "40", "--json")
     assert [r["id"] for r in json.loads(listed.stdout)["runs"]] == expected[:40]
+
+
+async def test_large_runs_are_listed_over_several_replies_each_read_bounded(
+    cluster: LocalCluster, api: ApiClient
+) -> None:
+    # 48 runs of 10,000 targets (~200 KiB a record, ~10 MiB in all): one request reads
+    # at most READ_BUDGET of records, then hands on with `next`; the agents meanwhile
+    # keep their leases (each record's decode is apart from the next).
+    hosts = [f"host{n:05}" for n in range(MAX_TARGETS)]
+    now = time.time()
+    written = []
+    for n in range(48):
+        made = signed_group("true", {"all": True}, hosts, accepted_at=now - 100 + n)
+        ended = dataclasses.replace(made, done=True, counts={"unreachable": len(hosts)})
+        etcdhttp.put(
+            cluster.etcd_endpoint, f"{cluster.etcd_prefix}/groups/{ended.id}", ended.to_json()
+        )
+        written.append(ended.id)
+    size = len(ended.to_json())
+
+    async def leases() -> dict[str, int]:
+        return {n["name"]: n["lease"] for n in (await api.call("nodes"))["nodes"]}
+
+    before_listing = await leases()
+    first = await api.call("fleet_list", limit=500)
+    assert 0 < len(first["runs"]) <= READ_BUDGET // size < 48, len(first["runs"])
+    assert first["runs"][0]["targets"] == MAX_TARGETS and first["next"] is not None
+    listed = await asyncio.to_thread(schedctl, cluster, "runs", "--limit", "100", "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)["runs"]] == written[::-1]
+    assert await leases() == before_listing, "an agent lost its lease while listing"

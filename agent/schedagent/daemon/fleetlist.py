@@ -20,6 +20,11 @@ from schedagent.etcd.groupstore import GroupStore
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 CMD_CHARS = 200
+# Record bytes one request decodes at most before it stops early (with `next`): a group
+# of 10,000 targets is ~200 KiB and tens of ms of CPU, so a page of large runs is a few
+# replies of a fraction of a second each, never seconds of one agent's loop; 2 MiB
+# still holds hundreds of runs of tens of hosts.
+READ_BUDGET = 2 << 20
 
 
 def list_request(req: dict[str, Any]) -> tuple[int, str | None]:
@@ -72,16 +77,16 @@ class FleetList:
         limit, before = list_request(req)
         # A reply stays under half of NATS' max_payload (a --nodes selector can be long).
         budget = self.max_payload() // 2
+        read = READ_BUDGET
         out: list[dict[str, Any]] = []
         # One more than asked for: whether an older run exists decides `next`.
         picked = self.groups.newest(before, limit + 1)
         async with contextlib.aclosing(picked) as groups:
-            async for group in groups:
-                if len(out) == limit:
-                    return {"runs": out, "next": out[-1]["id"]}
+            async for kv, group in groups:
                 entry = summary(group)
                 budget -= len(json.dumps(entry))
-                if budget < 0 and out:
+                read -= len(kv.value)
+                if out and (len(out) == limit or budget < 0 or read < 0):
                     return {"runs": out, "next": out[-1]["id"]}
                 out.append(entry)
         return {"runs": out, "next": None}

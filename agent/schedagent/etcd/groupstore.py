@@ -8,6 +8,7 @@ has one job in a group.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from schedagent.core.fleet import Group, part_job_id
@@ -107,9 +108,12 @@ class GroupStore:
                 return
             start = page.kvs[-1].key + "\0"
 
-    async def newest(self, before: str | None, page_size: int) -> AsyncGenerator[Group, None]:
-        """The groups newest first (accepted before the group `before`, if given), read
-        a page of at most page_size records at a time, only as far as the caller goes.
+    async def newest(
+        self, before: str | None, page_size: int
+    ) -> AsyncGenerator[tuple[KV, Group], None]:
+        """The groups newest first (accepted before the group `before`, if given), each
+        with its KV, read a page of at most page_size records at a time, only as far as
+        the caller goes.
 
         A group id is `g-` and a job id, so the keys after `g-` sort by time as job ids
         do, and etcd/newest.py reads them from the newest end without a whole sort."""
@@ -121,9 +125,13 @@ class GroupStore:
             revision = await cursor.fill(revision)
             if not cursor.buffer:
                 return
-            group = decode_group(cursor.buffer.popleft())
+            kv = cursor.buffer.popleft()
+            group = decode_group(kv)
             if group is not None:
-                yield group
+                yield kv, group
+            # A record of 10,000 targets takes tens of ms to decode: between records,
+            # the loop's other tasks (the lease refresh first) run.
+            await asyncio.sleep(0)
 
     async def delete_if_unchanged(self, kv: KV, fence: Sequence[Compare]) -> bool:
         return await self.store.txn(
