@@ -41,6 +41,9 @@ class FakeCluster:
     # fleet_get's replies by group id; fleet_cancel records the id and marks it canceled.
     groups: dict[str, Record] = dataclasses.field(default_factory=dict)
     groups_canceled: list[str] = dataclasses.field(default_factory=list)
+    # fleet_list's runs, newest first (each a summary as daemon/fleetlist.py makes it).
+    runs: list[Record] = dataclasses.field(default_factory=list)
+    fleet_list_calls: list[tuple[int, str | None]] = dataclasses.field(default_factory=list)
 
     def _fail(self) -> None:
         if self.failure is not None:
@@ -99,6 +102,17 @@ class FakeCluster:
     async def schedule_action(self, action: str, name: str) -> Record:
         self.actions.append((action, name))
         return {}
+
+    async def fleet_list(self, limit: int, before: str | None) -> Record:
+        """Like the agents' fleet_list: newest first after `before`; `next` only if
+        an older run exists."""
+        self._fail()
+        self.fleet_list_calls.append((limit, before))
+        ids = [r["id"] for r in self.runs]
+        start = ids.index(before) + 1 if before in ids else 0
+        picked = self.runs[start : start + limit]
+        more = start + limit < len(self.runs)
+        return {"runs": picked, "next": picked[-1]["id"] if more and picked else None}
 
     async def fleet_get(self, group_id: str) -> Record:
         self._fail()

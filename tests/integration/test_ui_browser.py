@@ -231,6 +231,9 @@ def test_without_javascript_the_pages_still_read_and_submit(console: str) -> Non
         assert f"plain-{mark}" in browser.find_element(By.ID, "output").text
         browser.get(f"{console}/jobs")
         assert browser.find_elements(By.CSS_SELECTOR, f'a[href="/jobs/{job}"]')
+        browser.find_element(By.LINK_TEXT, "Fleet").click()
+        wait_for("the fleet runs page", lambda: browser.current_url.endswith("/fleet"))
+        assert "No fleet runs" in browser.find_element(By.ID, "runs").text
     finally:
         browser.quit()
 
@@ -285,7 +288,17 @@ def test_a_fleet_run_page_shows_its_hosts_links_its_parts_and_cancels(
         return sum(p.info["cmdline"] == ["sleep", str(mark)] for p in found)
 
     wait_for("both parts running", lambda: sleeps() == 2)
-    browser.get(f"{console}/fleet/{group}")
+    # From the navigation to the list of runs, and from its row to the run's page.
+    browser.get(f"{console}/jobs")
+    browser.find_element(By.LINK_TEXT, "Fleet").click()
+    wait_for("the fleet runs page", lambda: browser.current_url.endswith("/fleet"))
+    (row,) = browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+    cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[0] == group and cells[4] == "rolling out" and f"up-{mark}" in cells[2], cells
+    assert fits(browser)
+    shoot(browser, "fleets", tmp_path)
+    browser.find_element(By.LINK_TEXT, group).click()
+    wait_for("the run's page", lambda: browser.current_url.endswith(f"/fleet/{group}"))
 
     def hosts() -> list[list[str]]:
         rows = browser.find_elements(By.CSS_SELECTOR, "#hosts tbody tr")
@@ -312,3 +325,5 @@ def test_a_fleet_run_page_shows_its_hosts_links_its_parts_and_cancels(
     browser.set_window_size(*PHONE)
     browser.get(f"{console}/fleet/{group}")
     assert fits(browser), "the fleet run's page on a phone"
+    browser.get(f"{console}/fleet")
+    assert group in browser.find_element(By.ID, "runs").text and fits(browser), "runs, phone"

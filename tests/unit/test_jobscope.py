@@ -194,6 +194,11 @@ async def test_a_forked_daemon_dies_with_the_scope(tmp_path: Path) -> None:
     outcome, _ = await run(f"sleep 1000 & echo $! > {pidfile}", systemd_containment(units))
     assert outcome.exit_code == 0
     daemon = int(pidfile.read_text())
+    # The scope's SIGKILL is sent, not yet acted on, when the run returns: wait for it
+    # (a daemon that escaped the scope lives on, `sleep 1000`, and fails this).
+    deadline = asyncio.get_running_loop().time() + 5
+    while _alive(daemon) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
     assert not _alive(daemon)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from schedagent.ctl.client import ApiError, NoAgentError
+from schedagent.ctl.client import ApiError, CtlError, NoAgentError
 from schedagent.ctl.ui.http import Request, Response
 from schedagent.ctl.ui.server import Console
 from uifake import FakeCluster, job_record
@@ -408,3 +408,67 @@ async def test_a_fleet_schedule_shows_its_hosts_and_links_each_slots_fleet_run()
     page = text(await ask(console(cluster), "GET", "/schedules/patch"))
     assert "fleet run on labels role=web" in page
     assert f'href="/fleet/{group}"' in page and "running" in page
+
+
+def run_summary(n: int, state: str = "ended", **more: Any) -> dict[str, Any]:
+    """A fleet_list entry as daemon/fleetlist.py makes it (run n: g- and n's 20 digits)."""
+    done = state != "rolling out"
+    return {
+        "id": f"g-{n:020x}",
+        "accepted_at": 1_700_000_000.0 + n,
+        "cmd": f"echo {n}",
+        "selector": {"all": True},
+        "targets": 3,
+        "state": state,
+        "done": done,
+        "canceled": state == "canceled",
+        "counts": {"succeeded": 2, "failed": 1} if done else None,
+        **more,
+    }
+
+
+async def test_the_fleet_page_lists_runs_linked_escaped_with_state_and_summary() -> None:
+    runs = [
+        run_summary(3, "rolling out", selector={"labels": {"role": "<web>"}}),
+        run_summary(2, cmd=f"echo {XSS}", schedule="nightly<x>"),
+        run_summary(1, "canceled"),
+    ]
+    page = text(await ask(console(FakeCluster(runs=runs)), "GET", "/fleet"))
+    for n in (1, 2, 3):
+        assert f'href="/fleet/g-{n:020x}"' in page
+    assert page.index("g-" + "3".zfill(20)) < page.index("g-" + "1".zfill(20)), "newest first"
+    assert XSS not in page and html.escape(f"echo {XSS}") in page
+    assert "labels role=&lt;web&gt;" not in page and "role=&lt;web&gt;" in page
+    assert "nightly&lt;x&gt;" in page
+    assert "2 succeeded, 1 failed" in page and "rolling out" in page and "canceled" in page
+    assert 'aria-current="page">Fleet<' in page, "Fleet is in the navigation, current"
+    assert 'id="older"' not in page, "no older runs: no Older link"
+
+
+async def test_the_fleet_page_pages_on_with_older_and_back_to_newest() -> None:
+    runs = [run_summary(n) for n in range(120, 0, -1)]
+    cluster = FakeCluster(runs=runs)
+    app = console(cluster)
+    first = text(await ask(app, "GET", "/fleet"))
+    last_shown = f"g-{71:020x}"
+    assert f'href="/fleet?before={last_shown}"' in first and f"g-{70:020x}" not in first
+    second = text(await ask(app, "GET", f"/fleet?before={last_shown}"))
+    assert f"g-{70:020x}" in second and f"g-{71:020x}" not in second
+    assert 'href="/fleet">Newest' in second and 'id="older"' in second
+    third = text(await ask(app, "GET", f"/fleet?before=g-{21:020x}"))
+    assert f"g-{1:020x}" in third and 'id="older"' not in third
+    assert cluster.fleet_list_calls == [(50, None), (50, last_shown), (50, f"g-{21:020x}")]
+
+
+async def test_the_fleet_page_refuses_a_bad_cursor_and_names_an_older_agent() -> None:
+    app = console(FakeCluster())
+    for bad in ("x", "g-123", f"{GROUP}&x=1", "0123456789abcdef0123"):
+        response = await ask(app, "GET", "/fleet?" + urllib.parse.urlencode({"before": bad}))
+        assert response.status == 400, bad
+    # A handler's own 400 is not a console error (the output's cursor either).
+    assert (await ask(app, "GET", f"/jobs/{JOB}/output?after=x")).status == 400
+    empty = text(await ask(app, "GET", "/fleet"))
+    assert "No fleet runs" in empty
+    old = CtlError("the agents are older than this schedctl and cannot list fleet runs")
+    response = await ask(console(FakeCluster(failure=old)), "GET", "/fleet")
+    assert response.status == 502 and "cannot list fleet runs" in text(response)

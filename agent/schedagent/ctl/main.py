@@ -36,6 +36,7 @@ from schedagent.ctl.contexts import context, overlay
 from schedagent.ctl.exits import EPILOG, ExitCodes, job_exit_code
 from schedagent.ctl.explain import explain
 from schedagent.ctl.fleet import GroupId, cancel_group, run_fleet, show_group
+from schedagent.ctl.fleetruns import list_fleet_runs
 from schedagent.ctl.follow import JobFollower, dump_output
 from schedagent.ctl.jobopts import cmd_option, job_fields, job_options
 from schedagent.ctl.keys import find_key, keygen, sign_spec
@@ -130,6 +131,7 @@ cli.add_command(node)
 cli.add_command(explain)
 cli.add_command(ui)
 cli.add_command(run_fleet)
+cli.add_command(list_fleet_runs)
 
 
 class JobOrGroup(JobId):

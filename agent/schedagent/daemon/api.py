@@ -20,6 +20,7 @@ from schedagent.core.placement import NodeView, unplaceable_reason
 from schedagent.core.spec import parse_spec
 from schedagent.daemon import parents
 from schedagent.daemon.fleetapi import FleetApi
+from schedagent.daemon.fleetlist import FleetList
 from schedagent.daemon.gate import Gate, Refused, audit
 from schedagent.daemon.nodeapi import NodeApi, cordon_dict
 from schedagent.daemon.schedapi import ScheduleApi
@@ -74,6 +75,7 @@ class Api:
         self.handlers.update(FleetApi(config, self.gate, jobs).handlers())
         self.cordons = CordonStore(store, keys)
         groups = GroupStore(store, keys)
+        self.handlers["fleet_list"] = FleetList(groups, bus.max_payload)
         self.handlers.update(NodeApi(self.gate, self.cordons, groups).handlers())
         self._sub: Any = None
         self.limiter = RateLimiter()

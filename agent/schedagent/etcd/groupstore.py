@@ -8,7 +8,8 @@ has one job in a group.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from schedagent.core.fleet import Group, part_job_id
 from schedagent.core.model import Job, KnownHost, NodeRecord
@@ -16,6 +17,7 @@ from schedagent.core.names import Keys
 from schedagent.errors import NotFoundError
 from schedagent.etcd import malformed
 from schedagent.etcd.jobstore import decode_job, decode_node
+from schedagent.etcd.newest import NewestFirst
 from schedagent.etcd.store import KV, Absent, Compare, Delete, ModRevisionIs, Op, Put, Store
 
 # Parts per transaction: two compares each (absent live and done) under etcd's 128.
@@ -105,6 +107,31 @@ class GroupStore:
             if not page.more or not page.kvs:
                 return
             start = page.kvs[-1].key + "\0"
+
+    async def newest(
+        self, before: str | None, page_size: int
+    ) -> AsyncGenerator[tuple[KV, Group], None]:
+        """The groups newest first (accepted before the group `before`, if given), each
+        with its KV, read a page of at most page_size records at a time, only as far as
+        the caller goes.
+
+        A group id is `g-` and a job id, so the keys after `g-` sort by time as job ids
+        do, and etcd/newest.py reads them from the newest end without a whole sort."""
+        prefix = self.keys.group("g-")
+        size = max(1, min(page_size, GROUPS_PER_READ))
+        cursor = NewestFirst(self.store, prefix, None if before is None else before[2:], size)
+        revision = 0
+        while True:
+            revision = await cursor.fill(revision)
+            if not cursor.buffer:
+                return
+            kv = cursor.buffer.popleft()
+            group = decode_group(kv)
+            if group is not None:
+                yield kv, group
+            # A record of 10,000 targets takes tens of ms to decode: between records,
+            # the loop's other tasks (the lease refresh first) run.
+            await asyncio.sleep(0)
 
     async def delete_if_unchanged(self, kv: KV, fence: Sequence[Compare]) -> bool:
         return await self.store.txn(

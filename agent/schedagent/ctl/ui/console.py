@@ -15,6 +15,7 @@ import nats.errors
 
 from schedagent.core.signing import SigningKey
 from schedagent.ctl.client import Client, CtlError, Record, field, reason_of
+from schedagent.ctl.fleetruns import fleet_list
 from schedagent.ctl.follow import CATCH_UP_IDLE, OutputReader
 from schedagent.ctl.schedules import signed_action
 
@@ -59,6 +60,8 @@ class Cluster(Protocol):
     async def schedule(self, name: str) -> Record: ...
 
     async def schedule_action(self, action: str, name: str) -> Record: ...
+
+    async def fleet_list(self, limit: int, before: str | None) -> Record: ...
 
     async def fleet_get(self, group_id: str) -> Record: ...
 
@@ -129,6 +132,9 @@ class NatsCluster:
         if self.key is None:
             raise CtlError("schedules are always signed: no operator key (see schedctl keygen)")
         return await signed_action(self.client, action, name, self.key)
+
+    async def fleet_list(self, limit: int, before: str | None) -> Record:
+        return await fleet_list(self.client, limit, before)
 
     async def fleet_get(self, group_id: str) -> Record:
         return await self.client.call("fleet_get", {"id": group_id})

@@ -80,7 +80,7 @@ class Pages:
         router.add("GET", "/schedules", self.schedules)
         router.add("GET", f"/schedules/{SCHEDULE_NAME}", self.schedule)
         router.add("POST", f"/schedules/{SCHEDULE_NAME}/(?P<action>pause|resume)", self.act)
-        # No agent verb lists fleet runs: a run's page is reached from its parts' pages.
+        router.add("GET", "/fleet", self.fleet_runs)
         router.add("GET", f"/fleet/{GROUP_ID}", self.fleet)
         router.add("POST", f"/fleet/{GROUP_ID}/cancel", self.fleet_cancel)
         return router
@@ -205,6 +205,21 @@ class Pages:
         name = request.params["name"]
         await self.cluster.schedule_action(request.params["action"], name)
         return redirect(f"/schedules/{name}")
+
+    async def fleet_runs(self, request: Request) -> Response:
+        before = request.query.get("before") or None
+        if before is not None and not GROUP_ID_RE.match(before):
+            raise HttpError(400, "before must be a fleet run id (g- and 20 hex digits)")
+        reply = await self.cluster.fleet_list(PAGE_SIZE, before)
+        runs = [r for r in field(reply, "runs", list) if isinstance(r, dict)]
+        older = reply.get("next")
+        return self.render(
+            request,
+            "fleets.html",
+            runs=runs,
+            before=before,
+            older=older if isinstance(older, str) and GROUP_ID_RE.match(older) else None,
+        )
 
     async def fleet(self, request: Request) -> Response:
         reply = await self.cluster.fleet_get(request.params["group"])

@@ -8,10 +8,16 @@ from typing import Any
 import jinja2
 
 from schedagent.ctl import format as fmt
+from schedagent.ctl.fleetruns import run_summary, selector_text
 
-# The pages in the navigation bar. Fleet runs have none: no agent verb lists them (a
-# run's page, /fleet/<id>, is linked from its parts' job pages).
-NAV = (("/nodes", "Nodes"), ("/jobs", "Jobs"), ("/schedules", "Schedules"), ("/submit", "Submit"))
+# The pages in the navigation bar.
+NAV = (
+    ("/nodes", "Nodes"),
+    ("/jobs", "Jobs"),
+    ("/fleet", "Fleet"),
+    ("/schedules", "Schedules"),
+    ("/submit", "Submit"),
+)
 
 
 def _plain(format_value: Callable[[object], str]) -> Callable[[object], str]:
@@ -70,6 +76,8 @@ def environment() -> jinja2.Environment:
         schedule_when=_schedule_when,
         selector=_plain(_selector),
         seconds=_plain(_seconds),
+        run_summary=run_summary,
+        selector_short=_plain(selector_text),
     )
     env.globals["nav"] = NAV
     return env

@@ -106,6 +106,8 @@ class Console:
             return self._error(request, 502, "Cluster error", str(exc))
         except SpecError as exc:
             return self._error(request, 400, "Bad request", str(exc))
+        except HttpError:
+            raise  # a handler's own answer (a bad query: 400), sent as it is
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             return self._error(request, 500, "Console error", "see schedctl ui's output")
