@@ -15,6 +15,8 @@ from schedagent.core.signing import SigningKey
 from schedagent.dev.cluster import harness_key
 
 FINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED"}
+# The status NATS sends to the inbox of a request no subscriber got.
+NO_RESPONDERS = "503"
 
 
 class ApiClient:
@@ -42,18 +44,26 @@ class ApiClient:
         await self.nc.close()
 
     async def raw(self, verb: str, data: bytes, tries: int = 8) -> dict[str, Any]:
-        """One request, retried on timeout: a frozen agent in the queue group swallows
-        the requests routed to it until NATS notices it is gone (as schedctl does)."""
-        tries = max(tries, round(16 / self.try_timeout))
-        for _ in range(tries - 1):
-            try:
-                subject = f"{self.prefix}.api.{verb}"
-                reply = await self.nc.request(subject, data, timeout=self.try_timeout)
-                return dict(json.loads(reply.data))
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                continue
-        reply = await self.nc.request(f"{self.prefix}.api.{verb}", data, timeout=10)
-        return dict(json.loads(reply.data))
+        """One request, resent every try_timeout until an agent answers (as schedctl
+        does): a frozen or cut-off agent in the queue group swallows the copies routed
+        to it until NATS notices it is gone. A copy sent earlier may still be answered
+        (a slow agent under load): every copy shares one inbox and the first reply wins.
+        Gives up after the copies' span plus 10 s."""
+        copies = max(tries, round(16 / self.try_timeout))
+        end = time.monotonic() + (copies - 1) * self.try_timeout + 10
+        inbox = self.nc.new_inbox()
+        replies: asyncio.Queue[Any] = asyncio.Queue()
+        sub = await self.nc.subscribe(inbox, cb=replies.put)
+        try:
+            while True:
+                await self.nc.publish(f"{self.prefix}.api.{verb}", data, reply=inbox)
+                reply = await _first_answer(replies, min(self.try_timeout, end - time.monotonic()))
+                if reply is not None:
+                    return reply
+                if time.monotonic() >= end:
+                    raise nats.errors.TimeoutError
+        finally:
+            await sub.unsubscribe()
 
     def signed(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The spec with this client's signature, as schedctl sends it."""
@@ -132,3 +142,16 @@ class ApiClient:
                     f"{len(open_jobs)} jobs not final after {deadline}s: {open_jobs[:10]}"
                 )
             await asyncio.sleep(0.25)
+
+
+async def _first_answer(replies: asyncio.Queue[Any], within: float) -> dict[str, Any] | None:
+    """The first reply (not NATS's "no responders") within that many seconds, or None."""
+    end = time.monotonic() + within
+    while (left := end - time.monotonic()) > 0:
+        try:
+            msg = await asyncio.wait_for(replies.get(), left)
+        except TimeoutError:
+            return None
+        if not (msg.headers and msg.headers.get("Status") == NO_RESPONDERS):
+            return dict(json.loads(msg.data))
+    return None

@@ -93,7 +93,7 @@ async def test_worker_killed_mid_job_is_retried_elsewhere_within_ttl(
 async def test_late_report_of_a_lost_node_is_fenced(cluster_factory: Any, tmp_path: Path) -> None:
     cluster: LocalCluster = cluster_factory(3, agent_overrides=FAST)
     ran = tmp_path / "marks"
-    async with ApiClient(cluster.nats_url) as api:
+    async with ApiClient(cluster.nats_url, try_timeout=0.5) as api:
         # Shorter than the TTL: it is over before the leader retries it elsewhere.
         job_id = await api.submit(marks.marked("sleep 1; echo late", ran), retries=1)
         victim = (await api.wait_for(job_id, {"RUNNING"}))["node"]
@@ -102,7 +102,11 @@ async def test_late_report_of_a_lost_node_is_fenced(cluster_factory: Any, tmp_pa
         await wait_until(lambda: _started(ran, job_id), 10, "attempt 1's command to start")
         cluster.agents[victim].pause()  # frozen past its lease: the cluster moves on
         try:
-            await wait_until_attempt(api, job_id, 2, TTL + 5)
+            # Retried T + grace after its last refresh (docs/semantics.md), plus etcd's
+            # and the leader's lag. Resumed only once attempt 2 is placed: back sooner,
+            # the victim (registered again) could take its own retry.
+            await wait_until_attempt(api, job_id, 2, TTL + fencing.lost_grace(TTL) + 2)
+            await api.wait_for(job_id, {"ASSIGNED", "RUNNING", *FINAL}, deadline=10)
         finally:
             cluster.agents[victim].resume()
         # Back, the victim learns how its attempt ended and reports it: once it runs
