@@ -10,6 +10,7 @@ from typing import Any
 from schedagent.core import wire
 from schedagent.errors import StoreUnavailableError, WireError
 from schedagent.etcd.election import Election
+from schedagent.etcd.mirror import Entry
 from schedagent.etcd.store import CreateRevisionIs, Delete, Store
 from schedagent.nats.bus import Bus
 
@@ -18,6 +19,9 @@ log = logging.getLogger(__name__)
 INTERVAL = 0.5
 # Long enough for a busy event loop or a NATS reconnect, short enough to beat the TTL.
 SILENCE = 2.0
+# A leader's candidate key that goes after this much silence went with a silent leader:
+# one that stops politely beats until just before its key goes.
+GONE_SILENT = SILENCE / 2
 
 
 class LeaderHeartbeat:
@@ -35,6 +39,9 @@ class LeaderHeartbeat:
         self.last_beat: dict[int, float] = {}
         self.first_seen: dict[int, float] = {}
         self.silenced: dict[str, float] = {}  # node -> when its leadership went silent
+        # Deposed by another agent, a silent leader is a suspect here too: the agent that
+        # deposes it is often not the one that leads next.
+        election.candidates.listen(self._on_candidate, lambda: None)
 
     async def beat(self, token: int) -> None:
         """Run while leading."""
@@ -72,6 +79,14 @@ class LeaderHeartbeat:
         if now - since > SILENCE:
             self.silenced[leader.node] = now
             await self._depose(leader.node, leader.token, now - since)
+
+    def _on_candidate(self, key: str, old: Entry[str] | None, new: Entry[str] | None) -> None:
+        if old is None or new is not None or old.value == self.election.node_name:
+            return
+        heard = self.last_beat.get(old.create_revision)
+        now = time.monotonic()
+        if heard is not None and now - heard > GONE_SILENT:
+            self.silenced[old.value] = now
 
     def suspects(self, window: float) -> set[str]:
         """Nodes whose leadership went silent less than window seconds ago.

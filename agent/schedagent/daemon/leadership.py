@@ -76,9 +76,16 @@ async def _lead_until_either_ends(
     that failed (fenced, etcd away) ends the leadership too, with its error, so the
     election stands again."""
     placing = asyncio.ensure_future(scheduler)
-    await asyncio.wait({placing, *loops}, return_when=asyncio.FIRST_COMPLETED)
-    if not placing.done():
-        await cancel_and_wait(placing)
+    try:
+        await asyncio.wait({placing, *loops}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Also when the leadership ends (we are cancelled): a scheduler left running
+        # would go on from a deposed leader's view, and its watches would outlive the
+        # agent's stop (they reopened the closed etcd client and held up the exit).
+        stopped = not placing.done()
+        if stopped:
+            await cancel_and_wait(placing)
+    if stopped:
         for loop in loops:
             if loop.done():
                 loop.result()  # raises what ended the loop
