@@ -48,8 +48,9 @@ class Fence:
             if self.session.renewed is not renewed:
                 # A new lease: the old one expired, and what ran under it is being
                 # retried elsewhere (the worker interrupts too; this bounds the kill).
+                # What started under the new lease since is this agent's to run.
                 renewed = self.session.renewed
-                self._stop(LEASE_LOST, now)
+                self._stop(LEASE_LOST, now, spare=self.session.lease_id)
             self._check(now)
             self._escalate(now)
 
@@ -77,12 +78,13 @@ class Fence:
             log.log(level, "%s; no lease refresh for %.1fs", problem, age or 0.0)
         self.problem = problem
 
-    def _stop(self, reason: str, now: float) -> None:
-        """Interrupt every running attempt and have any still alive SIGKILLed soon."""
-        running = list(self.worker.running.values())
+    def _stop(self, reason: str, now: float, spare: int | None = None) -> None:
+        """Interrupt every running attempt (but those started under the lease `spare`)
+        and have any still alive SIGKILLed soon."""
+        running = [j for j in self.worker.running.values() if spare is None or j.lease != spare]
         if not running:
             return
-        self.worker.interrupt_all(reason)
+        self.worker.interrupt_all(reason, unless_lease=spare)
         for job in running:
             if job.group is not None and not job.ended and job.job_id not in self._sigkill_at:
                 self._sigkill_at[job.job_id] = (job, now + fencing.FENCE_KILL_GRACE)

@@ -30,6 +30,12 @@ class RunningJob:
     seq: int = 0  # the worker's count of attempts started when this one started
     taken_at: float = 0.0  # when its dispatch was taken (perf_counter): spawn latency
 
+    @property
+    def lease(self) -> int | None:
+        """The etcd lease it was started under, as its record says."""
+        attempt = None if self.record is None else self.record.current_attempt()
+        return None if attempt is None else attempt.lease
+
 
 class OutputTail:
     """The last `limit` bytes of a job's output, kept for its record."""

@@ -203,6 +203,10 @@ class Worker:
         running.seq, running.taken_at = self.starts, taken
         self.metrics.jobs_started.inc()
         self.running[started.id] = running
+        if running.lease != self.lease():
+            # Written under a lease replaced while the start was on its way: etcd
+            # declared that incarnation dead, so the leader retries it elsewhere.
+            self.interrupt_all(LEASE_LOST, unless_lease=self.lease())
         task = asyncio.create_task(self._run(started, running), name=f"job-{started.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -351,10 +355,13 @@ class Worker:
         if self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    def interrupt_all(self, reason: str) -> None:
-        """Kill every running job; its attempt is recorded with this reason. One whose
-        command has ended already (its end not yet written) keeps its own outcome."""
+    def interrupt_all(self, reason: str, unless_lease: int | None = None) -> None:
+        """Kill every running job (but those started under unless_lease); its attempt is
+        recorded with this reason. One whose command has ended already (its end not yet
+        written) keeps its own outcome."""
         for running in self.running.values():
+            if unless_lease is not None and running.lease == unless_lease:
+                continue
             if running.interrupted is None and not running.ended:
                 log.warning(
                     "job %s attempt %d: killing it: %s",
@@ -371,7 +378,9 @@ class Worker:
         retried elsewhere, so stop them here rather than run them twice."""
         while True:
             await session.renewed.wait()
-            self.interrupt_all(LEASE_LOST)
+            # Not what already started under the new lease: this task may wake after
+            # the fence let starts go on (a loop busy catching up after a freeze).
+            self.interrupt_all(LEASE_LOST, unless_lease=session.lease_id)
 
 
 def _signer_of(job: Job) -> str | None:
