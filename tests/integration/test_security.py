@@ -228,6 +228,11 @@ async def test_the_api_refuses_requests_beyond_its_rate_and_recovers(
         1, agent_overrides={"security": {"max_requests_per_second": 5}}
     )
     async with ApiClient(cluster.nats_url) as api:
+        # The cluster is up once its agent is registered, a moment before its API
+        # subscribes: one request that waits for an answer, then a second for the
+        # limiter to refill, before the burst (whose requests do not retry).
+        assert (await api.call("leader"))["ok"]
+        await asyncio.sleep(1.0)
         body = json.dumps({"v": 1}).encode()
         replies = await asyncio.gather(
             *(api.nc.request("sched.api.leader", body, timeout=10) for _ in range(40))
