@@ -120,7 +120,12 @@ async def test_ctrl_c_ends_schedctl_at_once_killed_by_sigint(cluster_factory: An
     await nc.subscribe("quiet.api.nodes", cb=heard)
     env = {**os.environ, "SCHEDCTL_NATS_URL": cluster.nats_url, "SCHEDCTL_PREFIX": "quiet"}
     ctl = subprocess.Popen(  # noqa: ASYNC220 - reaped in a thread below
-        [SCHEDCTL, "--timeout", "60", "nodes"], env=env, stderr=subprocess.PIPE
+        [SCHEDCTL, "--timeout", "60", "nodes"],
+        env=env,
+        stderr=subprocess.PIPE,
+        # As from a terminal: a suite run in the background (`.ci/run &`) inherits
+        # SIGINT ignored, and a program started so rightly keeps ignoring it.
+        preexec_fn=_default_sigint,
     )
     try:
         await asyncio.wait_for(asked.wait(), 30)
@@ -131,3 +136,7 @@ async def test_ctrl_c_ends_schedctl_at_once_killed_by_sigint(cluster_factory: An
             ctl.kill()
             ctl.wait()
         await nc.close()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
