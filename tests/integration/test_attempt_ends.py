@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +21,6 @@ from schedagent.dev.invariants import check_executions, check_jobs
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(2, base_dir=tmp_path_factory.mktemp("ends")) as local:
         yield local
-
-
-@pytest.fixture
-async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
-    async with ApiClient(cluster.nats_url) as client:
-        yield client
 
 
 async def test_a_signal_python_has_no_name_for_ends_the_job(api: ApiClient, tmp_path: Path) -> None:

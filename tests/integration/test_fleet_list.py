@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,12 +35,6 @@ FAILS_ON_NODE2 = '[ "$(basename "$PWD")" != node2 ]'
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(2, base_dir=tmp_path_factory.mktemp("fleetlist")) as local:
         yield local
-
-
-@pytest.fixture
-async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
-    async with ApiClient(cluster.nats_url) as client:
-        yield client
 
 
 def with_status(body: str) -> str:
