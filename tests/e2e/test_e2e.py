@@ -358,8 +358,8 @@ def test_containment_a_forked_daemon_dies_with_its_job(cluster: Cluster) -> None
     job = wait_for("the job to cancel runs", lambda: running(canceled), 60)
     host = cluster.fleet.host(job["node"])
     wait_for("its daemon", lambda: _processes_with(host, f"sleep {tags['C']}") or None, 30)
-    scope = f"schedjob-{canceled}-1.scope"
-    assert host.ssh_rc(f"systemctl is-active {scope}").stdout.strip() == "active"
+    unit = f"schedjob-{canceled}-1.service"
+    assert host.ssh_rc(f"systemctl is-active {unit}").stdout.strip() == "active"
     assert cluster.ctl.run("cancel", canceled).returncode == 0
     for job_id, state, tag in (
         (ended, "SUCCEEDED", tags["E"]),

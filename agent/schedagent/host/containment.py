@@ -15,29 +15,37 @@ from schedagent.errors import ContainmentError
 from schedagent.host import cgroups
 from schedagent.host.cgroups import Layout
 from schedagent.host.jobcgroup import Ending, JobCgroup, Limits
-from schedagent.host.jobscope import JobScope
+from schedagent.host.jobunit import JobUnit, bounding_set
 from schedagent.host.systemd_bus import SystemdBus, UnitManager, own_unit, systemd_booted
 
 log = logging.getLogger(__name__)
 
 ATTEMPT_DIR_RE = re.compile(r"^job-([0-9a-f]{20})-([0-9]+)$")  # as the worker names them
+OUTPUT_SUBDIR = "output"  # under the state directory: job units' output files
+DEFAULT_STATE_DIR = "/var/lib/schedagent"
 
-__all__ = ["Containment", "Ending", "JobGroup", "Limits", "ProcessGroup"]
+__all__ = ["ChildGroup", "Containment", "Ending", "JobGroup", "Limits", "ProcessGroup"]
 
 
 class JobGroup(Protocol):
     """An attempt's processes, whichever way they are held together."""
 
-    gated: bool  # the child must wait at a gate until join() has placed it
     pid: int | None
-
-    async def join(self, pid: int) -> None: ...
 
     def signal(self, sig: signal.Signals) -> None: ...
 
     def kill(self) -> None: ...
 
     async def close(self) -> Ending: ...
+
+
+class ChildGroup(JobGroup, Protocol):
+    """A group the agent's own child joins (a cgroup, a process group), as opposed to
+    a unit whose process systemd starts."""
+
+    gated: bool  # the child must wait at a gate until join() has placed it
+
+    async def join(self, pid: int) -> None: ...
 
 
 class ProcessGroup:
@@ -74,6 +82,8 @@ class Containment:
         # Set by use_systemd(): each attempt in transient units instead of the layout.
         self.units: UnitManager | None = None
         self.bound_to: str | None = None  # the agent's own unit, the job slices bind to
+        self.output_dir = Path(DEFAULT_STATE_DIR, OUTPUT_SUBDIR)
+        self.bounding_set = 0  # the agent's capability bounding set, kept by its jobs
         self._unified_memory = False  # whether systemd's MemorySwapMax= takes effect
 
     @classmethod
@@ -101,18 +111,35 @@ class Containment:
         if os.geteuid() != 0:
             log.info("systemd is PID 1 but this agent is not root: no transient units for jobs")
             return
+        # systemd's StateDirectory= (the package's unit): output files outlive a restart.
+        state_dir = os.environ.get("STATE_DIRECTORY", DEFAULT_STATE_DIR).split(":")[0]
+        self.output_dir = Path(state_dir, OUTPUT_SUBDIR)
+        try:
+            self.output_dir.mkdir(mode=0o750, exist_ok=True)
+            _remove_leftover_outputs(self.output_dir)
+        except OSError as exc:
+            log.warning(
+                "no transient units for jobs (no %s: %s): %s",
+                self.output_dir,
+                exc.strerror,
+                self._fallback(),
+            )
+            return
         try:
             self.units = await SystemdBus.connect()
         except ContainmentError as exc:
             log.warning("no transient units for jobs (%s): %s", exc, self._fallback())
             return
+        self.bounding_set = bounding_set(proc / "status")
         with contextlib.suppress(OSError):
             self.bound_to = own_unit((proc / "cgroup").read_text())
             self._unified_memory = "memory" in _unified_root_controllers(proc)
         log.info(
-            "job units: a slice and a scope per attempt under %s, bound to %s (instead of %s)",
+            "job units: a slice and a service per attempt under %s, bound to %s, output "
+            "in %s (instead of %s)",
             "schedagent-jobs.slice",
             self.bound_to or "nothing (the agent runs in no unit: its jobs outlive it)",
+            self.output_dir,
             self._fallback(),
         )
 
@@ -141,7 +168,7 @@ class Containment:
             return None
         return "cannot enforce --memory (swap is on and systemd cannot limit it here) on this node"
 
-    async def group(self, name: str, limits: Limits) -> JobGroup:
+    async def group(self, name: str, limits: Limits) -> ChildGroup | JobUnit:
         """The attempt's group, its cgroup made with its limits; ContainmentError if a
         limit cannot be enforced here (before anything runs)."""
         refusal = self.refusal(limits)
@@ -149,7 +176,15 @@ class Containment:
             raise ContainmentError(refusal)
         attempt = ATTEMPT_DIR_RE.match(name)
         if self.units is not None and attempt is not None:
-            return JobScope(self.units, attempt[1], int(attempt[2]), limits, self.bound_to)
+            return JobUnit(
+                self.units,
+                attempt[1],
+                int(attempt[2]),
+                limits,
+                self.bound_to,
+                self.output_dir,
+                self.bounding_set,
+            )
         if self.layout is None:
             return ProcessGroup()
         cpus = limits.cpus if self._can("cpu") else None
@@ -208,6 +243,15 @@ class Containment:
             return False
         swap_limit = "memory.swap.max" if source.unified else "memory.memsw.limit_in_bytes"
         return source.has(swap_limit) or _no_swap()
+
+
+def _remove_leftover_outputs(output_dir: Path) -> None:
+    """At start every job unit is gone (their slices are bound to the agent's unit),
+    so any output file left is an earlier agent's and its content was handed on or lost
+    with that agent."""
+    for leftover in output_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
 
 
 def _unified_root_controllers(proc: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Runs one shell command in its own cgroup or process group: output, timeout, cancel, no strays."""
+"""Runs one shell command in its own units, cgroup or process group: output, timeout, no strays."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from typing import Any
 from schedagent.core.model import Outcome
 from schedagent.errors import ContainmentError
 from schedagent.host.child import STREAMS, Child
-from schedagent.host.containment import Containment, JobGroup, Limits, ProcessGroup
+from schedagent.host.containment import ChildGroup, Containment, JobGroup, Limits, ProcessGroup
+from schedagent.host.jobunit import JobUnit
+from schedagent.host.jobwait import wait_end
+from schedagent.host.unitrunner import run_in_unit
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ async def run_command(
         group = await _group(containment, command)
     except ContainmentError as exc:  # a limit this host cannot enforce: nothing ran
         return Outcome(started, time.time(), error=str(exc))
+    if isinstance(group, JobUnit):
+        return await _run_in_unit(command, group, on_output, cancel, on_start)
     child = await _start(command, group)
     if isinstance(child, str):
         return Outcome(started, time.time(), error=child)
@@ -86,13 +91,31 @@ async def run_command(
     )
 
 
-async def _group(containment: Containment | None, command: Command) -> JobGroup:
+async def _run_in_unit(
+    command: Command,
+    unit: JobUnit,
+    on_output: OnOutput,
+    cancel: asyncio.Event,
+    on_start: Callable[[JobGroup], None],
+) -> Outcome:
+    try:
+        identity = _identity(command)
+    except KeyError as exc:  # the run-as user vanished since the gate
+        return Outcome(time.time(), time.time(), error=f"cannot start: no user {exc}")
+    user = command.user if "user" in identity else None  # None: as the agent itself
+    cwd = identity["cwd"] or os.getcwd()
+    return await run_in_unit(
+        unit, command, (identity["env"], cwd, user), on_output, cancel, on_start
+    )
+
+
+async def _group(containment: Containment | None, command: Command) -> ChildGroup | JobUnit:
     if containment is None:
         return ProcessGroup()
     return await containment.group(command.name, command.limits)
 
 
-async def _start(command: Command, group: JobGroup) -> Child | str:
+async def _start(command: Command, group: ChildGroup) -> Child | str:
     """The child, placed in its group before its command runs; or why it did not start."""
     try:
         child = Child.spawn(["/bin/sh", "-c", command.cmd], gated=group.gated, **_identity(command))
@@ -114,7 +137,7 @@ async def _start(command: Command, group: JobGroup) -> Child | str:
 
 
 async def _supervise(
-    child: Child, group: JobGroup, command: Command, on_output: OnOutput, cancel: asyncio.Event
+    child: Child, group: ChildGroup, command: Command, on_output: OnOutput, cancel: asyncio.Event
 ) -> tuple[bool, bool]:
     """Pump the output until the end, the timeout or a cancel: (timed_out, canceled)."""
     async with asyncio.TaskGroup() as tg:
@@ -122,7 +145,9 @@ async def _supervise(
             tg.create_task(_pump(child, stream, on_output, command.chunk_bytes))
             for stream in STREAMS
         ]
-        timed_out, canceled = await _wait(child, group, command, cancel)
+        timed_out, canceled = await wait_end(
+            child.exited, group, command.timeout, command.kill_grace, cancel
+        )
         # The shell is gone; anything it left behind in its group goes with it.
         group.kill()
         await _finish_readers(readers)
@@ -144,34 +169,6 @@ def _identity(command: Command) -> dict[str, Any]:
         "group": entry.pw_gid,
         "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid),
     }
-
-
-async def _wait(
-    child: Child, group: JobGroup, command: Command, cancel: asyncio.Event
-) -> tuple[bool, bool]:
-    """Wait for exit, timeout or cancel; returns (timed_out, canceled)."""
-    exited = child.exited
-    canceled = asyncio.create_task(cancel.wait())
-    waiting: set[asyncio.Future[Any]] = {exited, canceled}
-    try:
-        done, _ = await asyncio.wait(
-            waiting, timeout=command.timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        canceled.cancel()
-    if exited in done:
-        return False, False
-    await _kill_group(group, exited, command.kill_grace)
-    return canceled not in done, canceled in done
-
-
-async def _kill_group(group: JobGroup, exited: asyncio.Future[int], grace: float) -> None:
-    group.signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(asyncio.shield(exited), grace)
-    except TimeoutError:
-        group.kill()
-        await asyncio.shield(exited)
 
 
 async def _pump(child: Child, stream: str, on_output: OnOutput, chunk: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -20,16 +21,44 @@ log = logging.getLogger(__name__)
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
+SERVICE = "org.freedesktop.systemd1.Service"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+UNIT_PATHS = "/org/freedesktop/systemd1/unit"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 START_TIMEOUT = 30.0  # seconds for a transient unit's start job to finish
+# A service's state is read again this often even without a PropertiesChanged signal
+# (one lost on the bus must not leave a job "running" forever).
+REREAD_INTERVAL = 5.0
 # A unit property as StartTransientUnit takes it: name, D-Bus signature, value.
 Property = tuple[str, str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceState:
+    """A service's main process as systemd last saw it."""
+
+    main_pid: int  # 0 once it has exited
+    exit_code: int  # ExecMainCode: 0 running (or never ran), 1 exited, 2 killed, 3 dumped
+    exit_status: int  # ExecMainStatus: the exit status, or the signal that killed it
+    result: str  # Result: success, exit-code, signal, oom-kill, ... (not the exit itself)
+
+    @property
+    def exited(self) -> bool:
+        return self.exit_code != 0
 
 
 class UnitManager(Protocol):
     """What containment asks of systemd (a fake of it serves the unit tests)."""
 
     async def start_transient(self, name: str, properties: Sequence[Property]) -> None: ...
+
+    async def start_job(self, name: str, properties: Sequence[Property]) -> str: ...
+
+    async def service_state(self, name: str) -> ServiceState: ...
+
+    async def wait_exited(self, name: str) -> ServiceState: ...
+
+    async def reset_failed(self, name: str) -> None: ...
 
     def kill_soon(self, name: str, sig: int) -> None: ...
 
@@ -54,6 +83,7 @@ class SystemdBus:
     def __init__(self, bus: MessageBus) -> None:
         self._bus = bus
         self._starting: dict[str, asyncio.Future[str]] = {}  # unit name -> its job's result
+        self._watching: dict[str, asyncio.Event] = {}  # unit object path -> set on a change
         bus.add_message_handler(self._on_message)
 
     @classmethod
@@ -67,6 +97,13 @@ class SystemdBus:
         try:
             rule = f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"
             await manager._call_bus("AddMatch", "s", [rule])
+            # One rule for every unit's changes rather than one per job unit: two bus
+            # round trips less per attempt; the few other units' changes are dropped.
+            rule = (
+                f"type='signal',sender='{SYSTEMD}',interface='{PROPERTIES}',"
+                f"member='PropertiesChanged',path_namespace='{UNIT_PATHS}'"
+            )
+            await manager._call_bus("AddMatch", "s", [rule])
             await manager._call("Subscribe", "", [])
         except ContainmentError:
             bus.disconnect()
@@ -75,18 +112,60 @@ class SystemdBus:
 
     async def start_transient(self, name: str, properties: Sequence[Property]) -> None:
         """Start the unit and wait for its start job; ContainmentError if it failed."""
+        result = await self.start_job(name, properties)
+        if result != "done":
+            raise ContainmentError(f"systemd could not start {name}: {result}")
+
+    async def start_job(self, name: str, properties: Sequence[Property]) -> str:
+        """Start the unit; its start job's result (done, failed, ...) once systemd has
+        carried it out. ContainmentError if systemd refused it or took too long."""
         loop = asyncio.get_running_loop()
         done = self._starting[name] = loop.create_future()
         body = [name, "fail", [(k, Variant(sig, value)) for k, sig, value in properties], []]
         try:
             await self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", body)
-            result = await asyncio.wait_for(done, START_TIMEOUT)
+            return await asyncio.wait_for(done, START_TIMEOUT)
         except TimeoutError:
             raise ContainmentError(f"systemd did not start {name} in {START_TIMEOUT:g}s") from None
         finally:
             self._starting.pop(name, None)
-        if result != "done":
-            raise ContainmentError(f"systemd could not start {name}: {result}")
+
+    async def service_state(self, name: str) -> ServiceState:
+        """The service's main process as systemd has it now."""
+        msg = Message(
+            destination=SYSTEMD,
+            path=unit_path(name),
+            interface=PROPERTIES,
+            member="GetAll",
+            signature="s",
+            body=[SERVICE],
+        )
+        (props,) = await self._send(msg)
+        return ServiceState(
+            main_pid=int(props["MainPID"].value),
+            exit_code=int(props["ExecMainCode"].value),
+            exit_status=int(props["ExecMainStatus"].value),
+            result=str(props["Result"].value),
+        )
+
+    async def wait_exited(self, name: str) -> ServiceState:
+        """The service's state once its main process has exited: read again on each
+        change systemd signals for it (and every REREAD_INTERVAL, whatever comes)."""
+        path = unit_path(name)
+        changed = self._watching[path] = asyncio.Event()
+        try:
+            while not (state := await self.service_state(name)).exited:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), REREAD_INTERVAL)
+                changed.clear()
+            return state
+        finally:
+            self._watching.pop(path, None)
+
+    async def reset_failed(self, name: str) -> None:
+        """Unload a failed unit (a failed transient unit stays until this)."""
+        with contextlib.suppress(UnitGone):
+            await self._call("ResetFailedUnit", "s", [name])
 
     def kill_soon(self, name: str, sig: int) -> None:
         """KillUnit without waiting for the answer (from code that cannot await); a bus
@@ -122,7 +201,14 @@ class SystemdBus:
         self._bus.disconnect()
 
     def _on_message(self, msg: Message) -> None:
-        if msg.message_type is not MessageType.SIGNAL or msg.member != "JobRemoved":
+        if msg.message_type is not MessageType.SIGNAL:
+            return
+        if msg.member == "PropertiesChanged":
+            changed = self._watching.get(msg.path or "")
+            if changed is not None:
+                changed.set()
+            return
+        if msg.member != "JobRemoved":
             return
         try:
             _job_id, _path, unit, result = msg.body
@@ -175,6 +261,18 @@ class SystemdBus:
 def _log_send_failure(sent: asyncio.Future[Any]) -> None:
     if not sent.cancelled() and sent.exception() is not None:
         log.warning("a KillUnit to systemd was not sent: %s", sent.exception())
+
+
+def unit_path(name: str) -> str:
+    """The unit's D-Bus object path: systemd escapes every byte of its name that is not
+    an ASCII letter or digit (and a leading digit) as _xx."""
+    escaped = "".join(
+        chr(b)
+        if chr(b).isalnum() and b < 128 and not (i == 0 and chr(b).isdigit())
+        else f"_{b:02x}"
+        for i, b in enumerate(name.encode())
+    )
+    return f"{UNIT_PATHS}/{escaped}"
 
 
 class UnitGone(ContainmentError):

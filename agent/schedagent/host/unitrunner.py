@@ -1,0 +1,95 @@
+"""Runs one shell command as a transient systemd service: output from files, end from systemd."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
+
+from schedagent.core.model import Outcome
+from schedagent.errors import ContainmentError
+from schedagent.host.jobunit import JobUnit
+from schedagent.host.jobwait import wait_end
+from schedagent.host.outputfile import follow
+from schedagent.host.systemd_bus import ServiceState
+
+if TYPE_CHECKING:  # runner.py imports this module: the type only
+    from schedagent.host.runner import Command
+
+log = logging.getLogger(__name__)
+
+OnOutput = Callable[[str, bytes], Awaitable[None]]
+# The exit codes of ExecMainCode (the kernel's si_code of the main process's end).
+CLD_EXITED = 1
+
+
+async def run_in_unit(
+    unit: JobUnit,
+    command: Command,
+    identity: tuple[Mapping[str, str], str, str | None],
+    on_output: OnOutput,
+    cancel: asyncio.Event,
+    on_start: Callable[[JobUnit], None],
+) -> Outcome:
+    """Run the command in unit (identity: its env, cwd and user) to its end, timeout
+    or cancel. Whatever it started dies with it."""
+    started = time.time()
+    try:
+        await unit.start(command.cmd, *identity)
+    except ContainmentError as exc:
+        await unit.close()
+        return Outcome(started, time.time(), error=f"cannot start: {exc}")
+    on_start(unit)
+    chunk = command.chunk_bytes
+    ended = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(follow(unit.outputs, on_output, chunk, ended))
+            exited = tg.create_task(_exited(unit))
+            try:
+                timed_out, canceled = await wait_end(
+                    exited, unit, command.timeout, command.kill_grace, cancel
+                )
+            finally:
+                unit.kill()  # what it left behind goes with it, before the last read
+                ended.set()
+    finally:
+        ending = await unit.close()
+    result = exited.result()
+    lost = result if isinstance(result, str) else None
+    end = None if isinstance(result, str) else result
+    succeeded = end is not None and (end.exit_code, end.exit_status) == (CLD_EXITED, 0)
+    stopped = timed_out or canceled
+    oom = None if succeeded or stopped else ending.oom_reason(unit.limits)
+    exit_code, signal = _exit(end)
+    return Outcome(
+        started_at=started,
+        ended_at=time.time(),
+        exit_code=exit_code,
+        signal=signal,
+        timed_out=timed_out,
+        canceled=canceled,
+        error=lost or oom,
+        usage=ending.usage or None,
+    )
+
+
+async def _exited(unit: JobUnit) -> ServiceState | str:
+    """The service's state at its end, or why it could not be followed to it."""
+    try:
+        return await unit.wait_exited()
+    except ContainmentError as exc:  # the bus went away under it
+        log.warning("%s: lost track of it: %s", unit.service, exc)
+        return f"lost track of it: {exc}"
+
+
+def _exit(end: ServiceState | None) -> tuple[int | None, int | None]:
+    """(exit code, signal) from systemd's ExecMainCode/ExecMainStatus: never from its
+    Result, which counts an end by SIGTERM as a success."""
+    if end is None or not end.exited:
+        return None, None
+    if end.exit_code == CLD_EXITED:
+        return end.exit_status, None
+    return None, end.exit_status  # killed or dumped: by that signal
