@@ -53,3 +53,8 @@ class ContainmentError(SchedagentError):
 
 class ListenError(SchedagentError):
     """An address the agent should serve on cannot be bound (in use, not this host's)."""
+
+
+class HandedOver(SchedagentError):
+    """An attempt was left running for the next agent (a planned restart): this one
+    records no end of it."""

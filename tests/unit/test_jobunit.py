@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dbus_fast import Message, MessageType, Variant
 
-from schedagent.errors import ContainmentError
+from fakeunits import FakeUnits, as_dict
+from schedagent.errors import ContainmentError, HandedOver
 from schedagent.host import jobunit
 from schedagent.host.containment import Containment, Limits
 from schedagent.host.jobslice import (
@@ -23,15 +22,11 @@ from schedagent.host.jobslice import (
     unapplied_limits,
     unit_names,
 )
-from schedagent.host.jobunit import JobUnit, bounding_set, service_properties
+from schedagent.host.jobunit import JobUnit, Resume, bounding_set, service_properties
 from schedagent.host.runner import Command, job_environment, run_command
-from schedagent.host.systemd_bus import Property, ServiceState, SystemdBus, own_unit, unit_path
+from schedagent.host.systemd_bus import ServiceState, SystemdBus, own_unit, unit_path
 
 JOB = "0123456789abcdef0123"
-
-
-def as_dict(props: Sequence[Property]) -> dict[str, tuple[str, Any]]:
-    return {name: (sig, value) for name, sig, value in props}
 
 
 def test_the_slice_carries_every_limit_and_binds_to_the_agent() -> None:
@@ -66,104 +61,6 @@ def test_the_agents_own_unit() -> None:
     )
     assert own_unit("0::/user.slice/user-0.slice/session-3.scope\n") == "session-3.scope"
     assert own_unit("0::/\n") is None
-
-
-class FakeUnits:
-    """systemd as far as JobUnit uses it: a service runs its ExecStartEx as a real
-    process (in a session of its own) with its output appended to its files; a kill
-    signals that session; the service is gone once stopped and its processes are."""
-
-    def __init__(
-        self, refuse: str | None = None, setup_status: int | None = None, bus_lost: bool = False
-    ) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.started: dict[str, dict[str, tuple[str, Any]]] = {}
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
-        self.refuse = refuse
-        self.setup_status = setup_status  # systemd's executor fails with this status
-        self.bus_lost = bus_lost  # the bus goes away while the service runs
-
-    async def start_transient(self, name: str, properties: Sequence[Property]) -> None:
-        if await self.start_job(name, properties) != "done":
-            raise ContainmentError(f"systemd could not start {name}: failed")
-
-    async def start_job(self, name: str, properties: Sequence[Property]) -> str:
-        self.calls.append(("start", name))
-        if name == self.refuse:
-            raise ContainmentError(f"systemd refused StartTransientUnit: {name}")
-        props = self.started[name] = as_dict(properties)
-        if not name.endswith(".service"):
-            return "done"
-        if self.setup_status is not None:
-            return "failed"
-        ((path, argv, flags),) = props["ExecStartEx"][1]
-        assert flags == ["no-env-expand"]
-        env = dict(line.split("=", 1) for line in props["Environment"][1])
-        out, err = (
-            os.open(props[f"Standard{name}FileToAppend"][1], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-            for name in ("Output", "Error")
-        )
-        try:
-            self.procs[name] = await asyncio.create_subprocess_exec(
-                path, *argv[1:], stdout=out, stderr=err, env=env,
-                cwd=props["WorkingDirectory"][1], start_new_session=True,
-            )  # fmt: skip
-        finally:
-            os.close(out)
-            os.close(err)
-        return "done"
-
-    async def service_state(self, name: str) -> ServiceState:
-        if self.setup_status is not None:
-            return ServiceState(0, 1, self.setup_status, "exit-code")
-        proc = self.procs[name]
-        code = proc.returncode
-        if code is None:
-            return ServiceState(proc.pid, 0, 0, "success")
-        return (
-            ServiceState(0, 1, code, "success")
-            if code >= 0
-            else ServiceState(0, 2, -code, "signal")
-        )
-
-    async def wait_exited(self, name: str) -> ServiceState:
-        if self.bus_lost:
-            raise ContainmentError("the system bus is gone: EOF")
-        await self.procs[name].wait()
-        return await self.service_state(name)
-
-    async def reset_failed(self, name: str) -> None:
-        self.calls.append(("reset", name))
-
-    def kill_soon(self, name: str, sig: int) -> None:
-        self.calls.append(("kill", f"{name} {signal.Signals(sig).name}"))
-        proc = self.procs.get(name)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)  # the fake's whole unit: the shell's session
-
-    async def kill(self, name: str, sig: int) -> None:
-        self.kill_soon(name, sig)
-
-    async def stop(self, name: str) -> None:
-        self.calls.append(("stop", name))
-        proc = self.procs.get(name)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-    async def is_loaded(self, name: str) -> bool:
-        proc = self.procs.get(name)
-        if proc is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 0)
-            return True  # something of its session still lives
-        await proc.wait()
-        return False
-
-    async def close(self) -> None:
-        pass
 
 
 def _alive(pid: int) -> bool:
@@ -524,3 +421,56 @@ async def test_the_bus_follows_a_service_to_its_end() -> None:
     state = await asyncio.wait_for(waiting, 5)
     assert state == ServiceState(main_pid=0, exit_code=2, exit_status=9, result="signal")
     assert bus.sent[-1].path == unit_path("b.service")
+
+
+async def test_a_detached_job_runs_on_and_a_new_runner_follows_it_to_its_end(
+    tmp_path: Path,
+) -> None:
+    """A planned restart: the old runner leaves the job running and says how much of its
+    output it handed on; the next one goes on from there, to the end, nothing twice."""
+    units = FakeUnits()
+    containment = systemd_containment(units, tmp_path / "o")
+    go = tmp_path / "go"
+    cmd = f"echo before; while [ ! -e {go} ]; do sleep 0.02; done; echo after; exit 4"
+    first: dict[str, bytes] = {"stdout": b""}
+    detach, units_seen = asyncio.Event(), []
+
+    async def on_first(stream: str, data: bytes) -> None:
+        first[stream] += data
+        detach.set()  # as soon as the job has said something
+
+    command = Command(cmd, job_environment({}, {}), None, None, 0.3, name=f"job-{JOB}-1")
+    with pytest.raises(HandedOver):
+        await run_command(
+            command, on_first, asyncio.Event(), units_seen.append, containment, (detach, None)
+        )
+    (unit,) = units_seen
+    assert isinstance(unit, JobUnit)
+    resume = unit.resume_point()
+    assert first["stdout"] == b"before\n" and resume == Resume(7, 0)
+    _, service = unit_names(JOB, 1)
+    assert await units.is_loaded(service)  # still running: nothing killed or stopped
+    assert ("stop", service) not in units.calls and unit.outputs[0].path.exists()
+
+    second: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    async def on_second(stream: str, data: bytes) -> None:
+        second[stream] += data
+
+    go.touch()
+    outcome = await run_command(
+        command, on_second, asyncio.Event(), containment=containment,
+        handover=(asyncio.Event(), resume),
+    )  # fmt: skip
+    assert outcome.exit_code == 4 and second["stdout"] == b"after\n"
+    assert not await units.is_loaded(service) and ("stop", service) in units.calls
+
+
+async def test_attaching_to_a_unit_that_is_gone_says_so(tmp_path: Path) -> None:
+    containment = systemd_containment(FakeUnits(), tmp_path)
+    command = Command("true", {}, None, None, 0.3, name=f"job-{JOB}-1")
+    outcome = await run_command(
+        command, lambda *_: asyncio.sleep(0), asyncio.Event(), containment=containment,
+        handover=(asyncio.Event(), Resume(0, 0)),
+    )  # fmt: skip
+    assert outcome.error == f"lost track of it: schedjob-{JOB}-1.service is gone"

@@ -8,6 +8,7 @@ import dataclasses
 from schedagent.core import tail
 from schedagent.core.model import Job
 from schedagent.host.containment import JobGroup
+from schedagent.host.jobunit import Resume
 
 
 @dataclasses.dataclass
@@ -29,6 +30,10 @@ class RunningJob:
     revision: int = 0
     seq: int = 0  # the worker's count of attempts started when this one started
     taken_at: float = 0.0  # when its dispatch was taken (perf_counter): spawn latency
+    # A planned restart: set, the attempt is left running for the next agent.
+    detach: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # Handed over by the previous agent: where its output goes on (not started again).
+    resume: Resume | None = None
 
     @property
     def lease(self) -> int | None:

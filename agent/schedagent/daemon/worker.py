@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import nats.errors
@@ -15,20 +16,27 @@ import nats.js.errors
 
 from schedagent.config import AgentConfig
 from schedagent.core import transitions, wire
-from schedagent.core.model import Job, Outcome
+from schedagent.core.model import Job, JobState, Outcome
 from schedagent.daemon.attemptends import AGENT_STOPPED, HAND_BACKS, AttemptEnds
 from schedagent.daemon.gate import Gate, audit
 from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.orphans import reap_previous_incarnation, remove_leftover_cgroups
 from schedagent.daemon.running import OutputTail, RunningJob
 from schedagent.daemon.starter import Busy, Refusal, Started, Starter
-from schedagent.errors import ConflictError, NotFoundError, StoreUnavailableError, WireError
+from schedagent.errors import (
+    ConflictError,
+    HandedOver,
+    NotFoundError,
+    StoreUnavailableError,
+    WireError,
+)
 from schedagent.etcd.batcher import TxnBatcher
 from schedagent.etcd.jobstore import JobStore
 from schedagent.etcd.session import Session
 from schedagent.etcd.updates import BatchedUpdates
 from schedagent.host import journal
 from schedagent.host.containment import Containment, JobGroup, Limits
+from schedagent.host.jobunit import JobUnit, Resume
 from schedagent.host.runner import Command, job_environment, run_command
 from schedagent.nats.bus import Bus
 from schedagent.nats.dispatches import DispatchConsumer
@@ -38,6 +46,9 @@ log = logging.getLogger(__name__)
 NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
 PID_RECORD_DELAY = 1.0
 LEASE_LOST = "agent lost its etcd lease"
+# A planned restart waits this long for its runners to let go of their units (each
+# only reads its files to their end): then the drain takes what is left.
+HANDOVER_TIMEOUT = 5.0
 
 
 class Worker:
@@ -87,6 +98,7 @@ class Worker:
         if os.geteuid() == 0 and config.security.job_user is None:
             log.warning("root, and no security.job_user: jobs that name no user run as root")
         self._tasks: set[asyncio.Task[None]] = set()
+        self.handed: list[Handed] = []  # attempts left running for the next agent
 
     def usage(self) -> tuple[float, int]:
         return sum(r.cpus for r in self.running.values()), len(self.running)
@@ -223,6 +235,10 @@ class Worker:
         tail = OutputTail(self.config.output.tail_bytes)
         try:
             outcome = await self._execute(job, running, tail)
+        except HandedOver as exc:
+            log.info("job %s attempt %d: %s", job.id, running.attempt, exc, extra=ids)
+            self._hand_over_done(running)
+            return
         except Exception as exc:
             log.exception("job %s attempt %d: running it failed", job.id, ids["attempt"], extra=ids)
             if running.group is not None:
@@ -261,7 +277,7 @@ class Worker:
                 job.spec.env, {"SCHED_JOB_ID": job.id, "SCHED_ATTEMPT": str(running.attempt)}
             ),
             cwd=job.spec.cwd,
-            timeout=job.spec.timeout,
+            timeout=_time_left(job, running),
             kill_grace=self.config.jobs.kill_grace,
             chunk_bytes=self.config.output.chunk_bytes,
             user=job.spec.user or self.config.security.job_user,
@@ -271,10 +287,14 @@ class Worker:
 
         def on_start(group: JobGroup) -> None:
             running.pid, running.group = group.pid, group
+            if running.resume is not None and isinstance(group, JobUnit):
+                for output in group.outputs:  # the tail the previous agent had
+                    tail.add(output.handed_on(tail.limit))
             self.metrics.spawn_latency.observe(time.perf_counter() - running.taken_at)
 
+        handover = (running.detach, running.resume)
         run = asyncio.create_task(
-            run_command(command, on_output, running.cancel, on_start, self.containment)
+            run_command(command, on_output, running.cancel, on_start, self.containment, handover)
         )
         # Once the command has ended, its outcome is its own, whatever interrupt comes
         # while its end is being written (a lost lease, a stop, the fence).
@@ -283,16 +303,86 @@ class Worker:
             # Only a job that lives a while gets its PID recorded: for the many short ones
             # the extra etcd write would cost more than the job.
             done, _ = await asyncio.wait({run}, timeout=PID_RECORD_DELAY)
-            if not done and running.pid is not None:
+            if not done and running.pid is not None and running.resume is None:
                 await self._record_pid(job.id, running)
             outcome = await run
         finally:
             if not run.done():  # something here failed: the command must not outlive it
                 running.cancel.set()
                 await asyncio.wait({run})
-        echo.close()
+            echo.close()  # handed over too: its output goes on from the next agent
         await self.bus.publish(subject, wire.output_end(job.id, running.attempt))
         return outcome
+
+    def _hand_over_done(self, running: RunningJob) -> None:
+        """The attempt is left running: the next agent records its end, not this one."""
+        self.running.pop(running.job_id, None)
+        if isinstance(running.group, JobUnit):
+            self.handed.append(
+                Handed(running.job_id, running.attempt, running.group.service,
+                       running.group.resume_point())
+            )  # fmt: skip
+
+    async def hand_over(self) -> list[Handed]:
+        """A planned restart: stop taking jobs, leave every attempt in a systemd unit
+        running for the next agent, hand back the others (none, under systemd); what
+        was left, and where each one's output goes on."""
+        self.accepting = False
+        for running in list(self.running.values()):
+            if isinstance(running.group, JobUnit) and not running.ended:
+                running.detach.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=HANDOVER_TIMEOUT)
+        await self.drain(0)  # those that were not in a unit (or would not let go)
+        return list(self.handed)
+
+    async def reattach(self, handed: Sequence[Handed]) -> int:
+        """Follow again the attempts the previous agent left running under this lease
+        (resumed): each is this worker's now, its end recorded here. One whose record
+        says otherwise is stopped. How many were taken."""
+        taken = 0
+        for attempt in handed:
+            job = await self._handed_record(attempt)
+            if job is None:
+                await self.containment.stop_leftover(attempt.job_id, attempt.attempt)
+                continue
+            record, revision = job
+            self.starts += 1
+            running = RunningJob(
+                record.id, record.attempt, record.spec.cpus, record=record, revision=revision
+            )
+            running.seq, running.resume = self.starts, attempt.resume
+            self.running[record.id] = running
+            task = asyncio.create_task(self._run(record, running), name=f"job-{record.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            taken += 1
+        return taken
+
+    async def _handed_record(self, handed: Handed) -> tuple[Job, int] | None:
+        """The attempt's record if it is still this node's RUNNING one, under this lease."""
+        try:
+            job, revision = await self.jobs.get(handed.job_id)
+        except NotFoundError:
+            job = None
+        current = None if job is None else job.current_attempt()
+        if (
+            job is None
+            or current is None
+            or job.state is not JobState.RUNNING
+            or job.node != self.node
+            or job.attempt != handed.attempt
+            or current.lease != self.lease()
+        ):
+            log.warning(
+                "job %s attempt %d: handed over, but its record is no longer this node's "
+                "running attempt: stopping it",
+                handed.job_id,
+                handed.attempt,
+                extra={"job_id": handed.job_id, "attempt": handed.attempt},
+            )
+            return None
+        return job, revision
 
     def _limits(self, job: Job) -> Limits:
         """The job's own limits, else this agent's defaults; its CPUs as a quota."""
@@ -381,6 +471,27 @@ class Worker:
             # Not what already started under the new lease: this task may wake after
             # the fence let starts go on (a loop busy catching up after a freeze).
             self.interrupt_all(LEASE_LOST, unless_lease=session.lease_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Handed:
+    """An attempt left running in its unit for the next agent."""
+
+    job_id: str
+    attempt: int
+    unit: str
+    resume: Resume
+
+
+def _time_left(job: Job, running: RunningJob) -> float | None:
+    """The job's timeout; for an attempt taken over from the previous agent, what is
+    left of it since the attempt started (at least 0: it times out at once)."""
+    timeout = job.spec.timeout
+    current = job.current_attempt()
+    if timeout is None or running.resume is None or current is None:
+        return timeout
+    started = current.started_at or time.time()
+    return max(0.0, timeout - (time.time() - started))
 
 
 def _signer_of(job: Job) -> str | None:

@@ -15,7 +15,7 @@ from schedagent.errors import ContainmentError
 from schedagent.host import cgroups
 from schedagent.host.cgroups import Layout
 from schedagent.host.jobcgroup import Ending, JobCgroup, Limits
-from schedagent.host.jobunit import JobUnit, bounding_set
+from schedagent.host.jobunit import JobUnit, Resume, bounding_set
 from schedagent.host.systemd_bus import SystemdBus, UnitManager, own_unit, systemd_booted
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,17 @@ class Containment:
         # In a thread: a cgroup's mkdir can take the kernel a millisecond of waiting.
         await asyncio.to_thread(group.create)
         return group
+
+    async def stop_leftover(self, job_id: str, attempt: int) -> None:
+        """Kill and stop an attempt's units an earlier agent left running."""
+        if self.units is None:
+            return
+        unit = JobUnit(
+            self.units, job_id, attempt, Limits(), None, self.output_dir, self.bounding_set
+        )
+        with contextlib.suppress(ContainmentError):
+            await unit.attach(Resume(0, 0))
+        await unit.close()
 
     async def remove_leftover(self, name: str) -> int:
         """Kill and remove an attempt's cgroup a previous incarnation left behind; how

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -31,6 +32,14 @@ SETUP_FAILURES = {
     217: "no such user",
     222: "its stderr file cannot be opened",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Where an earlier agent left an attempt's output: it had handed on this much."""
+
+    stdout_offset: int
+    stderr_offset: int
 
 
 def hardening(bounding_set: int) -> list[Property]:
@@ -169,6 +178,20 @@ class JobUnit:
             raise ContainmentError(why)
         self.pid = state.main_pid or None
 
+    async def attach(self, resume: Resume) -> None:
+        """Take over the units an earlier agent started, its output from where that
+        agent left it; ContainmentError if the service is gone."""
+        self._slice_up = await self.units.is_loaded(self.slice)
+        if not await self.units.is_loaded(self.service):
+            raise ContainmentError(f"{self.service} is gone")
+        self._service_up = True
+        self.outputs[0].offset, self.outputs[1].offset = resume.stdout_offset, resume.stderr_offset
+        self.pid = (await self.units.service_state(self.service)).main_pid or None
+
+    def resume_point(self) -> Resume:
+        """How much of its output has been handed on: where the next agent goes on."""
+        return Resume(self.outputs[0].offset, self.outputs[1].offset)
+
     async def wait_exited(self) -> ServiceState:
         return await self.units.wait_exited(self.service)
 
@@ -183,16 +206,18 @@ class JobUnit:
     async def close(self) -> Ending:
         """Kill what is left, let the service go, read the slice's accounting, stop the
         slice, remove the output files (their content has been handed on)."""
-        if not self._slice_up:
-            return Ending({})
         try:
             if self._service_up:
                 await self._stop_service()
+            if not self._slice_up:
+                return Ending({})
             return await asyncio.to_thread(read_ending, self.slice)
         finally:
-            await self.units.stop(self.slice)
-            for output in self.outputs:
-                output.remove()
+            if self._slice_up:
+                await self.units.stop(self.slice)
+            if self._service_up:
+                for output in self.outputs:
+                    output.remove()
 
     async def _stop_service(self) -> None:
         # A daemon left by a command that exited 0 lives on in its active/exited unit;

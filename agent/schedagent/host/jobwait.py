@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import signal
 from typing import Any, Protocol
 
@@ -15,28 +16,43 @@ class Signalled(Protocol):
     def kill(self) -> None: ...
 
 
+class End(enum.Enum):
+    """How waiting for an attempt ended."""
+
+    EXITED = "exited"
+    TIMED_OUT = "timed out"
+    CANCELED = "canceled"
+    DETACHED = "detached"  # left running for the next agent: not stopped
+
+
 async def wait_end(
     exited: asyncio.Future[Any],
     group: Signalled,
     time_limit: float | None,
     kill_grace: float,
     cancel: asyncio.Event,
-) -> tuple[bool, bool]:
-    """Wait for exited, time_limit seconds or a cancel; returns (timed_out, canceled).
-    On a timeout or cancel the group gets SIGTERM, kill_grace, then SIGKILL, and this
-    returns once exited is done."""
+    detach: asyncio.Event | None = None,
+) -> End:
+    """Wait for exited, time_limit seconds, a cancel or a detach. On a timeout or
+    cancel the group gets SIGTERM, kill_grace, then SIGKILL, and this returns once
+    exited is done; on a detach it returns at once, the group left as it is."""
     canceled = asyncio.create_task(cancel.wait())
-    waiting: set[asyncio.Future[Any]] = {exited, canceled}
+    detached = asyncio.create_task(detach.wait()) if detach is not None else None
+    waiting: set[asyncio.Future[Any]] = {exited, canceled} | ({detached} if detached else set())
     try:
         done, _ = await asyncio.wait(
             waiting, timeout=time_limit, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
         canceled.cancel()
+        if detached is not None:
+            detached.cancel()
     if exited in done:
-        return False, False
+        return End.EXITED
+    if detached in done and canceled not in done:
+        return End.DETACHED
     await _stop(group, exited, kill_grace)
-    return canceled not in done, canceled in done
+    return End.CANCELED if canceled in done else End.TIMED_OUT
 
 
 async def _stop(group: Signalled, exited: asyncio.Future[Any], grace: float) -> None:

@@ -34,6 +34,17 @@ class OutputFile:
         self.offset += len(data)
         return data
 
+    def handed_on(self, limit: int) -> bytes:
+        """The last `limit` bytes before the offset: what was handed on already (by
+        the agent before a restart), for the record's output tail."""
+        start = max(0, self.offset - limit)
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(start)
+                return file.read(self.offset - start)
+        except FileNotFoundError:
+            return b""
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

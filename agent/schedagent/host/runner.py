@@ -16,9 +16,9 @@ from schedagent.core.model import Outcome
 from schedagent.errors import ContainmentError
 from schedagent.host.child import STREAMS, Child
 from schedagent.host.containment import ChildGroup, Containment, JobGroup, Limits, ProcessGroup
-from schedagent.host.jobunit import JobUnit
-from schedagent.host.jobwait import wait_end
-from schedagent.host.unitrunner import run_in_unit
+from schedagent.host.jobunit import JobUnit, Resume
+from schedagent.host.jobwait import End, wait_end
+from schedagent.host.unitrunner import attach_to_unit, run_in_unit
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,25 @@ async def run_command(
     cancel: asyncio.Event,
     on_start: Callable[[JobGroup], None] = lambda _group: None,
     containment: Containment | None = None,
+    handover: tuple[asyncio.Event, Resume | None] | None = None,
 ) -> Outcome:
-    """Run the command to its end, timeout or cancel; whatever it started dies with it."""
+    """Run the command to its end, timeout or cancel; whatever it started dies with it.
+
+    handover (in a systemd unit only): (detach, resume). Once detach is set the job is
+    left running for the next agent (HandedOver is raised); resume, if given, is where
+    an earlier agent left this attempt's output: it is followed, not started again."""
     started = time.time()
     try:
         group = await _group(containment, command)
     except ContainmentError as exc:  # a limit this host cannot enforce: nothing ran
         return Outcome(started, time.time(), error=str(exc))
+    detach, resume = handover or (asyncio.Event(), None)
+    if isinstance(group, JobUnit) and resume is not None:
+        return await attach_to_unit(group, command, resume, on_output, cancel, on_start, detach)
     if isinstance(group, JobUnit):
-        return await _run_in_unit(command, group, on_output, cancel, on_start)
+        return await _run_in_unit(command, group, on_output, cancel, on_start, detach)
+    if resume is not None:  # pragma: no cover - a handover is only taken with units
+        return Outcome(started, time.time(), error="lost track of it: no systemd units here")
     child = await _start(command, group)
     if isinstance(child, str):
         return Outcome(started, time.time(), error=child)
@@ -97,6 +107,7 @@ async def _run_in_unit(
     on_output: OnOutput,
     cancel: asyncio.Event,
     on_start: Callable[[JobGroup], None],
+    detach: asyncio.Event,
 ) -> Outcome:
     try:
         identity = _identity(command)
@@ -105,7 +116,7 @@ async def _run_in_unit(
     user = command.user if "user" in identity else None  # None: as the agent itself
     cwd = identity["cwd"] or os.getcwd()
     return await run_in_unit(
-        unit, command, (identity["env"], cwd, user), on_output, cancel, on_start
+        unit, command, (identity["env"], cwd, user), on_output, cancel, on_start, detach
     )
 
 
@@ -145,9 +156,8 @@ async def _supervise(
             tg.create_task(_pump(child, stream, on_output, command.chunk_bytes))
             for stream in STREAMS
         ]
-        timed_out, canceled = await wait_end(
-            child.exited, group, command.timeout, command.kill_grace, cancel
-        )
+        how = await wait_end(child.exited, group, command.timeout, command.kill_grace, cancel)
+        timed_out, canceled = how is End.TIMED_OUT, how is End.CANCELED
         # The shell is gone; anything it left behind in its group goes with it.
         group.kill()
         await _finish_readers(readers)

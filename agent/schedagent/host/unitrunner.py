@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from schedagent.core.model import Outcome
-from schedagent.errors import ContainmentError
-from schedagent.host.jobunit import JobUnit
-from schedagent.host.jobwait import wait_end
+from schedagent.errors import ContainmentError, HandedOver
+from schedagent.host.jobcgroup import Ending
+from schedagent.host.jobunit import JobUnit, Resume
+from schedagent.host.jobwait import End, wait_end
 from schedagent.host.outputfile import follow
 from schedagent.host.systemd_bus import ServiceState
 
@@ -32,9 +33,10 @@ async def run_in_unit(
     on_output: OnOutput,
     cancel: asyncio.Event,
     on_start: Callable[[JobUnit], None],
+    detach: asyncio.Event,
 ) -> Outcome:
     """Run the command in unit (identity: its env, cwd and user) to its end, timeout
-    or cancel. Whatever it started dies with it."""
+    or cancel; whatever it started dies with it. HandedOver if detach comes first."""
     started = time.time()
     try:
         await unit.start(command.cmd, *identity)
@@ -42,21 +44,62 @@ async def run_in_unit(
         await unit.close()
         return Outcome(started, time.time(), error=f"cannot start: {exc}")
     on_start(unit)
-    chunk = command.chunk_bytes
+    return await supervise(unit, command, on_output, cancel, detach, started)
+
+
+async def attach_to_unit(
+    unit: JobUnit,
+    command: Command,
+    resume: Resume,
+    on_output: OnOutput,
+    cancel: asyncio.Event,
+    on_start: Callable[[JobUnit], None],
+    detach: asyncio.Event,
+) -> Outcome:
+    """Follow an attempt an earlier agent started in unit to its end, as run_in_unit
+    would have (command.timeout: what is left of it)."""
+    started = time.time()
+    try:
+        await unit.attach(resume)
+    except ContainmentError as exc:
+        await unit.close()
+        return Outcome(started, time.time(), error=f"lost track of it: {exc}")
+    on_start(unit)
+    return await supervise(unit, command, on_output, cancel, detach, started)
+
+
+async def supervise(
+    unit: JobUnit,
+    command: Command,
+    on_output: OnOutput,
+    cancel: asyncio.Event,
+    detach: asyncio.Event,
+    started: float,
+) -> Outcome:
+    """Hand on the unit's output until its end, timeout or cancel, then stop it and
+    account for it; or, if detach comes first, leave it running (HandedOver)."""
     ended = asyncio.Event()
+    how = End.EXITED
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(follow(unit.outputs, on_output, chunk, ended))
+            tg.create_task(follow(unit.outputs, on_output, command.chunk_bytes, ended))
             exited = tg.create_task(_exited(unit))
             try:
-                timed_out, canceled = await wait_end(
-                    exited, unit, command.timeout, command.kill_grace, cancel
+                how = await wait_end(
+                    exited, unit, command.timeout, command.kill_grace, cancel, detach
                 )
             finally:
-                unit.kill()  # what it left behind goes with it, before the last read
+                if how is End.DETACHED:
+                    exited.cancel()
+                else:
+                    unit.kill()  # what it left behind goes with it, before the last read
                 ended.set()
     finally:
-        ending = await unit.close()
+        # Detached: its units and files stay for the next agent.
+        ending = Ending({}) if how is End.DETACHED else await unit.close()
+    if how is End.DETACHED:
+        raise HandedOver(f"{unit.service} left running, its output at {unit.resume_point()}")
+    timed_out, canceled = how is End.TIMED_OUT, how is End.CANCELED
     result = exited.result()
     lost = result if isinstance(result, str) else None
     end = None if isinstance(result, str) else result

@@ -1,0 +1,107 @@
+"""A planned restart: the worker leaves its attempts running in their units; the next takes them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from fakeunits import FakeUnits
+from schedagent.config import AgentConfig, ContainmentConfig
+from schedagent.core.model import Attempt, Job, JobSpec, JobState
+from schedagent.core.names import Keys
+from schedagent.daemon.metrics import AgentMetrics
+from schedagent.daemon.starter import Started
+from schedagent.daemon.worker import Handed, Worker
+from schedagent.dev.memstore import MemStore
+from schedagent.etcd.jobstore import JobStore
+from schedagent.host.containment import Containment, Limits
+from schedagent.host.jobunit import JobUnit, Resume
+from schedagent.nats.bus import Bus
+
+LEASE = 0x0B
+JOB = "0123456789abcdef0123"
+
+
+class QuietBus(Bus):
+    """A bus never connected: what the worker publishes (events, output) goes nowhere."""
+
+    async def publish(self, subject: str, body: bytes) -> None:
+        pass
+
+
+class Msg:
+    async def ack(self) -> None:
+        pass
+
+
+def running_record(cmd: str, lease: int = LEASE) -> Job:
+    attempt = Attempt(n=1, node="n1", assigned_at=0.0, started_at=1.0, lease=lease)
+    return Job(
+        id=JOB, spec=JobSpec(cmd=cmd), state=JobState.RUNNING, submitted_at=0.0,
+        node="n1", attempt=1, attempts=[attempt],
+    )  # fmt: skip
+
+
+def worker(store: MemStore, units: FakeUnits, output_dir: Path) -> Worker:
+    config = AgentConfig(node_name="n1", containment=ContainmentConfig(cgroups=False))
+    bus = QuietBus(config.nats, config.output, "n1")
+    w = Worker(config, JobStore(store, Keys("t")), bus, lambda: LEASE, AgentMetrics())  # type: ignore[arg-type]
+    w.containment = Containment(None)
+    w.containment.units, w.containment.output_dir = units, output_dir
+    output_dir.mkdir(exist_ok=True)
+    return w
+
+
+async def wait_for(what: str, check: Any, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"no {what} in {timeout}s"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_handed_over_job_ends_once_recorded_by_the_next_worker(tmp_path: Path) -> None:
+    store, units = MemStore(), FakeUnits()
+    go, marks = tmp_path / "go", tmp_path / "marks"
+    cmd = (
+        f"echo start >> {marks}; echo before; while [ ! -e {go} ]; do sleep 0.02; done;"
+        f" echo after; echo end >> {marks}"
+    )
+    record = running_record(cmd)
+    revision = store.put(Keys("t").job(JOB), record.to_json())
+    first = worker(store, units, tmp_path / "out")
+    await first._launch(Msg(), Started(record, revision, None), 0.0)
+    await wait_for("output", lambda: (tmp_path / "out" / f"{JOB}-1.out").exists())
+    await wait_for(
+        "the first line", lambda: b"before" in (tmp_path / "out" / f"{JOB}-1.out").read_bytes()
+    )
+
+    handed = await first.hand_over()
+    assert handed == [Handed(JOB, 1, f"schedjob-{JOB}-1.service", handed[0].resume)]
+    assert first.running == {} and first.finished == first.handed_back == 0
+    stored, _ = await first.jobs.get(JOB)
+    assert stored.state is JobState.RUNNING  # no end written: it runs on
+
+    second = worker(store, units, tmp_path / "out")
+    assert await second.reattach(handed) == 1
+    go.touch()
+    await wait_for("its end", lambda: not second.running)
+    stored, _ = await second.jobs.get(JOB)
+    assert stored.state is JobState.SUCCEEDED and len(stored.attempts) == 1, stored
+    assert "before\nafter\n" in str(stored.output_tail)  # the first's output, then the second's
+    assert marks.read_text() == "start\nend\n"  # the job itself ran once, to its end
+
+
+async def test_a_handed_attempt_no_longer_this_nodes_is_stopped(tmp_path: Path) -> None:
+    store, units = MemStore(), FakeUnits()
+    record = running_record("sleep 1000", lease=0x0A)  # started under a lease since lost
+    store.put(Keys("t").job(JOB), record.to_json())
+    w = worker(store, units, tmp_path / "out")
+    # The unit as the previous agent left it.
+    unit = await w.containment.group(f"job-{JOB}-1", Limits())
+    assert isinstance(unit, JobUnit)
+    await unit.start("sleep 1000", {}, "/", None)
+    assert await units.is_loaded(unit.service)
+    assert await w.reattach([Handed(JOB, 1, unit.service, Resume(0, 0))]) == 0
+    assert not await units.is_loaded(unit.service)
+    assert w.running == {}
