@@ -25,6 +25,10 @@ SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 UNIT_PATHS = "/org/freedesktop/systemd1/unit"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+UNIT = "org.freedesktop.systemd1.Unit"
+JOB = "org.freedesktop.systemd1.Job"
+# A job's object is gone once systemd has finished it.
+UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 START_TIMEOUT = 30.0  # seconds for a transient unit's start job to finish
 # A service's state is read again this often even without a PropertiesChanged signal
 # (one lost on the bus must not leave a job "running" forever).
@@ -69,6 +73,21 @@ class UnitManager(Protocol):
     async def is_loaded(self, name: str) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+class JobTypes(Protocol):
+    """What the agent asks systemd at SIGTERM: is it being restarted or stopped."""
+
+    async def pending_job_type(self, unit: str) -> str | None: ...
+
+
+def is_restart(job_type: str | None) -> bool:
+    """Whether the job systemd carries out on the agent's unit starts it again:
+    `systemctl restart` and `try-restart` (and deb-systemd-invoke's, the postinst's on
+    an upgrade) read as `restart` on an active unit; `try-restart` is counted as well in
+    case a systemd reports it as such. A stop, or no job at all (a signal sent by hand),
+    is not."""
+    return job_type in ("restart", "try-restart")
 
 
 def systemd_booted(run: Path = Path("/run/systemd/system")) -> bool:
@@ -197,6 +216,18 @@ class SystemdBus:
             return False
         return True
 
+    async def pending_job_type(self, unit: str) -> str | None:
+        """The type of the job systemd is carrying out on the unit (`restart`, `stop`,
+        ...; is_restart reads it), None if none (or the unit is not loaded)."""
+        try:
+            [unit_path] = await self._call("GetUnit", "s", [unit])
+            job_id, job_path = await self._get(unit_path, UNIT, "Job")  # (uo)
+            if job_id == 0:
+                return None
+            return str(await self._get(job_path, JOB, "JobType"))
+        except UnitGone:
+            return None
+
     async def close(self) -> None:
         self._bus.disconnect()
 
@@ -233,14 +264,27 @@ class SystemdBus:
         )
         return await self._send(msg)
 
-    async def _send(self, msg: Message) -> list[Any]:
+    async def _get(self, path: str, interface: str, name: str) -> Any:
+        """One property of a systemd object (a unit's, a job's): its value, unwrapped."""
+        msg = Message(
+            destination=SYSTEMD,
+            path=path,
+            interface=PROPERTIES,
+            member="Get",
+            signature="ss",
+            body=[interface, name],
+        )
+        [value] = await self._send(msg, gone=(NO_SUCH_UNIT, UNKNOWN_OBJECT))
+        return value.value
+
+    async def _send(self, msg: Message, gone: Sequence[str] = (NO_SUCH_UNIT,)) -> list[Any]:
         try:
             reply = await self._bus.call(msg)
         except (OSError, EOFError, DBusError) as exc:
             raise ContainmentError(f"the system bus is gone: {exc}") from None
         if reply.message_type is MessageType.ERROR:
             text = reply.body[0] if reply.body else ""
-            if reply.error_name == NO_SUCH_UNIT:
+            if reply.error_name in gone:
                 raise UnitGone(text)
             raise ContainmentError(f"systemd refused {msg.member}: {reply.error_name}: {text}")
         return list(reply.body)
