@@ -129,18 +129,36 @@ class SystemdBus:
             raise
         return manager
 
-    async def start_transient(self, name: str, properties: Sequence[Property]) -> None:
+    async def start_transient(
+        self,
+        name: str,
+        properties: Sequence[Property],
+        aux: Sequence[tuple[str, Sequence[Property]]] = (),
+    ) -> None:
         """Start the unit and wait for its start job; ContainmentError if it failed."""
-        result = await self.start_job(name, properties)
+        result = await self.start_job(name, properties, aux)
         if result != "done":
             raise ContainmentError(f"systemd could not start {name}: {result}")
 
-    async def start_job(self, name: str, properties: Sequence[Property]) -> str:
+    async def start_job(
+        self,
+        name: str,
+        properties: Sequence[Property],
+        aux: Sequence[tuple[str, Sequence[Property]]] = (),
+    ) -> str:
         """Start the unit; its start job's result (done, failed, ...) once systemd has
-        carried it out. ContainmentError if systemd refused it or took too long."""
+        carried it out. ContainmentError if systemd refused it or took too long.
+
+        `aux`: units made with it, by name and properties (a timer's service), which
+        systemd loads but does not start."""
         loop = asyncio.get_running_loop()
         done = self._starting[name] = loop.create_future()
-        body = [name, "fail", [(k, Variant(sig, value)) for k, sig, value in properties], []]
+        body = [
+            name,
+            "fail",
+            _variants(properties),
+            [(aux_name, _variants(aux_properties)) for aux_name, aux_properties in aux],
+        ]
         try:
             await self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", body)
             return await asyncio.wait_for(done, START_TIMEOUT)
@@ -300,6 +318,10 @@ class SystemdBus:
             body=body,
             flags=MessageFlag.NO_REPLY_EXPECTED if no_reply else MessageFlag.NONE,
         )
+
+
+def _variants(properties: Sequence[Property]) -> list[tuple[str, Variant]]:
+    return [(k, Variant(sig, value)) for k, sig, value in properties]
 
 
 def _log_send_failure(sent: asyncio.Future[Any]) -> None:
