@@ -11,11 +11,11 @@ from typing import Annotated
 
 import msgspec
 
+from schedagent import paths
+
 log = logging.getLogger(__name__)
 
-# In the unit's RuntimeDirectory= (tmpfs: gone at a reboot, so what it holds is always
-# of this boot), kept across a restart by RuntimeDirectoryPreserve=restart.
-DEFAULT_PATH = Path("/run/schedagent/handover.json")
+DEFAULT_PATH = Path(paths.HANDOVER)
 VERSION = 1
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
