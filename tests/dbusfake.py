@@ -7,9 +7,10 @@ from typing import Any
 
 from dbus_fast import Message, Variant
 
+from schedagent.host.systemd_bus import unit_path
+
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
-UNITS = "/org/freedesktop/systemd1/unit"
 
 
 class SystemdFake:
@@ -28,7 +29,7 @@ class SystemdFake:
 
     @staticmethod
     def unit_path(unit: str) -> str:
-        return f"{UNITS}/{unit.replace('.', '_2e').replace('-', '_2d')}"
+        return unit_path(unit)  # as systemd escapes it
 
     def calls(self, member: str | None = None) -> list[tuple[str, list[Any]]]:
         """(member, body) of each call sent (of one member only, if given)."""
