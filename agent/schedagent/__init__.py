@@ -1,7 +1,6 @@
 """schedagent: a distributed job scheduler for fleets of Linux hosts."""
 
 import importlib
-import importlib.metadata
 
 
 def _version() -> str:
@@ -11,9 +10,13 @@ def _version() -> str:
     try:
         stamped = importlib.import_module(f"{__name__}._package_version")
     except ImportError:
+        # Only here: importing it costs ~40 ms, which an installed agent (and its
+        # ExecStopPost=, schedagent stop-post) need not pay.
+        from importlib import metadata
+
         try:
-            return importlib.metadata.version("schedagent")
-        except importlib.metadata.PackageNotFoundError:
+            return metadata.version("schedagent")
+        except metadata.PackageNotFoundError:
             return "0+unknown"
     return str(stamped.PACKAGE_VERSION)
 

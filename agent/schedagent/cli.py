@@ -1,4 +1,4 @@
-"""The `schedagent` command: run the agent, check a config file, or start a dev cluster."""
+"""The `schedagent` command: run the agent, check a config file, start a dev cluster, stop-post."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from schedagent import __version__
-from schedagent.config import DEFAULT_PATH, load_config
+from schedagent import __version__, paths
 from schedagent.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -18,6 +17,8 @@ MAX_DEV_AGENTS = 32
 
 # argparse, not click (which schedctl uses): the agent process is this command, and
 # click stays resident in every agent for nothing (docs/performance.md, footprint).
+# Each command imports what it needs itself: stop-post must start fast (a crashed
+# agent's jobs live until it has killed them), and it needs neither YAML nor the config.
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,8 +32,8 @@ def parser() -> argparse.ArgumentParser:
     run_cmd.add_argument(
         "--config",
         dest="config_path",
-        default=DEFAULT_PATH,
-        help=f"Agent configuration file (YAML). [default: {DEFAULT_PATH}]",
+        default=paths.CONFIG,
+        help=f"Agent configuration file (YAML). [default: {paths.CONFIG}]",
     )
     check = commands.add_parser(
         "check-config", help="Validate a configuration file and exit (status 2 if it is invalid)."
@@ -47,6 +48,16 @@ def parser() -> argparse.ArgumentParser:
         type=_dev_agents,
         default=3,
         help=f"How many agents to start (1 to {MAX_DEV_AGENTS}). [default: 3]",
+    )
+    stop_post_cmd = commands.add_parser(
+        "stop-post",
+        help="The unit's ExecStopPost=: keep the jobs for the next agent after a clean "
+        "handover, else kill them (reads $SERVICE_RESULT and $INVOCATION_ID).",
+    )
+    stop_post_cmd.add_argument(
+        "--handover",
+        default=paths.HANDOVER,
+        help=f"The handover file. [default: {paths.HANDOVER}]",
     )
     return top
 
@@ -67,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(args.config_path)
     elif args.command == "check-config":
         check_config(args.path)
+    elif args.command == "stop-post":
+        stop_post(args.handover)
     else:
         dev(args.agents)
 
@@ -78,6 +91,7 @@ def run(config_path: str) -> None:
     # switch users) died of SIGABRT at once. The agent forks only to exec a job, the
     # case gRPC documents this switch for. Before the first import of grpc.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    from schedagent.config import load_config
     from schedagent.daemon.app import run_agent
     from schedagent.etcd.tls import load_etcd_tls
     from schedagent.host.logs import setup_logging
@@ -97,6 +111,8 @@ def run(config_path: str) -> None:
 
 def check_config(path: str) -> None:
     """Validate a configuration file and exit (status 2 if it is invalid)."""
+    from schedagent.config import load_config
+
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -110,3 +126,14 @@ def dev(agents: int) -> None:
     from schedagent.dev.command import run_dev
 
     sys.exit(run_dev(agents=agents))
+
+
+def stop_post(path: str) -> None:
+    """The unit's ExecStopPost=: keep the jobs for the next agent, or kill them."""
+    import logging
+    from pathlib import Path
+
+    from schedagent.daemon.stoppost import PREFIX, stop_post
+
+    logging.basicConfig(level=logging.WARNING, format=f"{PREFIX}: %(message)s")
+    sys.exit(asyncio.run(stop_post(os.environ, Path(path))))

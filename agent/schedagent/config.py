@@ -17,8 +17,6 @@ from schedagent.configvalues import IPNetwork
 from schedagent.core.sizes import memory_limit, task_limit
 from schedagent.errors import ConfigError
 
-DEFAULT_PATH = "/etc/schedagent/agent.yaml"
-
 
 @dataclasses.dataclass(frozen=True)
 class EtcdConfig:

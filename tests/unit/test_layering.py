@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "agent" / "schedagent"
-# The helpers every part may use: the config (and its value checks), the error tree,
-# owned tasks, and the stream server under the agent's metrics endpoint and the console.
+# The helpers every part may use: the config (and its value checks), the default paths,
+# the error tree, owned tasks, and the stream server under the agent's metrics endpoint
+# and the console.
 TOP_LEVEL = {
     "schedagent",
     "schedagent.config",
     "schedagent.configvalues",
+    "schedagent.paths",
     "schedagent.errors",
     "schedagent.tasks",
     "schedagent.streamserver",

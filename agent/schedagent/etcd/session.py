@@ -75,6 +75,37 @@ class Session:
         self._confirmed(sent, self.ttl)
         log.info("etcd lease %x granted (ttl %ds)", self.lease_id, self.ttl)
 
+    async def resume(self, lease_id: int) -> bool:
+        """Adopt a lease an earlier agent on this host left alive (a planned restart);
+        False if it is gone, and the caller grants a new one (`start`).
+
+        etcd keeps a lease alive for whoever refreshes it, given only its ID: the keys
+        under it (node record, candidacy) stay. A lease granted with a shorter TTL than
+        ours (node_ttl lowered across the restart) is not adopted either: `keep_alive`
+        refreshes every ttl/3 of ours, too seldom for it. StoreUnavailableError as
+        `start`.
+        """
+        sent = self.clock()
+        remaining = await self.store.refresh_lease(lease_id)
+        if remaining <= 0:
+            log.info("etcd lease %x is gone: not resumed", lease_id)
+            return False
+        if remaining < self.ttl:
+            # A refresh answers the lease's full TTL: it was granted with this one.
+            log.warning(
+                "etcd lease %x has a ttl of %ds, node_ttl is %ds: not resumed",
+                lease_id,
+                remaining,
+                self.ttl,
+            )
+            return False
+        self.lease_id = lease_id
+        self.generation += 1
+        self.leases.add(lease_id)
+        self._confirmed(sent, remaining)
+        log.info("etcd lease %x resumed (%ds left)", lease_id, remaining)
+        return True
+
     async def keep_alive(self) -> None:
         """Refresh until cancelled; replace the lease once it is known to be gone."""
         while True:

@@ -25,6 +25,10 @@ SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 UNIT_PATHS = "/org/freedesktop/systemd1/unit"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+UNIT = "org.freedesktop.systemd1.Unit"
+JOB = "org.freedesktop.systemd1.Job"
+# A job's object is gone once systemd has finished it.
+UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 START_TIMEOUT = 30.0  # seconds for a transient unit's start job to finish
 # A service's state is read again this often even without a PropertiesChanged signal
 # (one lost on the bus must not leave a job "running" forever).
@@ -71,6 +75,21 @@ class UnitManager(Protocol):
     async def close(self) -> None: ...
 
 
+class JobTypes(Protocol):
+    """What the agent asks systemd at SIGTERM: is it being restarted or stopped."""
+
+    async def pending_job_type(self, unit: str) -> str | None: ...
+
+
+def is_restart(job_type: str | None) -> bool:
+    """Whether the job systemd carries out on the agent's unit starts it again:
+    `systemctl restart` and `try-restart` (and deb-systemd-invoke's, the postinst's on
+    an upgrade) read as `restart` on an active unit; `try-restart` is counted as well in
+    case a systemd reports it as such. A stop, or no job at all (a signal sent by hand),
+    is not."""
+    return job_type in ("restart", "try-restart")
+
+
 def systemd_booted(run: Path = Path("/run/systemd/system")) -> bool:
     """Whether systemd is PID 1 here (what sd_booted(3) checks)."""
     return run.is_dir()
@@ -110,18 +129,36 @@ class SystemdBus:
             raise
         return manager
 
-    async def start_transient(self, name: str, properties: Sequence[Property]) -> None:
+    async def start_transient(
+        self,
+        name: str,
+        properties: Sequence[Property],
+        aux: Sequence[tuple[str, Sequence[Property]]] = (),
+    ) -> None:
         """Start the unit and wait for its start job; ContainmentError if it failed."""
-        result = await self.start_job(name, properties)
+        result = await self.start_job(name, properties, aux)
         if result != "done":
             raise ContainmentError(f"systemd could not start {name}: {result}")
 
-    async def start_job(self, name: str, properties: Sequence[Property]) -> str:
+    async def start_job(
+        self,
+        name: str,
+        properties: Sequence[Property],
+        aux: Sequence[tuple[str, Sequence[Property]]] = (),
+    ) -> str:
         """Start the unit; its start job's result (done, failed, ...) once systemd has
-        carried it out. ContainmentError if systemd refused it or took too long."""
+        carried it out. ContainmentError if systemd refused it or took too long.
+
+        `aux`: units made with it, by name and properties (a timer's service), which
+        systemd loads but does not start."""
         loop = asyncio.get_running_loop()
         done = self._starting[name] = loop.create_future()
-        body = [name, "fail", [(k, Variant(sig, value)) for k, sig, value in properties], []]
+        body = [
+            name,
+            "fail",
+            _variants(properties),
+            [(aux_name, _variants(aux_properties)) for aux_name, aux_properties in aux],
+        ]
         try:
             await self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", body)
             return await asyncio.wait_for(done, START_TIMEOUT)
@@ -197,6 +234,18 @@ class SystemdBus:
             return False
         return True
 
+    async def pending_job_type(self, unit: str) -> str | None:
+        """The type of the job systemd is carrying out on the unit (`restart`, `stop`,
+        ...; is_restart reads it), None if none (or the unit is not loaded)."""
+        try:
+            [unit_path] = await self._call("GetUnit", "s", [unit])
+            job_id, job_path = await self._get(unit_path, UNIT, "Job")  # (uo)
+            if job_id == 0:
+                return None
+            return str(await self._get(job_path, JOB, "JobType"))
+        except UnitGone:
+            return None
+
     async def close(self) -> None:
         self._bus.disconnect()
 
@@ -233,14 +282,27 @@ class SystemdBus:
         )
         return await self._send(msg)
 
-    async def _send(self, msg: Message) -> list[Any]:
+    async def _get(self, path: str, interface: str, name: str) -> Any:
+        """One property of a systemd object (a unit's, a job's): its value, unwrapped."""
+        msg = Message(
+            destination=SYSTEMD,
+            path=path,
+            interface=PROPERTIES,
+            member="Get",
+            signature="ss",
+            body=[interface, name],
+        )
+        [value] = await self._send(msg, gone=(NO_SUCH_UNIT, UNKNOWN_OBJECT))
+        return value.value
+
+    async def _send(self, msg: Message, gone: Sequence[str] = (NO_SUCH_UNIT,)) -> list[Any]:
         try:
             reply = await self._bus.call(msg)
         except (OSError, EOFError, DBusError) as exc:
             raise ContainmentError(f"the system bus is gone: {exc}") from None
         if reply.message_type is MessageType.ERROR:
             text = reply.body[0] if reply.body else ""
-            if reply.error_name == NO_SUCH_UNIT:
+            if reply.error_name in gone:
                 raise UnitGone(text)
             raise ContainmentError(f"systemd refused {msg.member}: {reply.error_name}: {text}")
         return list(reply.body)
@@ -256,6 +318,10 @@ class SystemdBus:
             body=body,
             flags=MessageFlag.NO_REPLY_EXPECTED if no_reply else MessageFlag.NONE,
         )
+
+
+def _variants(properties: Sequence[Property]) -> list[tuple[str, Variant]]:
+    return [(k, Variant(sig, value)) for k, sig, value in properties]
 
 
 def _log_send_failure(sent: asyncio.Future[Any]) -> None:
