@@ -31,12 +31,20 @@ class FakeUnits:
         self.refuse = refuse
         self.setup_status = setup_status  # systemd's executor fails with this status
         self.bus_lost = bus_lost  # the bus goes away while the service runs
+        self.job_type: str | None = None  # what systemd is doing to the agent's unit
 
-    async def start_transient(self, name: str, properties: Sequence[Property]) -> None:
+    async def start_transient(
+        self, name: str, properties: Sequence[Property], aux: Sequence[Any] = ()
+    ) -> None:
         if await self.start_job(name, properties) != "done":
             raise ContainmentError(f"systemd could not start {name}: failed")
 
-    async def start_job(self, name: str, properties: Sequence[Property]) -> str:
+    async def pending_job_type(self, unit: str) -> str | None:
+        return self.job_type
+
+    async def start_job(
+        self, name: str, properties: Sequence[Property], aux: Sequence[Any] = ()
+    ) -> str:
         self.calls.append(("start", name))
         if name == self.refuse:
             raise ContainmentError(f"systemd refused StartTransientUnit: {name}")

@@ -3,16 +3,13 @@
 A held job runs on the node it names until the test drops a release file into its
 working directory (the job user's home), marking its start, a beat every 0.2 s and its
 end there: what the job's own process did, judged apart from the scheduler's records.
-The watcher polls each host's schedagent.service while a playbook runs and releases a
-host's job only once that host's agent is stopping, so every job outlives the start of
-its agent's restart.
+A restart hands the held jobs over to the next agent: they run on through it, and are
+released only once every agent has restarted.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,6 @@ from schedagent.dev import marks
 from .fleet import Host
 
 JOB_HOME = "/var/lib/schedjob"
-# Drain (jobs.drain_timeout 60 s) outlasts the release: the job ends, never handed back.
 # A job nobody releases still ends, failed; a playbook run here takes 3-4 minutes on a
 # busy machine, so the limit is well beyond that.
 HOLD_LIMIT_BEATS = 4500  # 15 minutes at 0.2 s
@@ -89,27 +85,3 @@ def edit_inventory(path: Path, change: Callable[[dict[str, Any]], None]) -> None
     inventory = yaml.safe_load(path.read_text())
     change(inventory)
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
-
-
-@dataclasses.dataclass
-class Watcher:
-    """Releases each host's held job once its agent is stopping; notes who else was up."""
-
-    hosts: list[Host]
-    tag: str
-    # host -> the other hosts' ActiveState when this one was seen stopping
-    seen_stopping: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
-
-    def poll(self) -> None:
-        states = {h.name: unit(h, "schedagent", "ActiveState")["ActiveState"] for h in self.hosts}
-        for host in self.hosts:
-            if states[host.name] == "deactivating" and host.name not in self.seen_stopping:
-                self.seen_stopping[host.name] = {
-                    name: state for name, state in states.items() if name != host.name
-                }
-                release(host, self.tag)
-
-    def watch(self, done: Callable[[], bool], interval: float = 0.5) -> None:
-        while not done():
-            self.poll()
-            time.sleep(interval)

@@ -29,22 +29,23 @@ from schedagent.host.systemd_bus import ServiceState, SystemdBus, own_unit, unit
 JOB = "0123456789abcdef0123"
 
 
-def test_the_slice_carries_every_limit_and_binds_to_the_agent() -> None:
-    props = as_dict(slice_properties("d", Limits(64 << 20, 50, 0.5), "schedagent.service"))
+def test_the_slice_carries_every_limit_and_is_bound_to_nothing() -> None:
+    props = as_dict(slice_properties("d", Limits(64 << 20, 50, 0.5)))
     assert props["MemoryMax"] == ("t", 64 << 20)
     assert props["MemorySwapMax"] == ("t", 0)  # the job's memory is what it is given
     assert props["CPUQuotaPerSecUSec"] == ("t", 500_000)  # CPUQuota=50%
     assert props["TasksMax"] == ("t", 50)
-    assert props["BindsTo"] == props["Before"] == ("as", ["schedagent.service"])
+    # It may outlive the agent (a restart): ExecStopPost= and the guard stop it if need be.
+    assert not {"BindsTo", "Before", "PartOf"} & set(props)
     for accounting in ("Memory", "CPU", "Tasks", "IO"):
         assert props[f"{accounting}Accounting"] == ("b", True)
 
 
 def test_a_slice_without_limits_only_accounts() -> None:
-    props = as_dict(slice_properties("d", Limits(), None))
+    props = as_dict(slice_properties("d", Limits()))
     assert not {"MemoryMax", "MemorySwapMax", "CPUQuotaPerSecUSec", "TasksMax"} & set(props)
     assert "BindsTo" not in props
-    tiny = as_dict(slice_properties("d", Limits(cpus=0.001), None))
+    tiny = as_dict(slice_properties("d", Limits(cpus=0.001)))
     assert tiny["CPUQuotaPerSecUSec"] == ("t", 10_000)  # 1 %: systemd's least
 
 
@@ -72,7 +73,7 @@ def _alive(pid: int) -> bool:
 
 def systemd_containment(units: FakeUnits, output_dir: Path) -> Containment:
     containment = Containment(None)
-    containment.units, containment.bound_to = units, "schedagent.service"
+    containment.units, containment.agent_unit = units, "schedagent.service"
     output_dir.mkdir(exist_ok=True)
     containment.output_dir = output_dir
     return containment
@@ -117,7 +118,6 @@ async def test_a_job_runs_as_a_service_in_its_slice(tmp_path: Path) -> None:
     props = units.started[service]
     assert props["Slice"] == ("s", slice_name) and props["Type"] == ("s", "exec")
     assert props["RemainAfterExit"] == ("b", True)
-    assert units.started[slice_name]["BindsTo"] == ("as", ["schedagent.service"])
     # Its end: whatever is left killed, the service stopped, then the slice.
     assert units.calls[-3:] == [
         ("kill", f"{service} SIGKILL"), ("stop", service), ("stop", slice_name)
@@ -340,7 +340,7 @@ class FakeBus:
 async def test_the_bus_waits_for_systemds_start_job() -> None:
     bus = FakeBus()
     manager = SystemdBus(bus)  # type: ignore[arg-type]
-    props = slice_properties("d", Limits(64 << 20, 10, 1.0), "schedagent.service")
+    props = slice_properties("d", Limits(64 << 20, 10, 1.0))
     await manager.start_transient("a.slice", props)
     paths = (Path("/o/x.out"), Path("/o/x.err"))
     service = service_properties("d", "a.slice", "true", {"A": "1"}, "/", "u", paths)

@@ -28,6 +28,10 @@ FENCE_KILL_GRACE = 1.0
 # docs/semantics.md says so).
 KILL_LATENCY = 0.2
 MIN_GRACE = 5.0
+# From a dead agent's end to its jobs' end: systemd runs its ExecStopPost= (schedagent
+# stop-post) ~0.07 s after the main process died, which kills the jobs' slice within
+# 0.26 s (measured, docs/containment.md): rounded up.
+STOP_POST = 0.45
 # While cut off, an agent asks its peers over NATS this often.
 ASK_INTERVAL = 1.0
 NEVER = float("-inf")
@@ -66,9 +70,10 @@ def watchdog_limit(ttl: float) -> float:
     its last ping; it may have frozen just after sending SIGTERM at its deadline, before
     the SIGKILL FENCE_KILL_GRACE later. The new attempt starts no sooner than
     (ttl + grace) * (1 - RATE) after the last refresh; the jobs are gone by
-    ttl * (1 - RATE) + FENCE_KILL_GRACE + watchdog + KILL_LATENCY.
+    ttl * (1 - RATE) + FENCE_KILL_GRACE + watchdog + STOP_POST + KILL_LATENCY (the
+    jobs are not in the agent's cgroup: its ExecStopPost= kills them).
     """
-    return lost_grace(ttl) * (1 - RATE) - FENCE_KILL_GRACE - KILL_LATENCY
+    return lost_grace(ttl) * (1 - RATE) - FENCE_KILL_GRACE - STOP_POST - KILL_LATENCY
 
 
 def ttl_for_watchdog(watchdog: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,6 +24,7 @@ from schedagent.daemon.metrics_http import MetricsServer
 from schedagent.daemon.reconciler import Reconciler
 from schedagent.daemon.registry import Registry
 from schedagent.daemon.reload import Reloader
+from schedagent.daemon.restart import Succession
 from schedagent.daemon.worker import Worker
 from schedagent.errors import ListenError, StoreUnavailableError
 from schedagent.etcd.election import Election
@@ -157,14 +159,23 @@ async def _run(
             return 0
         stack.push_async_callback(bus.close)
         session = Session(store, config.node_ttl)
+        succession = Succession()
+        succession.read()
         etcd_where = f"etcd at {','.join(config.etcd.endpoints)}"
-        if not await until_ready(etcd_where, session.start, signals.stop, heartbeat.status):
+        start = functools.partial(succession.start_session, session)
+        if not await until_ready(etcd_where, start, signals.stop, heartbeat.status):
             heartbeat.stopping(f"stopped before reaching {etcd_where}")
             return 0
-        stack.push_async_callback(session.revoke)
+        stack.push_async_callback(_revoke_unless_handed_over, session, succession)
         parts = (store, keys, bus, session, metrics)
-        return await _serve(config, parts, signals, heartbeat, config_path)
+        return await _serve(config, parts, signals, heartbeat, (config_path, succession))
     return 0  # pragma: no cover - the stack's exit is above
+
+
+async def _revoke_unless_handed_over(session: Session, succession: Succession) -> None:
+    """Give the lease back at exit, unless the next agent takes it over (a restart)."""
+    if not succession.handed_over:
+        await session.revoke()
 
 
 async def _serve_metrics(
@@ -189,9 +200,12 @@ async def _serve(
     parts: tuple[Store, Keys, Bus, Session, AgentMetrics],
     signals: Signals,
     heartbeat: Heartbeat,
-    config_path: str | None,
+    origin: tuple[str | None, Succession],
 ) -> int:
+    """Serve until stopped; origin: the config's path (for reloads), and what this
+    agent takes from the last one and leaves the next."""
     store, keys, bus, session, metrics = parts
+    config_path, succession = origin
     jobs = JobStore(store, keys)
     worker = Worker(config, jobs, bus, lambda: session.lease_id, metrics)
     election = Election(store, keys, session, config.node_name)
@@ -209,6 +223,7 @@ async def _serve(
     registry = Registry(store, keys, session, config, worker.usage)
     if config.containment.systemd:
         await worker.containment.use_systemd()
+    await succession.take_over(worker, worker.containment)
     await worker.reap_leftovers()
     if not await until_ready(
         "node registration", registry.register, signals.stop, heartbeat.status
@@ -253,8 +268,13 @@ async def _serve(
         "watchdog": heartbeat.watchdog(),
         "reloads": _reloads(signals.reload, reloader, heartbeat, describe),
     }
+
+    async def hand_over() -> None:
+        await succession.hand_over(worker, session, store, keys, worker.containment)
+
+    restart = (functools.partial(succession.restarting, worker.containment), hand_over)
     try:
-        await _run_until_stopped(background, worker, registry, signals, heartbeat)
+        await _run_until_stopped(background, (worker, registry), signals, heartbeat, restart)
     finally:
         await api.stop()
         await worker.containment.close()
@@ -264,20 +284,34 @@ async def _serve(
 
 async def _run_until_stopped(
     background: dict[str, Coroutine[Any, Any, None]],
-    worker: Worker,
-    registry: Registry,
+    parts: tuple[Worker, Registry],
     signals: Signals,
     heartbeat: Heartbeat,
+    restart: tuple[Callable[[], Awaitable[bool]], Callable[[], Awaitable[None]]],
 ) -> None:
     """Run the worker and the background loops until a stop signal, then drain the
-    worker and cancel the loops; a loop that fails ends the agent (the TaskGroup)."""
+    worker (or, if systemd is restarting this agent, hand its jobs over) and cancel
+    the loops; a loop that fails ends the agent (the TaskGroup)."""
+    worker, registry = parts
+    restarting, hand_over = restart
     async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(work, name=name) for name, work in background.items()]
+        tasks = {name: tg.create_task(work, name=name) for name, work in background.items()}
         worker_task = tg.create_task(worker.run(), name="worker")
         await signals.stop.wait()
-        heartbeat.stopping(f"stopping: draining {len(worker.running)} running job(s)")
-        await _drain(registry, worker, worker_task, signals)
-        for task in tasks:
+        if await restarting():
+            heartbeat.stopping(f"restarting: handing {len(worker.running)} running job(s) over")
+            worker.accepting = False
+            await worker_task
+            # Leadership ends first: the election would stand again once resigned. The
+            # reconciler too: it would take the attempts left running (no longer the
+            # worker's) for attempts whose end was lost.
+            for name in ("election", "reconciler"):
+                await cancel_and_wait(tasks[name])
+            await hand_over()
+        else:
+            heartbeat.stopping(f"stopping: draining {len(worker.running)} running job(s)")
+            await _drain(registry, worker, worker_task, signals)
+        for task in tasks.values():
             task.cancel()
 
 

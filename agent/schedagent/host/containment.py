@@ -15,6 +15,7 @@ from schedagent.errors import ContainmentError
 from schedagent.host import cgroups
 from schedagent.host.cgroups import Layout
 from schedagent.host.jobcgroup import Ending, JobCgroup, Limits
+from schedagent.host.jobslice import JOBS_SLICE
 from schedagent.host.jobunit import JobUnit, Resume, bounding_set
 from schedagent.host.systemd_bus import SystemdBus, UnitManager, own_unit, systemd_booted
 
@@ -81,7 +82,7 @@ class Containment:
         self.layout = layout
         # Set by use_systemd(): each attempt in transient units instead of the layout.
         self.units: UnitManager | None = None
-        self.bound_to: str | None = None  # the agent's own unit, the job slices bind to
+        self.agent_unit: str | None = None  # the agent's own unit: restarting or stopping?
         self.output_dir = Path(DEFAULT_STATE_DIR, OUTPUT_SUBDIR)
         self.bounding_set = 0  # the agent's capability bounding set, kept by its jobs
         self._unified_memory = False  # whether systemd's MemorySwapMax= takes effect
@@ -116,7 +117,6 @@ class Containment:
         self.output_dir = Path(state_dir, OUTPUT_SUBDIR)
         try:
             self.output_dir.mkdir(mode=0o750, exist_ok=True)
-            _remove_leftover_outputs(self.output_dir)
         except OSError as exc:
             log.warning(
                 "no transient units for jobs (no %s: %s): %s",
@@ -132,14 +132,14 @@ class Containment:
             return
         self.bounding_set = bounding_set(proc / "status")
         with contextlib.suppress(OSError):
-            self.bound_to = own_unit((proc / "cgroup").read_text())
+            self.agent_unit = own_unit((proc / "cgroup").read_text())
             self._unified_memory = "memory" in _unified_root_controllers(proc)
         log.info(
-            "job units: a slice and a service per attempt under %s, bound to %s, output "
-            "in %s (instead of %s)",
-            "schedagent-jobs.slice",
-            self.bound_to or "nothing (the agent runs in no unit: its jobs outlive it)",
+            "job units: a slice and a service per attempt under %s, output in %s, "
+            "handed over when systemd restarts %s (instead of %s)",
+            JOBS_SLICE,
             self.output_dir,
+            self.agent_unit or "this agent's unit (none: jobs are never handed over)",
             self._fallback(),
         )
 
@@ -181,7 +181,6 @@ class Containment:
                 attempt[1],
                 int(attempt[2]),
                 limits,
-                self.bound_to,
                 self.output_dir,
                 self.bounding_set,
             )
@@ -193,13 +192,27 @@ class Containment:
         await asyncio.to_thread(group.create)
         return group
 
+    async def stop_all_jobs(self) -> None:
+        """Kill and stop every job unit on this host (schedagent-jobs.slice) and remove
+        their output files: at a start with nothing handed over, whatever is there was
+        left by an agent gone (its content was handed on, or lost with that agent)."""
+        if self.units is None:
+            return
+        try:
+            await self.units.kill(JOBS_SLICE, signal.SIGKILL)
+            await self.units.stop(JOBS_SLICE)
+        except ContainmentError as exc:
+            log.warning("cannot stop %s: %s", JOBS_SLICE, exc)
+        with contextlib.suppress(OSError):
+            for leftover in self.output_dir.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
     async def stop_leftover(self, job_id: str, attempt: int) -> None:
         """Kill and stop an attempt's units an earlier agent left running."""
         if self.units is None:
             return
-        unit = JobUnit(
-            self.units, job_id, attempt, Limits(), None, self.output_dir, self.bounding_set
-        )
+        unit = JobUnit(self.units, job_id, attempt, Limits(), self.output_dir, self.bounding_set)
         with contextlib.suppress(ContainmentError):
             await unit.attach(Resume(0, 0))
         await unit.close()
@@ -254,15 +267,6 @@ class Containment:
             return False
         swap_limit = "memory.swap.max" if source.unified else "memory.memsw.limit_in_bytes"
         return source.has(swap_limit) or _no_swap()
-
-
-def _remove_leftover_outputs(output_dir: Path) -> None:
-    """At start every job unit is gone (their slices are bound to the agent's unit),
-    so any output file left is an earlier agent's and its content was handed on or lost
-    with that agent."""
-    for leftover in output_dir.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
 
 
 def _unified_root_controllers(proc: Path) -> list[str]:

@@ -30,12 +30,11 @@ def slice_path(name: str) -> str:
     return "/" + "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
 
 
-def slice_properties(description: str, limits: Limits, bound_to: str | None) -> list[Property]:
+def slice_properties(description: str, limits: Limits) -> list[Property]:
     """The attempt's slice: every limit, and accounting that outlives the service (the
     slice's cgroup keeps its dead children's CPU time, peak memory and OOM kills).
-    BindsTo + Before the agent's unit: if the agent dies the slice, and every process
-    in it, is stopped; a planned stop of the agent stops it only after the agent has
-    drained (units ordered Before= a unit stop after it)."""
+    Bound to nothing: the job may outlive the agent (a restart hands it over); the
+    agent's ExecStopPost= and the guard timer stop it when no agent will take it."""
     props: list[Property] = [
         ("Description", "s", description),
         ("MemoryAccounting", "b", True),
@@ -50,8 +49,6 @@ def slice_properties(description: str, limits: Limits, bound_to: str | None) -> 
         props.append(("CPUQuotaPerSecUSec", "t", quota))
     if limits.tasks is not None:
         props.append(("TasksMax", "t", limits.tasks))
-    if bound_to is not None:
-        props += [("BindsTo", "as", [bound_to]), ("Before", "as", [bound_to])]
     return props
 
 

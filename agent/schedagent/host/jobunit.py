@@ -132,13 +132,11 @@ class JobUnit:
         job_id: str,
         attempt: int,
         limits: Limits,
-        bound_to: str | None,
         output_dir: Path,
         bounding_set: int,
     ) -> None:
         self.units = units
         self.limits = limits
-        self.bound_to = bound_to
         self.bounding_set = bounding_set
         self.pid: int | None = None
         self.slice, self.service = unit_names(job_id, attempt)
@@ -151,7 +149,7 @@ class JobUnit:
     async def start(self, cmd: str, env: Mapping[str, str], cwd: str, user: str | None) -> None:
         """The slice with its limits, then the service; ContainmentError (saying why)
         if nothing of the command ran."""
-        props = slice_properties(self.description, self.limits, self.bound_to)
+        props = slice_properties(self.description, self.limits)
         try:
             await self.units.start_transient(self.slice, props)
             self._slice_up = True

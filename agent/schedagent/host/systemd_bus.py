@@ -54,9 +54,21 @@ class ServiceState:
 class UnitManager(Protocol):
     """What containment asks of systemd (a fake of it serves the unit tests)."""
 
-    async def start_transient(self, name: str, properties: Sequence[Property]) -> None: ...
+    async def start_transient(
+        self,
+        name: str,
+        properties: Sequence[Property],
+        aux: Sequence[tuple[str, Sequence[Property]]] = (),
+    ) -> None: ...
 
-    async def start_job(self, name: str, properties: Sequence[Property]) -> str: ...
+    async def start_job(
+        self,
+        name: str,
+        properties: Sequence[Property],
+        aux: Sequence[tuple[str, Sequence[Property]]] = (),
+    ) -> str: ...
+
+    async def pending_job_type(self, unit: str) -> str | None: ...
 
     async def service_state(self, name: str) -> ServiceState: ...
 
