@@ -681,6 +681,49 @@ def test_a_frozen_agents_jobs_die_before_they_run_elsewhere(cluster: Cluster) ->
     print(f"frozen agent's jobs: next attempt {min(gaps.values()):.2f}s after they died")
 
 
+BROKEN_MARKS = "broken-marks"  # in the jobs' working directory, schedjob's home
+
+
+def test_a_restart_into_a_broken_config_stops_the_jobs_before_they_run_elsewhere(
+    cluster: Cluster,
+) -> None:
+    """The agent hands its job over for a restart, but the new one refuses its config
+    and never takes it: the job must die before its lease can expire and the leader
+    retry it elsewhere (judged from the job's own marks on both zone=b hosts)."""
+    command = marks.job_command(30, path=BROKEN_MARKS)
+    job_id = cluster.ctl.submit(command, "--label", "zone=b", "--retries", "1")
+    wait_for("the job runs", lambda: cluster.ctl.job(job_id)["state"] == "RUNNING", 60)
+    host = cluster.fleet.host(cluster.ctl.job(job_id)["node"])
+    config = "/etc/schedagent/agent.yaml"
+    host.ssh(f"cp {config} {config}.good && echo 'no_such_setting: 1' >> {config}")
+    try:
+        restart = host.ssh_rc("systemctl restart schedagent")
+        assert restart.returncode != 0, "the agent started on a broken config"
+        job = _wait_final(cluster, job_id, 120)
+    finally:
+        host.ssh(f"mv {config}.good {config}")
+        host.ssh("systemctl reset-failed schedagent; systemctl start schedagent")
+    assert job["state"] == "SUCCEEDED" and len(job["attempts"]) == 2, job["attempts"]
+    assert job["attempts"][0]["node"] == host.name, job["attempts"]
+    assert job["attempts"][1]["node"] != host.name, job["attempts"]
+    zone_b = [h for h in cluster.fleet.hosts if h.name in ("node2", "node3")]
+    seen = [
+        mark
+        for h in zone_b
+        for mark in marks.parse(
+            h.ssh(f"cat /var/lib/schedjob/{BROKEN_MARKS} 2>/dev/null || true"), h.name
+        )
+    ]
+    assert marks.overlaps(seen) == []
+    assert marks.ends(seen) == {job_id: 1}
+    assert job_id not in _job_units(host), _job_units(host)
+    wait_for(
+        f"{host.name}'s agent back",
+        lambda: host.ssh_rc("systemctl is-active schedagent").stdout.strip() == "active",
+        60,
+    )
+
+
 def test_a_job_on_a_host_that_loses_power_finishes_elsewhere(cluster: Cluster) -> None:
     # zone=b: node2 or node3, never node1 (the admin host), so two hosts stay up.
     job_id = cluster.ctl.submit(
