@@ -633,6 +633,18 @@ def test_upgrading_the_package_under_running_jobs_loses_none(cluster: Cluster) -
 FROZEN_MARKS = "frozen-marks"  # in the jobs' working directory, schedjob's home
 
 
+def _zone_b_marks(cluster: Cluster, name: str) -> list[marks.Mark]:
+    """The marks jobs wrote to `name` in the job user's home on node2 and node3."""
+    zone_b = [h for h in cluster.fleet.hosts if h.name in ("node2", "node3")]
+    return [
+        mark
+        for host in zone_b
+        for mark in marks.parse(
+            host.ssh(f"cat /var/lib/schedjob/{name} 2>/dev/null || true"), host.name
+        )
+    ]
+
+
 def test_a_frozen_agents_jobs_die_before_they_run_elsewhere(cluster: Cluster) -> None:
     """SIGSTOP the agent: systemd's watchdog (WatchdogSec=3s, SIGKILL) kills it and
     its unit's jobs before the leader retries them (node_ttl 10 + grace 5 s). Overlap is
@@ -660,14 +672,7 @@ def test_a_frozen_agents_jobs_die_before_they_run_elsewhere(cluster: Cluster) ->
     for job_id in set(ids) - set(victims):
         assert _wait_final(cluster, job_id, 120)["state"] == "SUCCEEDED"
 
-    zone_b = [h for h in cluster.fleet.hosts if h.name in ("node2", "node3")]
-    seen = [
-        mark
-        for host in zone_b
-        for mark in marks.parse(
-            host.ssh(f"cat /var/lib/schedjob/{FROZEN_MARKS} 2>/dev/null || true"), host.name
-        )
-    ]
+    seen = _zone_b_marks(cluster, FROZEN_MARKS)
     assert marks.overlaps(seen) == []
     assert marks.ends(seen) == dict.fromkeys(ids, 1)
     gaps = marks.gaps(seen)
@@ -706,14 +711,7 @@ def test_a_restart_into_a_broken_config_stops_the_jobs_before_they_run_elsewhere
     assert job["state"] == "SUCCEEDED" and len(job["attempts"]) == 2, job["attempts"]
     assert job["attempts"][0]["node"] == host.name, job["attempts"]
     assert job["attempts"][1]["node"] != host.name, job["attempts"]
-    zone_b = [h for h in cluster.fleet.hosts if h.name in ("node2", "node3")]
-    seen = [
-        mark
-        for h in zone_b
-        for mark in marks.parse(
-            h.ssh(f"cat /var/lib/schedjob/{BROKEN_MARKS} 2>/dev/null || true"), h.name
-        )
-    ]
+    seen = _zone_b_marks(cluster, BROKEN_MARKS)
     assert marks.overlaps(seen) == []
     assert marks.ends(seen) == {job_id: 1}
     assert job_id not in _job_units(host), _job_units(host)

@@ -113,34 +113,26 @@ class Session:
                 wait = RETRY_INTERVAL if self._failing else self.ttl / 3
                 await asyncio.wait_for(self._poked.wait(), wait)
             self._poked.clear()
-            sent = self.clock()
-            try:
-                # Bounded: a refresh lost in a partition must not hold up the next one.
-                remaining = await asyncio.wait_for(
-                    self.store.refresh_lease(self.lease_id), self.ttl / 3
-                )
-            except (StoreUnavailableError, TimeoutError) as exc:
-                self._note_problem(str(exc) or f"no answer within {self.ttl / 3:g}s")
-                continue
-            if remaining > 0:
-                self._note_ok(sent, remaining)
-                continue
-            log.warning("etcd lease %x expired; taking a new one", self.lease_id)
-            await self._replace()
+            if await self.refresh_now() == 0:
+                log.warning("etcd lease %x expired; taking a new one", self.lease_id)
+                await self._replace()
 
-    async def refresh_now(self) -> None:
-        """One refresh, now (a handover gives the next agent all of the lease's time it
-        can); a failed one is noted as keep_alive would."""
+    async def refresh_now(self) -> int | None:
+        """One refresh, now: the lease's remaining TTL, 0 if it is gone, None if etcd
+        did not answer (noted). A handover calls it too: the next agent gets all of
+        the lease's time it can."""
         sent = self.clock()
         try:
+            # Bounded: a refresh lost in a partition must not hold up the next one.
             remaining = await asyncio.wait_for(
                 self.store.refresh_lease(self.lease_id), self.ttl / 3
             )
         except (StoreUnavailableError, TimeoutError) as exc:
             self._note_problem(str(exc) or f"no answer within {self.ttl / 3:g}s")
-            return
+            return None
         if remaining > 0:
             self._note_ok(sent, remaining)
+        return max(remaining, 0)
 
     async def _replace(self) -> None:
         try:

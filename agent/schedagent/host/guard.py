@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Protocol
 
 from schedagent.core import fencing
 from schedagent.host.jobslice import JOBS_SLICE
-from schedagent.host.systemd_bus import Property
+from schedagent.host.systemd_bus import Property, UnitManager
 
 log = logging.getLogger(__name__)
 
@@ -16,19 +14,6 @@ TIMER = "schedagent-guard.timer"
 SERVICE = "schedagent-guard.service"  # the timer's unit: the same name
 SYSTEMCTL = "/bin/systemctl"
 ACCURACY_USEC = 1000  # systemd's default is a minute; the deadline is seconds away
-
-
-class GuardUnits(Protocol):
-    """What the guard asks of systemd (SystemdBus)."""
-
-    async def start_transient(
-        self,
-        name: str,
-        properties: Sequence[Property],
-        aux: Sequence[tuple[str, Sequence[Property]]] = (),
-    ) -> None: ...
-
-    async def stop(self, name: str) -> None: ...
 
 
 def guard_delay(refreshed_at: float, now: float, ttl: float) -> float:
@@ -65,14 +50,14 @@ def service_properties() -> list[Property]:
     ]
 
 
-async def arm_guard(units: GuardUnits, seconds: float) -> None:
+async def arm_guard(units: UnitManager, seconds: float) -> None:
     """Have systemd stop every job in `seconds` unless disarm_guard comes first.
     ContainmentError if systemd refused (the caller must not hand the jobs over)."""
     await units.start_transient(TIMER, timer_properties(seconds), [(SERVICE, service_properties())])
     log.info("guard armed: the jobs are stopped in %.1fs unless an agent takes them", seconds)
 
 
-async def disarm_guard(units: GuardUnits) -> None:
+async def disarm_guard(units: UnitManager) -> None:
     """Stop the timer (then its service, were it just running); either gone is no error."""
     await units.stop(TIMER)
     await units.stop(SERVICE)

@@ -18,7 +18,7 @@ from schedagent.host.child import STREAMS, Child
 from schedagent.host.containment import ChildGroup, Containment, JobGroup, Limits, ProcessGroup
 from schedagent.host.jobunit import JobUnit, Resume
 from schedagent.host.jobwait import End, wait_end
-from schedagent.host.unitrunner import attach_to_unit, run_in_unit
+from schedagent.host.unitrunner import run_in_unit
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ async def run_command(
         return Outcome(started, time.time(), error=str(exc))
     detach, resume = handover or (asyncio.Event(), None)
     if isinstance(group, JobUnit) and resume is not None:
-        return await attach_to_unit(group, command, resume, on_output, cancel, on_start, detach)
+        return await run_in_unit(group, command, resume, on_output, cancel, on_start, detach)
     if isinstance(group, JobUnit):
         return await _run_in_unit(command, group, on_output, cancel, on_start, detach)
     if resume is not None:  # pragma: no cover - a handover is only taken with units

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # runner.py imports this module: the type only
 log = logging.getLogger(__name__)
 
 OnOutput = Callable[[str, bytes], Awaitable[None]]
+# A command's environment, working directory and user (None: the agent's own).
+Identity = tuple[Mapping[str, str], str, str | None]
 # The exit codes of ExecMainCode (the kernel's si_code of the main process's end).
 CLD_EXITED = 1
 
@@ -29,41 +31,26 @@ CLD_EXITED = 1
 async def run_in_unit(
     unit: JobUnit,
     command: Command,
-    identity: tuple[Mapping[str, str], str, str | None],
+    begin: Identity | Resume,
     on_output: OnOutput,
     cancel: asyncio.Event,
     on_start: Callable[[JobUnit], None],
     detach: asyncio.Event,
 ) -> Outcome:
-    """Run the command in unit (identity: its env, cwd and user) to its end, timeout
-    or cancel; whatever it started dies with it. HandedOver if detach comes first."""
+    """Run the command in unit to its end, timeout or cancel; whatever it started dies
+    with it. begin: its env, cwd and user (a start), or where an earlier agent left
+    its output (followed, not started again; command.timeout is what is left of it).
+    HandedOver if detach comes first."""
     started = time.time()
     try:
-        await unit.start(command.cmd, *identity)
+        if isinstance(begin, Resume):
+            await unit.attach(begin)
+        else:
+            await unit.start(command.cmd, *begin)
     except ContainmentError as exc:
         await unit.close()
-        return Outcome(started, time.time(), error=f"cannot start: {exc}")
-    on_start(unit)
-    return await supervise(unit, command, on_output, cancel, detach, started)
-
-
-async def attach_to_unit(
-    unit: JobUnit,
-    command: Command,
-    resume: Resume,
-    on_output: OnOutput,
-    cancel: asyncio.Event,
-    on_start: Callable[[JobUnit], None],
-    detach: asyncio.Event,
-) -> Outcome:
-    """Follow an attempt an earlier agent started in unit to its end, as run_in_unit
-    would have (command.timeout: what is left of it)."""
-    started = time.time()
-    try:
-        await unit.attach(resume)
-    except ContainmentError as exc:
-        await unit.close()
-        return Outcome(started, time.time(), error=f"lost track of it: {exc}")
+        what = "lost track of it" if isinstance(begin, Resume) else "cannot start"
+        return Outcome(started, time.time(), error=f"{what}: {exc}")
     on_start(unit)
     return await supervise(unit, command, on_output, cancel, detach, started)
 
