@@ -88,7 +88,7 @@ class ContainmentConfig:
     # groups only (docs/containment.md).
     cgroups: bool = True
     # Where systemd is PID 1 and the agent is root: each attempt in transient units
-    # (a slice and a scope) instead; false: the cgroups above, or process groups.
+    # (a slice and a service) instead; false: the cgroups above, or process groups.
     systemd: bool = True
     # Limits for a job that names none (--memory, --tasks); None: unlimited.
     memory: int | None = None

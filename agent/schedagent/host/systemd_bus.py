@@ -238,8 +238,8 @@ class SystemdBus:
             await self._call("StopUnit", "ss", [name, "replace"])
 
     async def is_loaded(self, name: str) -> bool:
-        """Whether systemd still has the unit (a scope whose processes are all gone is
-        unloaded once it is inactive)."""
+        """Whether systemd still has the unit (a transient unit is unloaded once it is
+        inactive; a failed one only once it is reset)."""
         try:
             await self._call("GetUnit", "s", [name])
         except UnitGone:
