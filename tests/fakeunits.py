@@ -92,6 +92,10 @@ class FakeUnits:
     async def reset_failed(self, name: str) -> None:
         self.calls.append(("reset", name))
 
+    async def reset_failed_matching(self, patterns: Sequence[str]) -> int:
+        self.calls.append(("reset", " ".join(patterns)))
+        return 0
+
     def kill_soon(self, name: str, sig: int) -> None:
         self.calls.append(("kill", f"{name} {signal.Signals(sig).name}"))
         proc = self.procs.get(name)

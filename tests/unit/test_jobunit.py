@@ -474,3 +474,29 @@ async def test_attaching_to_a_unit_that_is_gone_says_so(tmp_path: Path) -> None:
         handover=(asyncio.Event(), Resume(0, 0)),
     )  # fmt: skip
     assert outcome.error == f"lost track of it: schedjob-{JOB}-1.service is gone"
+
+
+class FailedUnitsBus(FakeBus):
+    """systemd with two failed job units left by a dead agent."""
+
+    async def call(self, msg: Message) -> Message:
+        if msg.member != "ListUnitsByPatterns":
+            return await super().call(msg)
+        self.send(msg)
+        units = [
+            (name, "d", "loaded", "failed", "failed", "", unit_path(name), 0, "", "/")
+            for name in (f"schedjob-{JOB}-1.service", f"schedagent-jobs-{JOB}_1.slice")
+        ]
+        return Message.new_method_return(msg, "a(ssssssouso)", [units])
+
+
+async def test_failed_job_units_are_reset_by_pattern() -> None:
+    bus = FailedUnitsBus()
+    manager = SystemdBus(bus)  # type: ignore[arg-type]
+    assert await manager.reset_failed_matching(["schedjob-*.service"]) == 2
+    listed, *resets = bus.sent
+    assert listed.body == [["failed"], ["schedjob-*.service"]]
+    assert [(m.member, m.body) for m in resets] == [
+        ("ResetFailedUnit", [f"schedjob-{JOB}-1.service"]),
+        ("ResetFailedUnit", [f"schedagent-jobs-{JOB}_1.slice"]),
+    ]

@@ -107,6 +107,7 @@ async def test_a_handover_too_late_for_its_guard_is_not_taken(
     w = worker(store, units, tmp_path / "out", lambda: session.lease_id)
     await succession.take_over(w, w.containment)
     assert ("stop", JOBS_SLICE) in units.calls  # whatever was left is stopped
+    assert ("reset", "schedjob-*.service schedagent-jobs-*") in units.calls  # and unloaded
 
 
 async def test_without_systemd_nothing_is_read_or_handed_over(

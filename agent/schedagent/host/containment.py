@@ -201,6 +201,9 @@ class Containment:
         try:
             await self.units.kill(JOBS_SLICE, signal.SIGKILL)
             await self.units.stop(JOBS_SLICE)
+            # Killed units stay loaded, failed, until reset (the last agent's
+            # ExecStopPost= killed them): nothing of those jobs is left to show.
+            await self.units.reset_failed_matching(["schedjob-*.service", "schedagent-jobs-*"])
         except ContainmentError as exc:
             log.warning("cannot stop %s: %s", JOBS_SLICE, exc)
         with contextlib.suppress(OSError):

@@ -76,6 +76,8 @@ class UnitManager(Protocol):
 
     async def reset_failed(self, name: str) -> None: ...
 
+    async def reset_failed_matching(self, patterns: Sequence[str]) -> int: ...
+
     def kill_soon(self, name: str, sig: int) -> None: ...
 
     async def kill(self, name: str, sig: int) -> None: ...
@@ -215,6 +217,13 @@ class SystemdBus:
         """Unload a failed unit (a failed transient unit stays until this)."""
         with contextlib.suppress(UnitGone):
             await self._call("ResetFailedUnit", "s", [name])
+
+    async def reset_failed_matching(self, patterns: Sequence[str]) -> int:
+        """Reset every failed unit whose name matches one of the glob patterns; how many."""
+        (units,) = await self._call("ListUnitsByPatterns", "asas", [["failed"], list(patterns)])
+        for unit in units:
+            await self.reset_failed(unit[0])
+        return len(units)
 
     def kill_soon(self, name: str, sig: int) -> None:
         """KillUnit without waiting for the answer (from code that cannot await); a bus
