@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fakeunits import FakeUnits
+from schedagent.core import fencing
 from schedagent.core.model import JobState
 from schedagent.core.names import Keys
 from schedagent.daemon import handover
@@ -121,3 +122,27 @@ async def test_without_systemd_nothing_is_read_or_handed_over(
     assert succession.received is None and path.exists()  # not this agent's to take
     w = worker(LeasedMemStore(), FakeUnits(), tmp_path / "out")
     assert not await succession.restarting(w.containment)
+
+
+async def test_handed_attempts_it_cannot_take_are_left_to_the_guard_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No systemd units in the new agent: it must not register (and so have the jobs
+    retried) before the guard has stopped them."""
+    path = tmp_path / "handover.json"
+    session = Session(LeasedMemStore(), TTL)
+    due = 0.3  # the guard's stop comes this long from now
+    refreshed = session.clock() - (fencing.deadline_after(TTL) - fencing.FENCE_KILL_GRACE
+                                   - fencing.KILL_LATENCY - due)  # fmt: skip
+    attempt = handover.HandedAttempt(JOB, 1, f"schedjob-{JOB}-1.service", 0, 0)
+    handover.write(path, handover.Handover("old", 1, TTL, refreshed, (attempt,)))
+    monkeypatch.setenv("INVOCATION_ID", "new")
+    succession = Succession(path)
+    succession.read()
+    w = worker(LeasedMemStore(), FakeUnits(), tmp_path / "out")
+    w.containment.units = None  # the bus is away
+    began = session.clock()
+    await succession.take_over(w, w.containment)
+    waited = session.clock() - began
+    assert waited >= due + fencing.FENCE_KILL_GRACE + fencing.KILL_LATENCY - 0.05, waited
+    assert w.running == {}

@@ -160,6 +160,7 @@ async def _run(
         stack.push_async_callback(bus.close)
         session = Session(store, config.node_ttl)
         succession = Succession()
+        # Also with containment.systemd off: jobs handed over must be waited for.
         succession.read()
         etcd_where = f"etcd at {','.join(config.etcd.endpoints)}"
         start = functools.partial(succession.start_session, session)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from schedagent.core import fencing
 from schedagent.core.names import Keys
 from schedagent.daemon import handover
 from schedagent.daemon.handover import HandedAttempt, Handover
 from schedagent.daemon.worker import Handed, Worker
 from schedagent.errors import ContainmentError, StoreUnavailableError
-from schedagent.etcd.session import Session
+from schedagent.etcd.session import Session, fence_clock
 from schedagent.etcd.store import Delete, Store
 from schedagent.host import guard
 from schedagent.host.containment import Containment
@@ -30,8 +33,11 @@ class Succession:
     session starts: its lease is resumed instead of a new one granted), and the one it
     leaves when systemd restarts it."""
 
-    def __init__(self, path: Path = handover.DEFAULT_PATH) -> None:
+    def __init__(
+        self, path: Path = handover.DEFAULT_PATH, clock: Callable[[], float] = fence_clock
+    ) -> None:
         self.path = path
+        self.clock = clock  # the handover's refresh time is on the fence's clock
         self.received: Handover | None = None
         self.resumed = False
         self.handed_over = False  # set once this agent left its jobs and lease behind
@@ -65,6 +71,7 @@ class Succession:
         handover (or its lease gone), stop every job unit left on this host."""
         units = containment.units
         if units is None:
+            await self._wait_for_the_guard()
             return
         try:
             await guard.disarm_guard(units)
@@ -85,6 +92,24 @@ class Succession:
                 len(attempts),
             )
         await containment.stop_all_jobs()
+
+    async def _wait_for_the_guard(self) -> None:
+        """Attempts were handed over, but this agent cannot take them (no systemd units
+        here: the bus is away, or containment.systemd was turned off): they run on
+        until the guard stops them. Nothing may be retried before that, so this agent
+        registers (and its reconciler hands them back) only once they are gone."""
+        received = self.received
+        if received is None or not received.attempts:
+            return
+        due = guard.guard_delay(received.refreshed_at, self.clock(), received.ttl)
+        wait = due + fencing.FENCE_KILL_GRACE + fencing.KILL_LATENCY
+        log.warning(
+            "cannot take the %d attempt(s) handed over (no systemd units here): "
+            "waiting %.1fs for the guard to stop them",
+            len(received.attempts),
+            wait,
+        )
+        await asyncio.sleep(wait)
 
     async def restarting(self, containment: Containment) -> bool:
         """Whether systemd is restarting this agent's unit (not stopping it), in units
