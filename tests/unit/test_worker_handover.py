@@ -7,11 +7,11 @@ from pathlib import Path
 from fakeunits import FakeUnits
 from schedagent.core.model import JobState
 from schedagent.core.names import Keys
+from schedagent.daemon.handover import HandedAttempt
 from schedagent.daemon.starter import Started
-from schedagent.daemon.worker import Handed
 from schedagent.dev.memstore import MemStore
 from schedagent.host.containment import Limits
-from schedagent.host.jobunit import JobUnit, Resume
+from schedagent.host.jobunit import JobUnit
 from workerfakes import JOB, Msg, running_record, wait_for, worker
 
 
@@ -32,7 +32,8 @@ async def test_a_handed_over_job_ends_once_recorded_by_the_next_worker(tmp_path:
     )
 
     handed = await first.hand_over()
-    assert handed == [Handed(JOB, 1, f"schedjob-{JOB}-1.service", handed[0].resume)]
+    offsets = (handed[0].stdout_offset, handed[0].stderr_offset)
+    assert handed == [HandedAttempt(JOB, 1, f"schedjob-{JOB}-1.service", *offsets)]
     assert first.running == {} and first.finished == first.handed_back == 0
     stored, _ = await first.jobs.get(JOB)
     assert stored.state is JobState.RUNNING  # no end written: it runs on
@@ -57,6 +58,6 @@ async def test_a_handed_attempt_no_longer_this_nodes_is_stopped(tmp_path: Path) 
     assert isinstance(unit, JobUnit)
     await unit.start("sleep 1000", {}, "/", None)
     assert await units.is_loaded(unit.service)
-    assert await w.reattach([Handed(JOB, 1, unit.service, Resume(0, 0))]) == 0
+    assert await w.reattach([HandedAttempt(JOB, 1, unit.service, 0, 0)]) == 0
     assert not await units.is_loaded(unit.service)
     assert w.running == {}

@@ -11,14 +11,13 @@ from pathlib import Path
 from schedagent.core import fencing
 from schedagent.core.names import Keys
 from schedagent.daemon import handover
-from schedagent.daemon.handover import HandedAttempt, Handover
-from schedagent.daemon.worker import Handed, Worker
+from schedagent.daemon.handover import Handover
+from schedagent.daemon.worker import Worker
 from schedagent.errors import ContainmentError, StoreUnavailableError
 from schedagent.etcd.session import Session, fence_clock
 from schedagent.etcd.store import Delete, Store
 from schedagent.host import guard
 from schedagent.host.containment import Containment
-from schedagent.host.jobunit import Resume
 from schedagent.host.systemd_bus import is_restart
 
 log = logging.getLogger(__name__)
@@ -79,10 +78,9 @@ class Succession:
             log.warning("cannot stop the guard timer: %s", exc)
         attempts = self.received.attempts if self.received is not None else ()
         if self.resumed:
-            handed = [_handed(a) for a in attempts]
-            taken = await worker.reattach(handed)
+            taken = await worker.reattach(attempts)
             log.info(
-                "took over %d of %d running attempt(s) from the last agent", taken, len(handed)
+                "took over %d of %d running attempt(s) from the last agent", taken, len(attempts)
             )
             return
         if attempts:
@@ -139,7 +137,7 @@ class Succession:
             lease_id=session.lease_id,
             ttl=session.ttl,
             refreshed_at=session.refreshed_at or 0.0,
-            attempts=tuple(_attempt(h) for h in handed),
+            attempts=tuple(handed),
         )
         try:
             self.path.parent.mkdir(mode=0o750, exist_ok=True)
@@ -163,18 +161,3 @@ async def _resign(store: Store, keys: Keys, session: Session) -> None:
         await store.txn([], [Delete(keys.candidate(session.lease_id))])
     except StoreUnavailableError as exc:
         log.warning("cannot resign leadership before the restart: %s", exc)
-
-
-def _handed(attempt: HandedAttempt) -> Handed:
-    resume = Resume(attempt.stdout_offset, attempt.stderr_offset)
-    return Handed(attempt.job_id, attempt.attempt, attempt.unit, resume)
-
-
-def _attempt(handed: Handed) -> HandedAttempt:
-    return HandedAttempt(
-        job_id=handed.job_id,
-        attempt=handed.attempt,
-        unit=handed.unit,
-        stdout_offset=handed.resume.stdout_offset,
-        stderr_offset=handed.resume.stderr_offset,
-    )

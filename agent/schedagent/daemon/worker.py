@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import dataclasses
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from schedagent.core import transitions, wire
 from schedagent.core.model import Job, JobState, Outcome
 from schedagent.daemon.attemptends import AGENT_STOPPED, HAND_BACKS, AttemptEnds
 from schedagent.daemon.gate import Gate, audit
+from schedagent.daemon.handover import HandedAttempt
 from schedagent.daemon.metrics import AgentMetrics
 from schedagent.daemon.orphans import reap_previous_incarnation, remove_leftover_cgroups
 from schedagent.daemon.running import OutputTail, RunningJob
@@ -98,7 +98,7 @@ class Worker:
         if os.geteuid() == 0 and config.security.job_user is None:
             log.warning("root, and no security.job_user: jobs that name no user run as root")
         self._tasks: set[asyncio.Task[None]] = set()
-        self.handed: list[Handed] = []  # attempts left running for the next agent
+        self.handed: list[HandedAttempt] = []  # attempts left running for the next agent
 
     def usage(self) -> tuple[float, int]:
         return sum(r.cpus for r in self.running.values()), len(self.running)
@@ -318,12 +318,18 @@ class Worker:
         """The attempt is left running: the next agent records its end, not this one."""
         self.running.pop(running.job_id, None)
         if isinstance(running.group, JobUnit):
+            resume = running.group.resume_point()
             self.handed.append(
-                Handed(running.job_id, running.attempt, running.group.service,
-                       running.group.resume_point())
-            )  # fmt: skip
+                HandedAttempt(
+                    job_id=running.job_id,
+                    attempt=running.attempt,
+                    unit=running.group.service,
+                    stdout_offset=resume.stdout_offset,
+                    stderr_offset=resume.stderr_offset,
+                )
+            )
 
-    async def hand_over(self) -> list[Handed]:
+    async def hand_over(self) -> list[HandedAttempt]:
         """A planned restart: stop taking jobs, leave every attempt in a systemd unit
         running for the next agent, hand back the others (none, under systemd); what
         was left, and where each one's output goes on."""
@@ -336,7 +342,7 @@ class Worker:
         await self.drain(0)  # those that were not in a unit (or would not let go)
         return list(self.handed)
 
-    async def reattach(self, handed: Sequence[Handed]) -> int:
+    async def reattach(self, handed: Sequence[HandedAttempt]) -> int:
         """Follow again the attempts the previous agent left running under this lease
         (resumed): each is this worker's now, its end recorded here. One whose record
         says otherwise is stopped. How many were taken."""
@@ -351,7 +357,8 @@ class Worker:
             running = RunningJob(
                 record.id, record.attempt, record.spec.cpus, record=record, revision=revision
             )
-            running.seq, running.resume = self.starts, attempt.resume
+            running.seq = self.starts
+            running.resume = Resume(attempt.stdout_offset, attempt.stderr_offset)
             self.running[record.id] = running
             task = asyncio.create_task(self._run(record, running), name=f"job-{record.id}")
             self._tasks.add(task)
@@ -359,7 +366,7 @@ class Worker:
             taken += 1
         return taken
 
-    async def _handed_record(self, handed: Handed) -> tuple[Job, int] | None:
+    async def _handed_record(self, handed: HandedAttempt) -> tuple[Job, int] | None:
         """The attempt's record if it is still this node's RUNNING one, under this lease."""
         try:
             job, revision = await self.jobs.get(handed.job_id)
@@ -369,9 +376,7 @@ class Worker:
         if (
             job is None
             or current is None
-            or job.state is not JobState.RUNNING
-            or job.node != self.node
-            or job.attempt != handed.attempt
+            or not transitions.owns(job, self.node, handed.attempt, JobState.RUNNING)
             or current.lease != self.lease()
         ):
             log.warning(
@@ -471,16 +476,6 @@ class Worker:
             # Not what already started under the new lease: this task may wake after
             # the fence let starts go on (a loop busy catching up after a freeze).
             self.interrupt_all(LEASE_LOST, unless_lease=session.lease_id)
-
-
-@dataclasses.dataclass(frozen=True)
-class Handed:
-    """An attempt left running in its unit for the next agent."""
-
-    job_id: str
-    attempt: int
-    unit: str
-    resume: Resume
 
 
 def _time_left(job: Job, running: RunningJob) -> float | None:
