@@ -313,6 +313,11 @@ def test_journal_tells_a_jobs_story_on_the_host_that_ran_it(cluster: Cluster) ->
     assert "attempt 1 ended: SUCCEEDED" in text and "story line" in text, text
 
 
+def _running(cluster: Cluster, job_id: str) -> dict[str, Any] | None:
+    job = cluster.ctl.job(job_id)
+    return job if job["state"] == "RUNNING" else None
+
+
 def _processes_with(host: Host, text: str) -> list[str]:
     """The host's processes whose command line holds text (its own process table)."""
     out = host.ssh("ps -eo pid=,user=,args=")
@@ -351,11 +356,7 @@ def test_containment_a_forked_daemon_dies_with_its_job(cluster: Cluster) -> None
     canceled = cluster.ctl.submit(f"setsid sleep {tags['C']} & exec sleep 1000")
     timed_out = cluster.ctl.submit(f"setsid sleep {tags['T']} & exec sleep 1000", "--timeout", "5")
 
-    def running(job_id: str) -> dict[str, Any] | None:
-        job = cluster.ctl.job(job_id)
-        return job if job["state"] == "RUNNING" else None
-
-    job = wait_for("the job to cancel runs", lambda: running(canceled), 60)
+    job = wait_for("the job to cancel runs", lambda: _running(cluster, canceled), 60)
     host = cluster.fleet.host(job["node"])
     wait_for("its daemon", lambda: _processes_with(host, f"sleep {tags['C']}") or None, 30)
     unit = f"schedjob-{canceled}-1.service"
@@ -396,6 +397,27 @@ def test_containment_jobs_run_as_schedjob_and_cannot_read_the_agents_secrets(
     assert job["output_tail"] == (
         "schedjob\ndenied /etc/schedagent/agent.yaml\ndenied /etc/schedagent/tls/etcd-client.key\n"
     ), job["output_tail"]
+
+
+def test_containment_a_job_that_writes_without_end_holds_little_disk(cluster: Cluster) -> None:
+    """12 MB of output: its file on the host keeps its size but holds the blocks of
+    little more than what the agent has not handed on yet; the tail is whole."""
+    lines = 'python3 -c \'import sys; [sys.stdout.write("x" * 999 + "\\n") for _ in range(12000)]\''
+    job_id = cluster.ctl.submit(f"{lines}; echo done writing; exec sleep 1000")
+    job = wait_for("it runs", lambda: _running(cluster, job_id), 60)
+    host = cluster.fleet.host(job["node"])
+    path = f"/var/lib/schedagent/output/{job_id}-1.out"
+
+    def held() -> tuple[int, int] | None:
+        size, blocks, block = map(int, host.ssh(f"stat -c '%s %b %B' {path}").split())
+        return (size, blocks * block) if size == 12_000_013 and blocks * block < 3 << 20 else None
+
+    wait_for("all of it written and little of it held", held, 90)
+    assert cluster.ctl.run("cancel", job_id).returncode == 0
+    job = _wait_final(cluster, job_id, 60)
+    assert job["state"] == "CANCELED", job
+    assert job["output_tail"].endswith("x" * 999 + "\ndone writing\n"), job["output_tail"][-200:]
+    assert host.ssh_rc(f"test -e {path}").returncode == 1  # removed with the attempt
 
 
 def test_a_second_run_changes_nothing(cluster: Cluster) -> None:

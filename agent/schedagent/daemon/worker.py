@@ -280,6 +280,7 @@ class Worker:
             timeout=_time_left(job, running),
             kill_grace=self.config.jobs.kill_grace,
             chunk_bytes=self.config.output.chunk_bytes,
+            tail_bytes=self.config.output.tail_bytes,
             user=job.spec.user or self.config.security.job_user,
             name=f"job-{job.id}-{running.attempt}",
             limits=self._limits(job),

@@ -37,6 +37,7 @@ class Command:
     timeout: float | None
     kill_grace: float
     chunk_bytes: int = 16384
+    tail_bytes: int = 4096  # how much of the output its record keeps
     user: str | None = None  # run as this user (the gate checked it is allowed)
     name: str = "job"  # its cgroup's name: unique on this node
     limits: Limits = dataclasses.field(default_factory=Limits)

@@ -69,7 +69,9 @@ async def supervise(
     how = End.EXITED
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(follow(unit.outputs, on_output, command.chunk_bytes, ended))
+            tg.create_task(
+                follow(unit.outputs, on_output, command.chunk_bytes, ended, command.tail_bytes)
+            )
             exited = tg.create_task(_exited(unit))
             try:
                 how = await wait_end(
